@@ -1,0 +1,78 @@
+"""Console output shared by every command: one rich console, progress bars, and one-line user errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+
+
+class UserError(Exception):
+    """A problem the user can fix. The CLI prints its message as one line (no traceback) and exits with 2.
+
+    Messages name the file (and line or id) and the fix, e.g. "data/classes.txt:3: empty class name; ...".
+    """
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger("tedloc_edge")
+    if not root.handlers:
+        root.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
+    root.setLevel(level)
+
+
+def progress(transient: bool = False, disable: bool | None = None) -> Progress:
+    """A rich progress bar with count, rate-friendly columns and ETA; silent when not a terminal in CI logs."""
+    if disable is None:
+        disable = bool(os.environ.get("TEDLOC_NO_PROGRESS"))
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=disable,
+    )
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn UserError (and friends the user caused) into one red line and exit code 2."""
+    from tedloc_edge.bundle import BundleError
+
+    try:
+        yield
+    except (UserError, BundleError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: partial outputs were kept")
+        sys.exit(130)
+
+
+def next_commands(title: str, commands: list[str]) -> None:
+    """Print ready-to-run follow-up commands, as Ultralytics does after export/train."""
+    console.print(f"\n[bold]{title}[/]")
+    for cmd in commands:
+        console.print(f"  [cyan]{cmd}[/]", soft_wrap=True)

@@ -1,0 +1,53 @@
+"""The decoder itself: protocol details worked out by hand (the metrics tests cover the sweep)."""
+
+import numpy as np
+
+from tedloc_edge.boxes import box_iou, decode_boxes, map_to_uint8, normalize_map, scale_boxes, threshold_level
+
+
+def test_normalize_constant_and_nan_maps_become_zero():
+    assert not normalize_map(np.full((4, 4), 3.0)).any()
+    m = np.ones((4, 4))
+    m[0, 0] = np.nan
+    assert not normalize_map(m).any()
+
+
+def test_square_blob_box_is_exact_at_native_size():
+    m = np.zeros((224, 224), np.float32)
+    m[50:100, 60:120] = 1.0
+    boxes = decode_boxes(m, 0.5)
+    # bicubic resize at the same size is the identity; rectangle covers columns 60..119 -> x1 = x + w = 120
+    assert boxes.tolist() == [[60, 50, 120, 100]]
+
+
+def test_largest_vs_all_contours():
+    m = np.zeros((224, 224), np.float32)
+    m[10:30, 10:30] = 1.0
+    m[100:200, 100:200] = 1.0
+    assert decode_boxes(m, 0.5, mode="largest").tolist() == [[100, 100, 200, 200]]
+    assert len(decode_boxes(m, 0.5, mode="all")) == 2
+
+
+def test_box_clipped_to_last_pixel_and_empty_map_gives_no_box():
+    m = np.zeros((224, 224), np.float32)
+    m[200:, 200:] = 1.0
+    assert decode_boxes(m, 0.5).tolist() == [[200, 200, 223, 223]]
+    assert decode_boxes(np.zeros((7, 7)), 0.5).shape == (0, 4)
+
+
+def test_threshold_is_strictly_above_truncated_level():
+    u = map_to_uint8(np.linspace(0, 1, 224 * 224).reshape(224, 224), (224, 224))
+    assert u.max() == 255
+    assert threshold_level(0.5, 255) == 127
+
+
+def test_iou_is_inclusive_and_exact_half():
+    # 10x10 box vs a box sharing half of it: inter 50, union 100 + 100 - 50 = 150 -> 1/3
+    assert np.isclose(box_iou(np.array([[0, 0, 9, 9]]), np.array([[5, 0, 14, 9]]))[0, 0], 50 / 150)
+    # pred inside gt with half the area -> IoU exactly 0.5
+    assert box_iou(np.array([[0, 0, 9, 4]]), np.array([[0, 0, 9, 9]]))[0, 0] == 0.5
+
+
+def test_scale_boxes_maps_inclusive_edges():
+    out = scale_boxes(np.array([[0, 0, 223, 111]]), (224, 224), (448, 896))
+    assert out.tolist() == [[0.0, 0.0, 895.0, 223.0]]

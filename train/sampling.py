@@ -1,0 +1,92 @@
+"""Which patches teach what: foreground above the Otsu threshold of the cue map, background from its lowest part.
+
+Candidate regions are fixed per image (the cues are computed once); the k patches drawn from them are redrawn
+at every step, with replacement when a region is smaller than k, so each step sees a fresh subset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+OTSU_BINS = 256
+
+
+def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
+    """Otsu's threshold of values in [0, 1]: the level maximizing the between-class variance (histogram of `bins`).
+
+    Foreground is then `values > threshold`. A constant input returns its value (nothing lies above it)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo < 1e-12:
+        return hi
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    p = hist / hist.sum()
+    omega = np.cumsum(p)  # weight of the class at or below each bin
+    mu = np.cumsum(p * np.arange(bins))
+    mu_t = mu[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu_t * omega - mu) ** 2 / (omega * (1.0 - omega))
+    between = np.nan_to_num(between, nan=-1.0, posinf=-1.0)
+    k = int(np.argmax(between[:-1]))  # the split after bin k; the last bin would leave nothing above
+    return float(edges[k + 1])
+
+
+@dataclass(frozen=True)
+class PatchRegions:
+    """Per image, over the flattened patch grid (N, P): candidate masks and whether the cue can teach at all."""
+
+    fg: torch.Tensor  # (N, P) bool, cue > Otsu threshold
+    bg: torch.Tensor  # (N, P) bool, cue within the lowest `bg_fraction` of the map
+    valid: torch.Tensor  # (N,) bool, False for a constant cue map (no foreground to tell apart)
+
+
+def patch_regions(cues: np.ndarray, bg_fraction: float = 0.2) -> PatchRegions:
+    """Candidate regions from cue maps (N, gh, gw) in [0, 1]. Background: the round(bg_fraction * P) patches
+    with the lowest cue (at least one), never overlapping the foreground."""
+    cues = np.asarray(cues, dtype=np.float32)
+    n = cues.shape[0]
+    flat = cues.reshape(n, -1)
+    num_bg = max(1, int(round(bg_fraction * flat.shape[1])))
+    fg = np.zeros(flat.shape, dtype=bool)
+    bg = np.zeros(flat.shape, dtype=bool)
+    valid = np.zeros(n, dtype=bool)
+    for i, row in enumerate(flat):
+        if row.max() - row.min() < 1e-6:
+            continue
+        fg[i] = row > otsu_threshold(row)
+        order = np.argsort(row, kind="stable")[:num_bg]
+        bg[i, order] = True
+        bg[i] &= ~fg[i]
+        valid[i] = fg[i].any() and bg[i].any()
+    return PatchRegions(torch.from_numpy(fg), torch.from_numpy(bg), torch.from_numpy(valid))
+
+
+def flip_regions(regions: PatchRegions, grid: tuple[int, int]) -> PatchRegions:
+    """The regions of horizontally flipped images."""
+    gh, gw = grid
+
+    def flip(mask: torch.Tensor) -> torch.Tensor:
+        return mask.view(-1, gh, gw).flip(-1).reshape(mask.shape)
+
+    return PatchRegions(flip(regions.fg), flip(regions.bg), regions.valid)
+
+
+def draw(mask: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k patch indices per row of a (B, P) bool mask, uniformly from its True entries, with replacement.
+
+    A row with no True entry draws uniformly from all patches (callers weight such rows out)."""
+    weights = mask.float()
+    empty = weights.sum(1) == 0
+    weights[empty] = 1.0
+    return torch.multinomial(weights, k, replacement=True, generator=generator)
+
+
+def sample_patches(regions: PatchRegions, index: torch.Tensor, k_fg: int, k_bg: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the batch rows `index` into the regions: (fg_idx (B, k_fg), bg_idx (B, k_bg), valid (B,))."""
+    fg = regions.fg[index]
+    bg = regions.bg[index]
+    return draw(fg, k_fg, generator), draw(bg, k_bg, generator), regions.valid[index]

@@ -1,0 +1,416 @@
+"""Localization cues: one pseudo-label map per training image, computed once and cached on disk.
+
+TeD-Loc samples foreground and background patches from these maps (training only). Four sources:
+
+* ``ddt``: DDT / PSOL class co-localization, offline. Per class, the patch descriptors of all its images,
+  mean-centred, give a first principal direction; each patch's projection on it is the map. It lights
+  what the class's images have in common, which tends to be the whole object. The sign of a principal
+  direction is arbitrary, so it is chosen per class by a **border prior**: the object side is the one whose
+  mean projection over the interior patches exceeds that over the one-patch border ring (photographs and
+  the synthetic benchmark alike frame objects away from the edges, and the ring is mostly background even
+  for objects covering most of the image). On grids under 3x3, or when that gap is negligible, the
+  **minority rule** decides (the side with fewer positive patches is the object, as PSOL's max+min rule).
+  Negative projections become 0.
+* ``cam``: class activation map of a linear classifier trained (seeded, full-batch Adam) on globally
+  pooled frozen features: the true class's map, ReLU.
+* ``clip-es``: CLIP-ES (``tedloc_edge.train.clip_es``) for the true class, from an open_clip ViT.
+* ``files``: the user's maps, ``cue_dir/<image id without extension>.{npy,png,jpg,jpeg}`` (or the bare
+  file stem), any resolution and range.
+
+Every map is resized bilinearly to ``out_size`` and min-max normalized to [0, 1] (a constant map -> 0).
+With a ``cache_dir``, the maps are saved as ``<kind>-<key>.npy`` plus a JSON sidecar of the settings; the
+key hashes the kind, its settings, the sample ids and labels and the features, so a second call loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from tedloc_edge.bundle import atomic_write_bytes, atomic_write_text
+from tedloc_edge.boxes import normalize_map
+from tedloc_edge.console import UserError
+from tedloc_edge.console import progress as progress_bar
+
+log = logging.getLogger(__name__)
+
+CUE_KINDS = ("ddt", "cam", "clip-es", "files")
+CUE_FORMAT = 1  # bump when a kind's computation changes, so old caches are not reused
+FILE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")
+CAM_STEPS, CAM_LR, CAM_WEIGHT_DECAY = 300, 0.05, 1e-4
+PICTURE_TILE, PICTURE_CAPTION, PICTURE_COLS = 192, 20, 4
+
+Features = torch.Tensor | Callable[[], torch.Tensor] | None
+
+
+def compute_cues(
+    kind: str,
+    samples: Sequence,
+    class_names: Sequence[str],
+    *,
+    features: Features,
+    out_size: tuple[int, int],
+    cache_dir: Path | None = None,
+    clip_model: str = "ViT-B-16",
+    clip_pretrained: str | None = None,
+    cue_dir: Path | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    features_key: str | None = None,
+    clip_input_size: int | None = None,
+) -> np.ndarray:
+    """Cue maps (N, gh, gw) float32 in [0, 1] for `samples` (objects with image_id, path, label), at `out_size`.
+
+    `features` (ddt, cam): (N, C, h, w) frozen-backbone features of the samples, or a callable returning them;
+    with `features_key` (e.g. backbone, weights and input size) naming them, a cache hit never calls it.
+    """
+    kind = _check_kind(kind)
+    labels = _labels(samples, len(class_names))
+    out_size = (int(out_size[0]), int(out_size[1]))
+    settings = _settings(kind, out_size, clip_model, clip_pretrained, cue_dir, seed, clip_input_size)
+    feats = None
+    if kind in ("ddt", "cam"):
+        if features is None:
+            raise ValueError("cue kinds ddt and cam need the frozen backbone's features (N, C, h, w)")
+        if features_key is None:  # name the features by their content
+            feats = _materialize(features, len(samples))
+            features_key = _features_digest(feats)
+    settings["features"] = features_key
+    if kind == "files":
+        settings["files"] = _files_digest(_cue_files(samples, Path(cue_dir)))
+    key = _cache_key(settings, samples, labels, class_names)
+    cached = _load_cached(cache_dir, kind, key, (len(samples), *out_size)) if cache_dir is not None else None
+    if cached is not None:
+        log.info("cues: loaded %d %s maps from the cache %s", len(samples), kind, cache_dir)
+        return cached
+    if feats is None and kind in ("ddt", "cam"):
+        feats = _materialize(features, len(samples))
+    raw = _compute(kind, samples, class_names, labels, feats, cue_dir, clip_model, clip_pretrained,
+                   clip_input_size, device, seed, progress)
+    maps = finalize_maps(raw, out_size)
+    if cache_dir is not None:
+        _save_cached(Path(cache_dir), kind, key, maps, settings, len(samples))
+    return maps
+
+
+def _compute(kind, samples, class_names, labels, feats, cue_dir, clip_model, clip_pretrained, clip_input_size,
+             device, seed, progress) -> Sequence[np.ndarray]:
+    if kind == "ddt":
+        return ddt_maps(feats.to(device), labels, seed=seed).cpu().numpy()
+    if kind == "cam":
+        return cam_maps(feats.to(device), labels, len(class_names), seed=seed).cpu().numpy()
+    if kind == "clip-es":
+        return clip_es_maps(samples, class_names, labels, clip_model=clip_model, clip_pretrained=clip_pretrained,
+                            input_size=clip_input_size, device=device, progress=progress)
+    return [load_cue_file(p) for p in _cue_files(samples, Path(cue_dir))]
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def ddt_maps(features: torch.Tensor, labels: np.ndarray, seed: int = 0) -> torch.Tensor:
+    """DDT co-localization (N, h, w) >= 0: per class, the first principal component's projection, object-signed."""
+    n, c, h, w = features.shape
+    out = torch.zeros(n, h, w, dtype=torch.float32, device=features.device)
+    for k in np.unique(labels):
+        idx = torch.from_numpy(np.flatnonzero(labels == k)).to(features.device)
+        x = features[idx].permute(0, 2, 3, 1).reshape(-1, c).double()
+        x = x - x.mean(dim=0, keepdim=True)
+        proj = (x @ _first_principal_direction(x, seed)).reshape(len(idx), h, w)
+        out[idx] = (proj * _object_sign(proj)).clamp_min(0).float()
+    return out
+
+
+def _first_principal_direction(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Unit first right singular vector of centred rows (randomized SVD, seeded, exact for small widths)."""
+    if min(x.shape) <= 64:
+        return torch.linalg.svd(x, full_matrices=False).Vh[0]
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        _, _, v = torch.svd_lowrank(x, q=min(8, min(x.shape)), niter=6)
+    return v[:, 0]
+
+
+def _object_sign(proj: torch.Tensor) -> float:
+    """+1 or -1 so that positive projections are the object: border prior, minority rule as the fallback."""
+    _, h, w = proj.shape
+    if h >= 3 and w >= 3:
+        interior = proj[:, 1:-1, 1:-1]
+        ring_sum = proj.sum(dim=(1, 2)) - interior.sum(dim=(1, 2))
+        ring_mean = ring_sum.sum() / (proj.shape[0] * (h * w - (h - 2) * (w - 2)))
+        gap = float(interior.mean() - ring_mean)
+        if abs(gap) > 1e-3 * float(proj.std()) + 1e-12:
+            return 1.0 if gap > 0 else -1.0
+    return 1.0 if float((proj > 0).double().mean()) <= 0.5 else -1.0
+
+
+def cam_maps(features: torch.Tensor, labels: np.ndarray, num_classes: int, seed: int = 0,
+             steps: int = CAM_STEPS) -> torch.Tensor:
+    """CAM (N, h, w) >= 0 of a linear classifier on standardized pooled features, for each true class."""
+    feats = features.float()
+    pooled = feats.mean(dim=(2, 3))
+    mu = pooled.mean(dim=0)
+    sd = pooled.std(dim=0).clamp_min(1e-6) if len(pooled) > 1 else torch.ones_like(mu)
+    z = (pooled - mu) / sd
+    y = torch.as_tensor(labels, dtype=torch.long, device=feats.device)
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(z.shape[1], num_classes).to(feats.device)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
+        head.bias.zero_()
+    opt = torch.optim.Adam(head.parameters(), lr=CAM_LR, weight_decay=CAM_WEIGHT_DECAY)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(head(z), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        acc = float((head(z).argmax(dim=1) == y).float().mean())
+    log.info("cues: cam classifier trained %d steps, train loss %.4f, train accuracy %.3f", steps, float(loss.detach()), acc)
+    weights = (head.weight.detach() / sd)[y]  # the same classifier on raw features; the bias is no map
+    return torch.relu(torch.einsum("nc,nchw->nhw", weights, feats))
+
+
+def clip_es_maps(samples: Sequence, class_names: Sequence[str], labels: np.ndarray, *, clip_model: str,
+                 clip_pretrained: str | None, input_size: int | None, device: str, progress: bool) -> np.ndarray:
+    """CLIP-ES maps at the CLIP patch grid for every sample's image and true class."""
+    from tedloc_edge.datasets import load_image
+    from tedloc_edge.train.clip import load_clip
+    from tedloc_edge.train.clip_es import ClipES, ClipESConfig
+
+    es = ClipES(load_clip(clip_model, clip_pretrained, device), class_names, ClipESConfig(input_size=input_size))
+    bs, out = es.cfg.batch_size, []
+    with progress_bar(transient=True, disable=None if progress else True) as bar:
+        task = bar.add_task("clip-es cues", total=len(samples), info="")
+        for start in range(0, len(samples), bs):
+            chunk = samples[start:start + bs]
+            out.append(es.maps([load_image(s.path) for s in chunk], labels[start:start + bs]))
+            bar.advance(task, len(chunk))
+    return np.concatenate(out) if out else np.zeros((0, *es.grid), dtype=np.float32)
+
+
+def load_cue_file(path: Path) -> np.ndarray:
+    """One user cue map as float (h, w): a 2-D .npy (any range) or an image (colour images are averaged)."""
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable .npy cue map ({exc}); save it with numpy.save") from None
+    else:
+        arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise UserError(f"{path}: not a decodable cue image; replace it with a grayscale PNG or a .npy")
+        if arr.ndim == 3:
+            arr = arr[..., :3].mean(axis=2)
+    arr = np.squeeze(np.asarray(arr))
+    if arr.ndim != 2 or arr.dtype.kind not in "biuf":
+        raise UserError(f"{path}: cue map has shape {arr.shape} ({arr.dtype}); save one 2-D numeric map per image")
+    if not np.isfinite(arr).all():
+        raise UserError(f"{path}: cue map has NaN or infinite values; replace them before training")
+    return arr.astype(np.float32)
+
+
+def _cue_files(samples: Sequence, cue_dir: Path) -> list[Path]:
+    if not cue_dir.is_dir():
+        raise UserError(f"{cue_dir}: cue folder not found; pass --cue-dir with one map per training image")
+    found = []
+    for s in samples:
+        rel = Path(s.image_id).with_suffix("")
+        candidates = [cue_dir / f"{rel}{ext}" for ext in FILE_SUFFIXES]
+        candidates += [cue_dir / f"{rel.name}{ext}" for ext in FILE_SUFFIXES]
+        hit = next((p for p in candidates if p.is_file()), None)
+        if hit is None:
+            raise UserError(f"{candidates[0]}: missing cue map for image {s.image_id}; "
+                            f"add it as .npy, .png or .jpg (or drop the image from the split)")
+        found.append(hit)
+    return found
+
+
+def finalize_maps(maps: Sequence[np.ndarray], out_size: tuple[int, int]) -> np.ndarray:
+    """Each map resized bilinearly to `out_size` = (h, w), then min-max normalized -> (N, h, w) float32."""
+    h, w = out_size
+    out = np.zeros((len(maps), h, w), dtype=np.float32)
+    for i, m in enumerate(maps):
+        m = np.asarray(m, dtype=np.float32)
+        out[i] = normalize_map(cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) if m.shape != (h, w) else m)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in CUE_KINDS:
+        close = difflib.get_close_matches(kind, CUE_KINDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"--cue {kind!r} is not a cue kind{hint}; choose one of {', '.join(CUE_KINDS)}")
+    return kind
+
+
+def _labels(samples: Sequence, num_classes: int) -> np.ndarray:
+    labels = np.array([int(s.label) for s in samples], dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        s = samples[int(bad[0])]
+        raise UserError(f"{s.image_id}: class index {s.label} is outside 0..{num_classes - 1}; "
+                        "fix the labels or classes.txt")
+    return labels
+
+
+def _materialize(features: Features, n: int) -> torch.Tensor:
+    feats = features() if callable(features) else features
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 4 or feats.shape[0] != n:
+        raise ValueError(f"features must be a tensor (N={n}, C, h, w), got {getattr(feats, 'shape', type(feats))}")
+    return feats
+
+
+def _features_digest(feats: torch.Tensor) -> str:
+    digest = hashlib.sha256(feats.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return f"sha256:{digest.hexdigest()[:24]}:{tuple(feats.shape)}"
+
+
+def _settings(kind, out_size, clip_model, clip_pretrained, cue_dir, seed, clip_input_size) -> dict:
+    settings: dict = {"kind": kind, "format": CUE_FORMAT, "out_size": list(out_size)}
+    if kind == "ddt":
+        settings.update(seed=seed, sign="border-prior/minority")
+    elif kind == "cam":
+        settings.update(seed=seed, steps=CAM_STEPS, lr=CAM_LR, weight_decay=CAM_WEIGHT_DECAY)
+    elif kind == "clip-es":
+        from tedloc_edge.train.clip_es import ClipESConfig
+
+        weights = clip_pretrained
+        if clip_pretrained and Path(clip_pretrained).is_file():
+            st = Path(clip_pretrained).stat()
+            weights = f"{Path(clip_pretrained).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        cfg = asdict(ClipESConfig(input_size=clip_input_size))
+        settings.update(clip_model=clip_model, clip_weights=weights, meaningful=clip_pretrained is not None, **cfg)
+    elif kind == "files":
+        if cue_dir is None:
+            raise UserError("--cue files needs --cue-dir DIR holding one map per training image")
+        settings["cue_dir"] = str(Path(cue_dir).resolve())
+    return settings
+
+
+def _files_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _cache_key(settings: dict, samples: Sequence, labels: np.ndarray, class_names: Sequence[str]) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update("\n".join(class_names).encode())
+    h.update("\n".join(s.image_id for s in samples).encode())
+    h.update(labels.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cache_paths(cache_dir: Path, kind: str, key: str) -> tuple[Path, Path]:
+    stem = f"{kind}-{key}"
+    return Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.json"
+
+
+def _load_cached(cache_dir: Path, kind: str, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    npy, side = _cache_paths(cache_dir, kind, key)
+    if not (npy.is_file() and side.is_file()):
+        return None
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        maps = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        log.warning("cues: cache %s unreadable (%s); recomputing", npy, exc)
+        return None
+    if meta.get("key") != key or maps.shape != shape or maps.dtype != np.float32 or not np.isfinite(maps).all():
+        log.warning("cues: cache %s does not match these settings; recomputing", npy)
+        return None
+    return maps
+
+
+def _save_cached(cache_dir: Path, kind: str, key: str, maps: np.ndarray, settings: dict, n: int) -> None:
+    npy, side = _cache_paths(cache_dir, kind, key)
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{npy.name}.", suffix=".tmp", dir=npy.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, maps)
+        os.replace(tmp, npy)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    doc = {"key": key, "count": n, "shape": list(maps.shape), "settings": settings}
+    atomic_write_text(side, json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+    log.info("cues: cached %d %s maps at %s", n, kind, npy)
+
+
+# ---------------------------------------------------------------------------------------------- picture
+
+
+def save_cue_picture(path: Path, samples: Sequence, cues: np.ndarray, n: int = 8,
+                     class_names: Sequence[str] | None = None) -> Path:
+    """A PNG grid of up to `n` images (spread over the classes) with their cue overlaid (JET: red = high).
+
+    Tiles are PICTURE_TILE px squares with a PICTURE_CAPTION px caption below, PICTURE_COLS per row.
+    """
+    from tedloc_edge.datasets import load_image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"{path}: the cue picture is written as PNG; name it *.png")
+    if len(cues) != len(samples):
+        raise ValueError(f"{len(cues)} cue maps for {len(samples)} samples")
+    picks = _spread_over_classes([int(s.label) for s in samples], n)
+    if not picks:
+        raise UserError(f"{path}: no samples to draw; the cue picture needs at least one training image")
+    cols = min(PICTURE_COLS, len(picks))
+    rows = math.ceil(len(picks) / cols)
+    t, cap = PICTURE_TILE, PICTURE_CAPTION
+    canvas = np.full((rows * (t + cap), cols * t, 3), 255, dtype=np.uint8)
+    for slot, i in enumerate(picks):
+        r, c = divmod(slot, cols)
+        y, x = r * (t + cap), c * t
+        canvas[y:y + t, x:x + t] = _overlay(load_image(samples[i].path), cues[i], t)
+        name = class_names[samples[i].label] if class_names else Path(samples[i].image_id).stem
+        text = name.encode("ascii", "replace").decode()[:26]  # OpenCV's font draws ASCII only
+        cv2.putText(canvas, text, (x + 3, y + t + cap - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise UserError(f"{path}: OpenCV could not encode the cue picture; check the disk and OpenCV install")
+    atomic_write_bytes(path, png.tobytes())
+    return path
+
+
+def _spread_over_classes(labels: list[int], n: int) -> list[int]:
+    """Up to n indices taking each class in turn (first images of each class first), sorted by class."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    queues = [by_class[y] for y in sorted(by_class)]
+    picks: list[int] = []
+    depth = 0
+    while len(picks) < n and any(depth < len(q) for q in queues):
+        picks += [q[depth] for q in queues if depth < len(q)][: n - len(picks)]
+        depth += 1
+    return picks
+
+
+def _overlay(image: np.ndarray, cue: np.ndarray, size: int) -> np.ndarray:
+    img = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    heat = cv2.resize(np.asarray(cue, dtype=np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(img, 0.5, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.5, 0)

@@ -1,0 +1,149 @@
+"""A trained run as a model: checkpoint format, `load_run` (what export and eval use) and `TorchPredictor`.
+
+A checkpoint describes itself: format tag and version, the model args, the full state (frozen backbone
+included, so a run folder needs no download to be rebuilt), optimizer and schedule, epoch, config, classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.console import UserError
+from tedloc_edge.train.data import resize_rgb
+from tedloc_edge.train.model import Localizer, ModelArgs, create_model
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "tedloc-edge/checkpoint"
+CHECKPOINT_VERSION = 1
+MAP_KINDS = {"tedloc": "probability", "cam": "cam"}
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file beside `path`, then rename: an interrupted save never corrupts it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint; train first (`tedloc-edge train --out {path.parent.parent}`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+        raise UserError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]}); "
+                        "it may be truncated: retrain or use the other checkpoint (last/best)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a tedloc-edge checkpoint; pass a run folder written by `tedloc-edge train`")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not the {CHECKPOINT_VERSION} this "
+                        "tedloc-edge reads; use the tedloc-edge that trained it, or retrain")
+    return ckpt
+
+
+def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """`checkpoint` is "best", "last" or a path to a .pt file."""
+    if checkpoint in ("best", "last"):
+        return Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    return Path(checkpoint)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, BundleMeta]:
+    """Rebuild a trained model (eval mode, CPU, graph contract) and its bundle metadata from a run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder; pass the --out folder of `tedloc-edge train`")
+    ckpt = read_checkpoint(checkpoint_path(run_dir, checkpoint))
+    try:
+        args = ModelArgs.from_dict(ckpt["model_args"])
+        anchors = ckpt["model"].get("head.anchors")
+        model = create_model(args, anchors, pretrained=False)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise UserError(f"{run_dir}: checkpoint does not match its model ({str(exc).splitlines()[0][:120]}); "
+                        "retrain with this tedloc-edge") from None
+    model.eval()
+    anchor_info = ckpt.get("anchor_info") or {}
+    meta = BundleMeta(
+        class_names=tuple(ckpt["class_names"]),
+        input_size=(args.input_size, args.input_size),
+        patch_grid=tuple(args.grid),
+        mean=tuple(args.mean),
+        std=tuple(args.std),
+        method=args.method,
+        map_kind=MAP_KINDS[args.method],
+        backbone=f"{args.backbone} ({ckpt.get('backbone_weights', '')})",
+        anchor_source=anchor_info.get("source", "none (CAM baseline)" if args.method == "cam" else ""),
+        anchors_have_text_semantics=bool(anchor_info.get("has_text_semantics", False)),
+        run_id=str(ckpt.get("run_id", "")),
+        extra={"epoch": int(ckpt.get("epoch", 0)), "checkpoint": checkpoint},
+    )
+    threshold_file = run_dir / "threshold.json"
+    if threshold_file.is_file():
+        try:
+            doc = json.loads(threshold_file.read_text(encoding="utf-8"))
+            source = f"{doc.get('split', 'val')}:{doc.get('criterion', 'unknown')}"
+            meta = meta.replace(threshold=float(doc["threshold"]), threshold_source=source)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{threshold_file}: unreadable ({exc}); recalibrate with `tedloc-edge eval {run_dir} "
+                            "--calibrate` or delete it") from None
+    return model, meta
+
+
+class TorchPredictor:
+    """A predictor over a torch model: `forward_maps(images)` for RGB uint8 images of any size."""
+
+    def __init__(self, run: str | Path | tuple[Localizer, BundleMeta], device: str = "cpu",
+                 checkpoint: str = "best", batch_size: int = 32):
+        model, meta = load_run(run, checkpoint) if isinstance(run, (str, Path)) else run
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def forward_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.meta.input_size
+        maps, logits = [], []
+        for start in range(0, len(images), self.batch_size):
+            chunk = [_check_image(im, start + i) for i, im in enumerate(images[start:start + self.batch_size])]
+            batch = np.stack([resize_rgb(im, h) if h == w else _resize(im, h, w) for im in chunk])
+            m, lg = self.model(torch.from_numpy(batch).to(self.device))
+            maps.append(m.cpu().numpy())
+            logits.append(lg.cpu().numpy())
+        if not maps:
+            gh, gw = self.meta.patch_grid
+            return np.zeros((0, gh, gw), np.float32), np.zeros((0, self.meta.num_classes), np.float32)
+        return np.concatenate(maps).astype(np.float32), np.concatenate(logits).astype(np.float32)
+
+
+def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _check_image(image: np.ndarray, index: int) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise UserError(f"image {index}: expected an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
+                        f"{shape}; load it with tedloc_edge.datasets.load_image")
+    return image

@@ -88,8 +88,8 @@ BAD_WSOL = {
     "no label for an id": ({"metadata/test/class_labels.txt": "t/0.png,2\n"}, "class_labels.txt.*t/1.png"),
     "no box for an id": ({"metadata/test/localization.txt": "t/0.png,1,2,10,12\n"}, "localization.txt.*t/1.png"),
     "no localization file": ({"metadata/test/localization.txt": None}, "localization.txt"),
-    "zero-area box": ({"metadata/test/localization.txt": "t/0.png,5,2,5,12\nt/1.png,1,1,4,4\n"}, "localization.txt.*t/0.png"),
-    "box outside the image": ({"metadata/test/localization.txt": "t/0.png,50,2,60,12\nt/1.png,1,1,4,4\n"}, "localization.txt.*t/0.png"),
+    "zero-area box": ({"metadata/test/localization.txt": "t/0.png,5,2,5,12\nt/1.png,1,1,4,4\n"}, "localization.txt:1: .*t/0.png"),
+    "box outside the image": ({"metadata/test/localization.txt": "t/0.png,50,2,60,12\nt/1.png,1,1,4,4\n"}, "localization.txt:1: .*t/0.png"),
     "bad coordinate": ({"metadata/test/localization.txt": "t/0.png,1,2,ten,12\nt/1.png,1,1,4,4\n"}, "localization.txt:1"),
     "bad size": ({"metadata/test/image_sizes.txt": "t/0.png,40\nt/1.png,40,30\n"}, "image_sizes.txt:1"),
     "duplicate id": ({"metadata/test/image_ids.txt": "t/0.png\nt/0.png\n"}, "image_ids.txt:2"),
@@ -231,7 +231,7 @@ def test_cub_errors_name_file_and_line(tmp_path):
         open_split(root, "test")
     make_cub(root)
     _write(root / "bounding_boxes.txt", "1 1.0 2.0 0.0 5.0\n")
-    with pytest.raises(UserError, match="bounding_boxes.txt.*zero area"):
+    with pytest.raises(UserError, match="bounding_boxes.txt:1: .*zero area"):
         open_split(root, "train")
 
 

@@ -302,9 +302,9 @@ def _check_args(out: Path, classes: int, train: int, image_size: tuple[int, int]
         raise UserError(f"--train {train}: every class needs a training image; pass --train {classes} or more")
     lo, hi = image_size
     if not 64 <= lo <= hi:
-        raise UserError(f"image size range {lo}..{hi}: sides must be at least 64 px and min <= max")
+        raise UserError(f"image sides {lo}..{hi} (--min-size/--max-size): need 64 <= min-size <= max-size")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not exist_ok:
-        raise UserError(f"{out}: already exists and is not empty; pick a new folder or pass --overwrite")
+        raise UserError(f"{out}: already exists and is not empty; pick a new folder or pass --exist-ok to replace it")
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -1,0 +1,252 @@
+"""Export orchestration: source -> ONNX (fp32 / fp16 / int8), verified and gated -> engine -> Triton repository.
+
+Each product is written under a temporary name in its final folder, checked, then renamed, so an
+interrupted or refused export never leaves a model where a user (or the runtime) would pick it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.console import UserError
+from tedloc_edge.export import formats as fmts
+from tedloc_edge.export.images import batch_hash, load_batch, paths_from_args, run_data_root, split_paths, spread
+from tedloc_edge.export.int8_gate import GateResult
+from tedloc_edge.export.source import Source, load_model, onnx_meta, resolve_source
+from tedloc_edge.export.verify import VerifyReport
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+logger = logging.getLogger(__name__)
+
+SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str = "onnx"
+    precision: str | None = None  # None: fp32, or the precision of an ONNX source
+    output: Path | None = None  # file (onnx, engine) or folder (triton); default RUN/export/
+    checkpoint: str = "best"
+    opset: int = 17
+    verify: bool = True
+    images: tuple[str, ...] = ()  # verification images (default: the run's val split)
+    verify_images: int = 32
+    calib_images: int = 200
+    calib_dir: tuple[str, ...] = ()  # calibration images (default: the run's train split)
+    int8_max_drop: float = 1.0
+    int8_allow_drop: bool = False
+    batch_min: int | None = None
+    batch_opt: int | None = None
+    batch_max: int | None = None
+    workspace_gib: float | None = None
+    timing_cache: Path | None = None
+    triton_backend: str | None = None
+    model_name: str | None = None
+
+    def format_options(self) -> dict[str, object]:
+        keys = ("batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "triton_backend", "model_name")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class Artifact:
+    kind: str  # "onnx", "engine", "triton"
+    precision: str
+    path: Path
+    seconds: float
+    verified: str  # e.g. "yes: boxes 32/32, top-1 32/32", "skipped (--no-verify)", "-"
+
+    @property
+    def size_bytes(self) -> int:
+        if self.path.is_dir():
+            return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return self.path.stat().st_size if self.path.exists() else 0
+
+
+@dataclass
+class ExportResult:
+    meta: BundleMeta
+    source: Source
+    artifacts: list[Artifact] = field(default_factory=list)
+    verify: VerifyReport | None = None
+    gate: GateResult | None = None
+
+    @property
+    def final(self) -> Artifact:
+        return self.artifacts[-1]
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tedloc-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{folder}: output folder is not writable ({exc.strerror}); choose another --output") from None
+
+
+@contextmanager
+def staged(final: Path) -> Iterator[Path]:
+    """A temporary path beside `final`; renamed to `final` only if the block succeeds, removed otherwise."""
+    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def onnx_output(source: Source, opts: ExportOptions, fmt: fmts.ExportFormat, precision: str) -> Path:
+    """Where the ONNX goes: --output for --format onnx, else beside the engine / in the run's export folder."""
+    name = f"model{SUFFIX[precision]}.onnx"
+    if opts.output is not None and fmt.name == "onnx":
+        out = Path(opts.output)
+        return out / name if out.is_dir() else out
+    if opts.output is not None and fmt.name == "engine":
+        return Path(opts.output).with_suffix(".onnx")
+    return source.default_output_dir() / name
+
+
+def load_images(specs: tuple[str, ...], source: Source, split: str, limit: int, what: str, meta: BundleMeta) -> tuple[np.ndarray, list[Path]]:
+    paths = paths_from_args(specs, "--calib-dir" if split == "train" else "--images") if specs else split_paths(source.run_dir, split, what)
+    paths = spread(paths, limit)
+    logger.info("%s: %d images", what, len(paths))
+    return load_batch(paths, meta), paths
+
+
+def export_onnx_stage(source: Source, opts: ExportOptions, fmt: fmts.ExportFormat, precision: str, result: ExportResult) -> Path:
+    """torch run -> ONNX at the precision, verified against torch and (int8) accuracy-gated, then renamed."""
+    from tedloc_edge.export.onnx_export import export_to_proto, save_model
+
+    out = onnx_output(source, opts, fmt, precision)
+    check_writable(out.parent)
+    start = time.perf_counter()
+    model, meta = load_model(source)
+    fp32 = export_to_proto(model, meta.replace(precision="fp32"), opts.opset)
+    proto = fp32
+    if precision == "fp16":
+        from tedloc_edge.export.fp16 import convert_fp16
+
+        proto = convert_fp16(fp32, meta)
+    elif precision == "int8":
+        from tedloc_edge.export.int8 import quantize_int8
+
+        calib, names = load_images(opts.calib_dir, source, "train", opts.calib_images, "calibration images", meta)
+        proto = quantize_int8(fp32, meta, calib, batch_hash(calib, names))
+    verified = "skipped (--no-verify)"
+    with staged(out) as tmp:
+        save_model(proto, tmp)
+        if opts.verify:
+            verified = _verify(model, tmp, out, meta, precision, source, opts, result)
+        if precision == "int8":
+            _int8_gate(fp32, tmp, source, opts, result)
+    result.meta = meta.replace(precision=precision)
+    result.artifacts.append(Artifact("onnx", precision, out, time.perf_counter() - start, verified))
+    return out
+
+
+def _verify(
+    model: "torch.nn.Module", tmp: Path, final: Path, meta: BundleMeta, precision: str, source: Source, opts: ExportOptions, result: ExportResult
+) -> str:
+    from tedloc_edge.export.verify import require_passed, verify_export
+
+    images, _ = load_images(opts.images, source, "val", opts.verify_images, "verification images", meta)
+    report = verify_export(model, tmp, meta, images, precision)
+    result.verify = report
+    require_passed(report, final)
+    n = report.num_images
+    return f"yes: max abs {max(o.max_abs for o in report.outputs):.1e}, boxes {report.boxes_identical}/{n}, top-1 {report.top1_agree}/{n}"
+
+
+def _int8_gate(fp32_proto: "onnx.ModelProto", int8_path: Path, source: Source, opts: ExportOptions, result: ExportResult) -> None:
+    from tedloc_edge.datasets import open_split
+    from tedloc_edge.export.int8_gate import run_gate
+    from tedloc_edge.export.onnx_export import save_model
+
+    root = run_data_root(source.run_dir)
+    if root is None:
+        if opts.int8_allow_drop:
+            logger.warning("int8 accuracy gate skipped: the run's dataset is not on this machine (--int8-allow-drop)")
+            return
+        raise UserError(
+            f"{source.path}: the int8 accuracy gate needs the run's val split, whose dataset (config.json 'data') is not "
+            "here; export where the dataset is, or pass --int8-allow-drop to skip the gate"
+        )
+    split = open_split(root, "val")
+    with tempfile.TemporaryDirectory(prefix="tedloc-gate-") as tmp:
+        fp32_path = Path(tmp, "fp32.onnx")
+        save_model(fp32_proto, fp32_path)
+        result.gate = run_gate(fp32_path, int8_path, split, opts.int8_max_drop, opts.int8_allow_drop)
+
+
+def engine_stage(onnx_path: Path, plan: Path, precision: str, opts: ExportOptions, result: ExportResult) -> Path:
+    from tedloc_edge.export.tensorrt_build import EngineSpec, build_engine
+
+    check_writable(plan.parent)
+    spec = EngineSpec(
+        *fmts.check_batch_range(opts.batch_min or 1, opts.batch_opt or 1, opts.batch_max or 8),
+        workspace_gib=opts.workspace_gib or 2.0,
+        timing_cache=opts.timing_cache or plan.with_name("timing.cache"),
+        rebuild_command=f"tedloc-edge export {onnx_path} --format engine --batch-min {opts.batch_min or 1} "
+        f"--batch-opt {opts.batch_opt or 1} --batch-max {opts.batch_max or 8}",
+    )
+    start = time.perf_counter()
+    build_engine(onnx_path, plan, spec)
+    result.artifacts.append(Artifact("engine", precision, plan, time.perf_counter() - start, "-"))
+    return plan
+
+
+def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> ExportResult:
+    """Run one export; returns what was written (the last artifact is the requested product)."""
+    fmt = fmts.get_format(opts.format)
+    fmts.check_options(fmt, opts.format_options())
+    source = resolve_source(source_path, opts.checkpoint)
+    backend = opts.triton_backend or "onnxruntime"
+    if fmt.name == "triton" and backend not in fmts.TRITON_BACKENDS:
+        raise UserError(f"unknown --triton-backend '{backend}': {fmts.close_match_hint(backend, fmts.TRITON_BACKENDS)}")
+    needs_trt = fmt.name == "engine" or (fmt.name == "triton" and backend == "tensorrt")
+    if needs_trt:
+        from tedloc_edge.export.tensorrt_build import preflight
+
+        preflight()
+    if opts.calib_images < 1:
+        raise UserError(f"--calib-images {opts.calib_images} must be >= 1")
+    if source.is_onnx:
+        meta = onnx_meta(source)
+        precision = fmts.check_precision(fmt, opts.precision or meta.precision)
+        if fmt.name == "onnx" or precision != meta.precision:
+            raise UserError(
+                f"{source.path} is already a {meta.precision} ONNX; export the run folder for another ONNX precision, "
+                "or use it with --format engine / triton"
+            )
+        result = ExportResult(meta, source)
+        onnx_path = source.path
+    else:
+        precision = fmts.check_precision(fmt, opts.precision or "fp32")
+        result = ExportResult(BundleMeta(class_names=(), input_size=(0, 0), patch_grid=(0, 0)), source)
+        onnx_path = export_onnx_stage(source, opts, fmt, precision, result)
+    model_path = onnx_path
+    if needs_trt:
+        plan = Path(opts.output) if (opts.output is not None and fmt.name == "engine") else onnx_path.with_suffix(".plan")
+        model_path = engine_stage(onnx_path, plan, precision, opts, result)
+    if fmt.name == "triton":
+        from tedloc_edge.export.triton import write_repository
+
+        repo = Path(opts.output) if opts.output is not None else source.default_output_dir() / "triton"
+        start = time.perf_counter()
+        folder = write_repository(model_path, repo, result.meta, backend, opts.model_name or "tedloc", opts.batch_max or 8)
+        result.artifacts.append(Artifact("triton", precision, folder, time.perf_counter() - start, "-"))
+    return result

@@ -1,0 +1,95 @@
+"""Real images for verification and int8 calibration: the run's dataset split, or files the user names.
+
+Images are resized with the runtime's own `Preprocessor`, so what is verified and calibrated on is exactly
+what the deployed model receives.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.console import UserError
+from tedloc_edge.datasets import IMAGE_SUFFIXES, load_image, open_split
+from tedloc_edge.runtime.preprocess import Preprocessor
+
+logger = logging.getLogger(__name__)
+
+
+def paths_from_args(specs: Sequence[str], what: str = "--images") -> list[Path]:
+    """Files, folders (searched recursively) or glob patterns -> sorted image paths; none is an error."""
+    found: list[Path] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+            if not matches:
+                raise UserError(f"{spec}: no such image file or folder; fix {what}")
+            found += [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not found:
+        raise UserError(f"{what} {' '.join(specs)}: no images found ({', '.join(IMAGE_SUFFIXES)}); name image files or folders")
+    return found
+
+
+def run_data_root(run_dir: Path | None) -> Path | None:
+    """The dataset root recorded in RUN/config.json (``data``), if the run has one that exists here."""
+    if run_dir is None or not (run_dir / "config.json").is_file():
+        return None
+    try:
+        root = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("data") or ""
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise UserError(f"{run_dir / 'config.json'}: not a valid run config; re-run training or pass --images") from None
+    if not root:
+        return None
+    path = Path(root).expanduser()
+    if not path.is_absolute():
+        path = (run_dir / path).resolve() if (run_dir / path).exists() else path.resolve()
+    return path if path.is_dir() else None
+
+
+def split_paths(run_dir: Path | None, split: str, what: str) -> list[Path]:
+    """Image paths of `split` of the run's dataset; one-line error naming the fix when there is none."""
+    root = run_data_root(run_dir)
+    if root is None:
+        raise UserError(
+            f"{run_dir or 'model'}: its dataset (config.json 'data') is not on this machine, so there are no {what}; "
+            f"pass {'--calib-dir' if what.startswith('calib') else '--images'} FOLDER with real images"
+        )
+    return [s.path for s in open_split(root, split).samples]
+
+
+def spread(paths: Sequence[Path], limit: int) -> list[Path]:
+    """At most `limit` paths, evenly spread over the list (classes are usually contiguous), deterministic."""
+    if limit <= 0 or len(paths) <= limit:
+        return list(paths)
+    idx = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+    return [paths[i] for i in idx]
+
+
+def load_batch(paths: Sequence[Path], meta: BundleMeta) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB at the bundle's input size, resized as the runtime resizes."""
+    pre = Preprocessor(meta.input_size, max_batch=max(1, len(paths)))
+    frames = [load_image(p) for p in paths]
+    return pre(frames).copy() if frames else np.zeros((0, *meta.input_size, 3), np.uint8)
+
+
+def batch_hash(batch: np.ndarray, names: Sequence[str | os.PathLike]) -> str:
+    """sha256 over the resized pixels and the file names, in order: identifies a calibration set."""
+    digest = hashlib.sha256()
+    digest.update(str(batch.shape).encode())
+    for name in names:
+        digest.update(Path(name).name.encode("utf-8", "surrogateescape"))
+    digest.update(np.ascontiguousarray(batch).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,132 @@
+"""torch module -> self-describing ONNX: named I/O, dynamic batch, the bundle in metadata_props["tedloc"]."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from tedloc_edge.bundle import METADATA_KEY, BundleMeta, atomic_write_bytes
+from tedloc_edge.console import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("fg_map", "logits")
+OPSET_RANGE = (17, 20)
+DEFAULT_OPSET = 17
+
+
+def check_opset(opset: int) -> int:
+    lo, hi = OPSET_RANGE
+    if not lo <= opset <= hi:
+        raise UserError(f"--opset {opset} is outside {lo}..{hi} (17 keeps LayerNorm as one op for ViTs); pick one in range")
+    return opset
+
+
+def sample_input(meta: BundleMeta, batch: int = 2) -> "torch.Tensor":
+    """A uint8 NHWC batch at the bundle's input size (values only matter for tracing, not for the graph)."""
+    import torch
+
+    h, w = meta.input_size
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8, generator=gen)
+
+
+def export_to_proto(model: "torch.nn.Module", meta: BundleMeta, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Trace the model into an ONNX ModelProto with the graph contract of docs/architecture.md."""
+    import torch
+
+    check_opset(opset)
+    model.eval()
+    buffer = io.BytesIO()
+    # The exporter is chosen explicitly: torch >= 2.9 defaults to the dynamo exporter, whose decompositions
+    # and opset conversion (it emits opset 18+ and down-converts) vary across releases for timm ViTs. The
+    # TorchScript exporter (dynamo=False) writes opset 17 directly, with LayerNormalization as one op and
+    # `dynamic_axes` for the batch, and has produced the same graph for years: the robust choice for 17-20.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (sample_input(meta),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    check_graph_contract(proto, meta)
+    return set_metadata(proto, meta)
+
+
+def check_graph_contract(proto: onnx.ModelProto, meta: BundleMeta) -> None:
+    """The I/O names, dtypes and static dims the runtime relies on; a model that breaks them is a bug."""
+    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    outputs = [o.name for o in proto.graph.output]
+    if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
+        raise UserError(
+            f"model graph has inputs {inputs} and outputs {outputs}, expected ['{INPUT_NAME}'] and {list(OUTPUT_NAMES)}; "
+            "the run's model does not follow docs/architecture.md (retrain with this tedloc-edge)"
+        )
+    elem = proto.graph.input[0].type.tensor_type.elem_type
+    if elem != onnx.TensorProto.UINT8:
+        raise UserError(f"model input '{INPUT_NAME}' is {onnx.TensorProto.DataType.Name(elem)}, expected UINT8 NHWC; retrain with this tedloc-edge")
+    dims = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim][1:]
+    if dims and all(dims) and tuple(dims) != tuple(meta.patch_grid):
+        raise UserError(f"model fg_map grid {tuple(dims)} differs from the bundle's patch_grid {meta.patch_grid}; the run is inconsistent, retrain it")
+
+
+def set_metadata(proto: onnx.ModelProto, meta: BundleMeta) -> onnx.ModelProto:
+    """Replace the ``tedloc`` metadata entry with the bundle (other entries are kept)."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    for key, value in keep + [(METADATA_KEY, meta.to_json())]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "tedloc-edge"
+    proto.doc_string = f"TeD-Loc localizer ({meta.method}, {meta.backbone or 'backbone'}, {meta.precision}, {meta.num_classes} classes)"
+    return proto
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Checked, then written atomically (temp + rename). Models over 2 GB are not a target of this project."""
+    path = Path(path)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"{path}: exported graph fails the ONNX checker ({str(exc).splitlines()[0]}); report this with the run") from None
+    try:
+        atomic_write_bytes(path, proto.SerializeToString())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror}); choose a writable --output") from None
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_onnx(model: "torch.nn.Module", meta: BundleMeta, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
+    """Export a model obeying the graph contract to a self-describing fp32 ONNX file at `path`."""
+    proto = export_to_proto(model, meta.replace(precision="fp32"), opset)
+    out = save_model(proto, path)
+    logger.info("wrote %s (opset %d, %d nodes)", out, opset, len(proto.graph.node))
+    return out

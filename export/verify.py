@@ -1,0 +1,177 @@
+"""The export comparator: torch and ONNX Runtime on the same real images, then a stated tolerance.
+
+As Polygraphy's comparator: the runners only run (same uint8 batch in, named outputs out); comparing is a
+separate step that reports, per output, max abs and max rel error, then the task result MMDeploy's
+regression tests check: the decoded boxes (`tedloc_edge.boxes.decode_boxes`, the runtime's and evaluation's
+decoder) and the top-1 class. Validation (NaN / inf) is its own step. Tolerances depend on the precision:
+fp32 must reproduce torch (boxes and classes identical); fp16 and int8 are bounded, and int8 is judged on
+accuracy by the int8 gate, so its tensor errors are reported, not enforced.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from tedloc_edge.boxes import box_iou, decode_boxes, protocol_boxes
+from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.console import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("fg_map", "logits")
+Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class VerificationError(UserError):
+    """An exported model that does not reproduce the torch model within tolerance."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float  # elementwise |a - b| <= atol + rtol * |torch|
+    rtol: float
+    min_box_iou: float  # per image, best IoU of the exported model's box against torch's
+    max_top1_disagree: float  # share of images whose top-1 class may differ
+
+
+TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_box_iou=0.95, max_top1_disagree=0.0),
+    "fp16": Tolerance(atol=2e-2, rtol=2e-2, min_box_iou=0.5, max_top1_disagree=0.05),
+    "int8": Tolerance(atol=math.inf, rtol=math.inf, min_box_iou=0.0, max_top1_disagree=1.0),
+}
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs: float
+    max_rel: float
+    within: bool
+
+
+@dataclass
+class VerifyReport:
+    precision: str
+    num_images: int
+    outputs: list[OutputDiff]
+    boxes_identical: int
+    min_box_iou: float
+    mean_box_iou: float
+    top1_agree: int
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        errs = ", ".join(f"{o.name} max abs {o.max_abs:.2e} rel {o.max_rel:.2e}" for o in self.outputs)
+        n = self.num_images
+        return (
+            f"{self.precision} vs torch on {n} images: {errs}; boxes identical {self.boxes_identical}/{n} "
+            f"(min IoU {self.min_box_iou:.3f}); top-1 agree {self.top1_agree}/{n}"
+        )
+
+
+def torch_runner(model: "torch.nn.Module") -> Runner:
+    import torch
+
+    model.eval()
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            outs = model(torch.from_numpy(np.ascontiguousarray(batch)))
+        return {name: t.detach().float().cpu().numpy() for name, t in zip(OUTPUTS, outs)}
+
+    return run
+
+
+def onnxruntime_runner(path: str | Path, threads: int = 0) -> Runner:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = session.run(list(OUTPUTS), {"images": batch})
+        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(OUTPUTS, values)}
+
+    return run
+
+
+def run_batched(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
+    parts = [runner(images[i : i + batch]) for i in range(0, len(images), batch)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUTS}
+
+
+def compare_tensors(ref: np.ndarray, got: np.ndarray, name: str, tol: Tolerance) -> OutputDiff:
+    if ref.shape != got.shape:
+        raise VerificationError(f"output {name}: shape {got.shape} differs from torch's {ref.shape}; re-export the model")
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    rel = diff / np.maximum(np.abs(ref.astype(np.float64)), 1e-6)
+    within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref)))
+    return OutputDiff(name, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), within)
+
+
+def compare_boxes(ref_maps: np.ndarray, got_maps: np.ndarray, meta: BundleMeta) -> tuple[int, np.ndarray]:
+    """(number of images with identical boxes, per-image best IoU of the exported boxes against torch's)."""
+    identical, ious = 0, np.empty(len(ref_maps))
+    for i, (ref, got) in enumerate(zip(ref_maps, got_maps)):
+        a = protocol_boxes(decode_boxes(ref, meta.threshold, meta.input_size, meta.contour_mode))
+        b = protocol_boxes(decode_boxes(got, meta.threshold, meta.input_size, meta.contour_mode))
+        identical += int(a.shape == b.shape and np.array_equal(a, b))
+        ious[i] = float(box_iou(b, a).max(axis=0).min())
+    return identical, ious
+
+
+def validate_finite(outputs: dict[str, np.ndarray], label: str) -> list[str]:
+    return [f"{label} {name} has NaN or inf" for name, v in outputs.items() if not np.isfinite(v).all()]
+
+
+def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], meta: BundleMeta, precision: str) -> VerifyReport:
+    tol = TOLERANCES[precision]
+    failures = validate_finite(ref, "torch") + validate_finite(got, precision)
+    diffs = [compare_tensors(ref[name], got[name], name, tol) for name in OUTPUTS]
+    failures += [f"{d.name} max abs error {d.max_abs:.2e} exceeds {tol.atol:g} + {tol.rtol:g}*|torch|" for d in diffs if not d.within]
+    identical, ious = compare_boxes(ref["fg_map"], got["fg_map"], meta)
+    n = len(ious)
+    if n and ious.min() < tol.min_box_iou:
+        failures.append(f"a decoded box has IoU {ious.min():.3f} with torch's (needs >= {tol.min_box_iou})")
+    agree = int((ref["logits"].argmax(1) == got["logits"].argmax(1)).sum())
+    if n and (n - agree) / n > tol.max_top1_disagree:
+        failures.append(f"top-1 class differs from torch on {n - agree}/{n} images")
+    return VerifyReport(
+        precision, n, diffs, identical, float(ious.min(initial=1.0)), float(ious.mean()) if n else 1.0, agree, failures
+    )
+
+
+def verify_export(
+    model: "torch.nn.Module", onnx_path: str | Path, meta: BundleMeta, images: np.ndarray, precision: str = "fp32"
+) -> VerifyReport:
+    """Run torch and ONNX Runtime on `images` (uint8 NHWC at the input size) and compare them."""
+    if len(images) == 0:
+        raise UserError("verification needs at least one image; pass --images or use --no-verify")
+    ref = run_batched(torch_runner(model), images)
+    got = run_batched(onnxruntime_runner(onnx_path), images)
+    report = compare(ref, got, meta, precision)
+    logger.info("verify %s", report.summary())
+    return report
+
+
+def require_passed(report: VerifyReport, path: str | Path) -> None:
+    if not report.passed:
+        raise VerificationError(
+            f"{path}: verification failed ({'; '.join(report.failures)}); nothing was written. "
+            "Re-export with --no-verify to keep it anyway, or report the run"
+        )

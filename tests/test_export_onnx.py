@@ -1,0 +1,143 @@
+"""ONNX export, fp16 and int8 conversion and the torch-vs-ONNX Runtime comparator, on a contract-shaped model
+and real photos (scikit-image). Fast: the model is tiny, so every path runs in a few seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from exportkit import TinyTedLoc, real_photos, tiny_meta
+
+from tedloc_edge.bundle import read_onnx_meta
+from tedloc_edge.console import UserError
+from tedloc_edge.export.fp16 import convert_fp16
+from tedloc_edge.export.head_nodes import head_node_names
+from tedloc_edge.export.int8 import quantize_int8
+from tedloc_edge.export.onnx_export import export_onnx, export_to_proto, save_model
+from tedloc_edge.export.verify import VerificationError, compare, onnxruntime_runner, require_passed, run_batched, torch_runner, verify_export
+from tedloc_edge.runtime.preprocess import Preprocessor
+
+
+@pytest.fixture(scope="module")
+def model():
+    return TinyTedLoc().eval()
+
+
+@pytest.fixture(scope="module")
+def photos():
+    meta = tiny_meta()
+    return Preprocessor(meta.input_size, 4)(real_photos()).copy()
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory, model):
+    return export_onnx(model, tiny_meta(), tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def test_graph_contract_and_metadata(fp32):
+    proto = onnx.load(str(fp32))
+    assert proto.opset_import[0].version == 17
+    assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["fg_map", "logits"]
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    meta = read_onnx_meta(fp32)
+    assert meta == tiny_meta().replace(precision="fp32")
+
+
+def test_dynamic_batch(fp32, photos):
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        fg, logits = session.run(None, {"images": photos[:n]})
+        assert fg.shape == (n, 8, 8) and logits.shape == (n, 4)
+
+
+def test_fp32_matches_torch_on_real_photos(model, fp32, photos):
+    report = verify_export(model, fp32, tiny_meta(), photos, "fp32")
+    assert report.passed, report.failures
+    assert all(o.max_abs < 1e-5 for o in report.outputs)
+    assert report.boxes_identical == len(photos) and report.top1_agree == len(photos)
+
+
+def test_head_is_found_by_structure(fp32):
+    names = head_node_names(onnx.load(str(fp32)))
+    assert "/Sigmoid" in names and "/head/MatMul" in names and "/MatMul" in names  # g, sigmoid, anchor product
+    assert not any(n.startswith(("/backbone", "/decoder")) for n in names)
+
+
+def test_fp16_keeps_io_and_head_float32(model, fp32, photos, tmp_path):
+    proto = convert_fp16(onnx.load(str(fp32)), tiny_meta())
+    onnx.checker.check_model(proto)
+    assert [o.type.tensor_type.elem_type for o in proto.graph.output] == [onnx.TensorProto.FLOAT] * 2
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    head_weight = next(n for n in proto.graph.node if n.name == "/head/MatMul").input[1]
+    assert inits[head_weight] == onnx.TensorProto.FLOAT
+    assert onnx.TensorProto.FLOAT16 in inits.values()  # the backbone did become fp16
+    path = save_model(proto, tmp_path / "m16.onnx")
+    report = verify_export(model, path, tiny_meta(), photos, "fp16")
+    assert report.passed, report.failures
+    assert read_onnx_meta(path).precision == "fp16"
+
+
+def test_int8_is_symmetric_qdq_with_a_float_head(model, fp32, photos, tmp_path):
+    proto = quantize_int8(onnx.load(str(fp32)), tiny_meta(), photos, calibration_hash="c0ffee")
+    inits = {t.name: t for t in proto.graph.initializer}
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq, "nothing was quantized"
+    for node in dq:
+        if len(node.input) > 2:
+            assert not onnx.numpy_helper.to_array(inits[node.input[2]]).any(), "zero point must be 0 (TensorRT)"
+    dq_out = {o for n in dq for o in n.output}
+    anchor_product = next(n for n in proto.graph.node if n.op_type == "MatMul" and n.output[0].startswith("/MatMul"))
+    assert not set(anchor_product.input) & dq_out
+    meta = read_onnx_meta(save_model(proto, tmp_path / "m8.onnx"))
+    assert meta.precision == "int8" and meta.calibration_hash == "c0ffee"
+    report = verify_export(model, tmp_path / "m8.onnx", tiny_meta(), photos, "int8")
+    assert report.passed and report.top1_agree >= 3
+
+
+def test_int8_without_images_is_one_line(fp32):
+    with pytest.raises(UserError, match="int8 needs calibration images"):
+        quantize_int8(onnx.load(str(fp32)), tiny_meta(), np.zeros((0, 64, 64, 3), np.uint8), "x")
+
+
+def test_comparator_catches_a_different_model(fp32, photos):
+    other = TinyTedLoc(seed=1).eval()
+    report = compare(run_batched(torch_runner(other), photos), run_batched(onnxruntime_runner(fp32), photos), tiny_meta(), "fp32")
+    assert not report.passed
+    with pytest.raises(VerificationError, match=r"model.onnx: verification failed \(.*max abs error") as err:
+        require_passed(report, "model.onnx")
+    assert "\n" not in str(err.value)
+
+
+def test_nan_output_fails_validation(photos):
+    good = {"fg_map": np.zeros((2, 8, 8), np.float32), "logits": np.zeros((2, 4), np.float32)}
+    bad = {"fg_map": np.full((2, 8, 8), np.nan, np.float32), "logits": np.zeros((2, 4), np.float32)}
+    assert "fp16 fg_map has NaN or inf" in compare(good, bad, tiny_meta(), "fp16").failures
+
+
+def test_opset_range_and_contract_errors(model, tmp_path):
+    with pytest.raises(UserError, match="--opset 13 is outside 17..20"):
+        export_to_proto(model, tiny_meta(), opset=13)
+
+    class Wrong(torch.nn.Module):
+        def forward(self, images):
+            x = images.float().mean((1, 2))
+            return x, x
+
+    with pytest.raises(UserError, match="expected UINT8|differs from the bundle"):
+        export_to_proto(Wrong(), tiny_meta())
+
+
+def test_opset_20_exports(model, photos, tmp_path):
+    path = export_onnx(model, tiny_meta(), tmp_path / "m20.onnx", opset=20)
+    assert onnx.load(str(path)).opset_import[0].version == 20
+    assert verify_export(model, path, tiny_meta(), photos).passed
+
+
+def test_unwritable_output_is_one_line(model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write"):
+        export_onnx(model, tiny_meta(), blocker / "model.onnx")

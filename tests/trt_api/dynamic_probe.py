@@ -1,0 +1,167 @@
+"""Run inside a subprocess with the real TensorRT bindings imported as `tensorrt` (harness.TrtApi.env()).
+
+`python dynamic_probe.py WORKDIR STEP...` prints one `PROBE {json}` line per step: what the project's code
+did with the real API on a machine without a GPU (the exception type, its message, whether it was the
+project's own error). The assertions live in tests/test_tensorrt_api.py; this file only observes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+WORK = Path(sys.argv[1])
+
+
+def emit(step: str, **fields: Any) -> None:
+    print("PROBE " + json.dumps({"step": step, **fields}), flush=True)
+
+
+def outcome(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Call fn; describe how it ended (the project's error classes are told apart from anything else)."""
+    from tedloc_edge.bundle import BundleError
+    from tedloc_edge.console import UserError
+
+    try:
+        value = fn()
+    except (UserError, BundleError) as exc:
+        return {"raised": type(exc).__name__, "project_error": True, "message": str(exc)}
+    except SystemExit as exc:
+        return {"raised": "SystemExit", "project_error": False, "message": str(exc.code)}
+    except BaseException as exc:  # noqa: BLE001 - anything else is what the test must catch
+        return {
+            "raised": type(exc).__name__,
+            "project_error": False,
+            "message": str(exc),
+            "traceback": traceback.format_exc(),
+        }
+    return {"raised": None, "project_error": False, "message": "", "value": repr(value)[:200]}
+
+
+def step_bindings() -> None:
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        trt.Builder(logger)
+        builder_error = ""
+    except TypeError as exc:
+        builder_error = str(exc)
+    emit(
+        "bindings",
+        version=trt.__version__,
+        module=trt.__name__,
+        has_fp16_flag=hasattr(trt.BuilderFlag, "FP16"),
+        strongly_typed=hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"),
+        execute_async_v3=hasattr(trt.IExecutionContext, "execute_async_v3"),
+        builder_error=builder_error,
+    )
+
+
+def step_build_record() -> None:
+    """The compatibility check, fully: this TensorRT vs records from the same, another major, another GPU."""
+    import tensorrt as trt
+
+    from tedloc_edge.build_record import check_build_record, make_build_record, version_tuple
+
+    here = trt.__version__
+    major = version_tuple(here)[0]
+    other_major = "10.13.3.9" if major >= 11 else "11.4.0.106"
+    rebuild = "tedloc-edge export runs/demo --format engine --precision fp16 --out demo.plan"
+
+    def record(version: str, cc: str) -> dict[str, Any]:
+        return make_build_record(
+            tensorrt_version=version, gpu_name="NVIDIA Jetson AGX Orin", compute_capability=cc,
+            cuda_version="12.6", precision="fp16",
+            input_shapes={"images": {"min": [1, 224, 224, 3], "opt": [4, 224, 224, 3], "max": [8, 224, 224, 3]}},
+            onnx_sha256="0" * 64, workspace_bytes=1 << 30, rebuild=rebuild, built_at="2026-01-01T00:00:00Z",
+        )
+
+    emit("build_record", here=here, other_major=other_major, rebuild=rebuild,
+         same=outcome(lambda: check_build_record(record(here, "8.7"), here, "8.7")),
+         other_major_refused=outcome(lambda: check_build_record(record(other_major, "8.7"), here, "8.7")),
+         other_cc_refused=outcome(lambda: check_build_record(record(here, "8.7"), here, "11.0")))
+
+
+def tiny_onnx(path: Path) -> Path:
+    """A small valid ONNX obeying the graph contract's names, with the tedloc metadata the builder reads."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tedloc_edge.bundle import METADATA_KEY, BundleMeta
+
+    meta = BundleMeta(class_names=("a", "b", "c"), input_size=(64, 64), patch_grid=(64, 64), precision="fp32")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["x"], ["fg_map"], axes=[3], keepdims=0),
+            helper.make_node("ReduceMean", ["x"], ["logits"], axes=[1, 2], keepdims=0),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 64, 64, 3])],
+        [helper.make_tensor_value_info("fg_map", TensorProto.FLOAT, ["N", 64, 64]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+def fake_plan(path: Path) -> Path:
+    """A plan file with a sidecar whose build record matches the running TensorRT (so only the GPU is missing)."""
+    from tedloc_edge.build_record import make_build_record
+    from tedloc_edge.bundle import BundleMeta, write_plan_sidecar
+
+    try:
+        import tensorrt
+
+        version = str(tensorrt.__version__)
+    except ImportError:
+        version = "10.13.3.9"
+    meta = BundleMeta(class_names=("a", "b", "c"), input_size=(64, 64), patch_grid=(8, 8), precision="fp16")
+    record = make_build_record(
+        tensorrt_version=version, gpu_name="NVIDIA Jetson AGX Orin", compute_capability="8.7", cuda_version="12.6",
+        precision="fp16", input_shapes={"images": {"min": [1, 64, 64, 3], "opt": [1, 64, 64, 3], "max": [8, 64, 64, 3]}},
+        onnx_sha256="0" * 64, workspace_bytes=1 << 30, rebuild="tedloc-edge export x.onnx --format engine",
+        built_at="2026-01-01T00:00:00Z",
+    )
+    path.write_bytes(b"not a real plan: the GPU-less failure must come before deserialization")
+    write_plan_sidecar(path, meta, record)
+    return path
+
+
+def step_builder() -> None:
+    """The engine builder, from a real tedloc ONNX, up to where a GPU is needed."""
+    from tedloc_edge.export.tensorrt_build import build_engine
+
+    onnx_path = tiny_onnx(WORK / "tiny.onnx")
+    plan = WORK / "out" / "tiny.plan"
+    got = outcome(lambda: build_engine(onnx_path, plan))
+    leftovers = sorted(p.name for p in plan.parent.glob("*")) if plan.parent.exists() else []
+    emit("builder", leftovers=leftovers, **got)
+
+
+def step_backend() -> None:
+    """The TensorRT runner, and the Localizer a camera pipeline embeds, on a plan + sidecar."""
+    from tedloc_edge.runtime.backend_tensorrt import TensorRTRunner
+
+    plan = fake_plan(WORK / "model.plan")
+    emit("backend", **outcome(lambda: TensorRTRunner(plan)))
+    try:
+        from tedloc_edge.runtime.localizer import Localizer
+    except ImportError as exc:
+        emit("localizer", raised="ImportError", project_error=False, message=str(exc))
+        return
+    emit("localizer", **outcome(lambda: Localizer(plan)))
+
+
+STEPS = {"bindings": step_bindings, "build_record": step_build_record, "builder": step_builder, "backend": step_backend}
+
+if __name__ == "__main__":
+    for name in sys.argv[2:]:
+        STEPS[name]()

@@ -16,7 +16,7 @@ def _size(num: int) -> str:
 def result_table(result: ExportResult) -> Table:
     table = Table(title=f"tedloc-edge export ({result.meta.method}, {result.meta.num_classes} classes)")
     for col in ("format", "precision", "file", "size", "seconds", "verified"):
-        table.add_column(col, justify="right" if col in ("size", "seconds") else "left")
+        table.add_column(col, justify="right" if col in ("size", "seconds") else "left", overflow="fold")
     for art in result.artifacts:
         table.add_row(art.kind, art.precision, str(art.path), _size(art.size_bytes), f"{art.seconds:.1f}", art.verified)
     return table

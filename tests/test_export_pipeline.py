@@ -1,0 +1,155 @@
+"""`tedloc-edge export` end to end on a run folder: CLI table and next commands, verification on the run's
+val images, int8 calibration on its train images and the accuracy gate, atomic writes, one-line errors.
+
+The torch model is the contract-shaped `TinyTedLoc` (load_model is patched) so this runs in seconds; the
+real tiny training run is exported in test_export_tinyrun.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import typer
+from exportkit import TinyTedLoc, real_photos, tiny_meta
+from typer.testing import CliRunner
+
+from tedloc_edge.bundle import read_onnx_meta
+from tedloc_edge.console import UserError
+from tedloc_edge.datasets import open_split
+from tedloc_edge.export import exporter, verify
+from tedloc_edge.export.cli import export as export_command
+from tedloc_edge.export.exporter import ExportOptions, export
+from tedloc_edge.export.int8_gate import Int8AccuracyError
+from tedloc_edge.export.tensorrt_build import tensorrt_available
+from tedloc_edge.train.synth import generate
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("data") / "synth", classes=4, train=8, val=8, test=0, seed=3,
+                    image_size=(64, 96), show_progress=False)
+
+
+def make_run(folder: Path, data: Path | str) -> Path:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"data": str(data)}), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def run(tmp_path, dataset, monkeypatch) -> Path:
+    meta = tiny_meta().replace(class_names=open_split(dataset, "val").class_names)
+    monkeypatch.setattr(exporter, "load_model", lambda source: (TinyTedLoc().eval(), meta))
+    return make_run(tmp_path / "run", dataset)
+
+
+def cli(*args: str):
+    app = typer.Typer()
+    app.command()(export_command)
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_exports_verified_onnx_and_prints_table_and_next_commands(run):
+    result = cli(str(run), "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    model = run / "export" / "model.onnx"
+    assert read_onnx_meta(model).precision == "fp32"
+    out = result.output
+    assert "format" in out and "verified" in out and "│ yes" in out
+    assert "verification: fp32 vs torch on 8 images" in out and "boxes identical 8/8" in out
+    assert f"tedloc-edge infer VIDEO_OR_IMAGES --model {model}" in out.replace("\n", "")
+    assert "tedloc-edge eval" in out and "tedloc-edge bench" in out
+    assert not list((run / "export").glob(".*"))  # no temporary left
+
+
+def test_fp16_and_triton(run, tmp_path):
+    res = export(run, ExportOptions(format="triton", precision="fp16", output=tmp_path / "repo", batch_max=4))
+    assert [a.kind for a in res.artifacts] == ["onnx", "triton"]
+    assert (tmp_path / "repo" / "tedloc" / "1" / "model.onnx").is_file()
+    assert "max_batch_size: 4" in (tmp_path / "repo" / "tedloc" / "config.pbtxt").read_text()
+    assert res.verify is not None and res.verify.precision == "fp16" and res.verify.passed
+
+
+def test_int8_gate_passes_and_records_calibration(run):
+    res = export(run, ExportOptions(precision="int8", calib_images=8, int8_max_drop=100.0))
+    meta = read_onnx_meta(res.final.path)
+    assert meta.precision == "int8" and len(meta.calibration_hash or "") == 64
+    assert res.gate is not None and res.gate.passed and set(res.gate.fp32) == {"maxboxacc", "top1_loc"}
+
+
+def test_int8_gate_refuses_and_writes_nothing(run):
+    with pytest.raises(Int8AccuracyError, match=r"int8 loses too much accuracy \(maxboxacc fp32 .* int8 .*allowed drop -100") as err:
+        export(run, ExportOptions(precision="int8", calib_images=4, int8_max_drop=-100.0))
+    assert "\n" not in str(err.value)
+    assert not (run / "export" / "model_int8.onnx").exists() and not list((run / "export").glob(".*"))
+
+
+def test_int8_allow_drop_keeps_it(run):
+    res = export(run, ExportOptions(precision="int8", calib_images=4, int8_max_drop=-100.0, int8_allow_drop=True))
+    assert res.final.path.is_file() and not res.gate.passed
+
+
+def test_failed_verification_writes_nothing(run, monkeypatch):
+    monkeypatch.setitem(verify.TOLERANCES, "fp32", verify.Tolerance(atol=-1.0, rtol=0.0, min_box_iou=1.0, max_top1_disagree=0.0))
+    with pytest.raises(verify.VerificationError, match="verification failed .* nothing was written"):
+        export(run, ExportOptions())
+    assert not (run / "export" / "model.onnx").exists() and not list((run / "export").glob(".*"))
+
+
+def test_user_images_when_the_dataset_is_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setattr(exporter, "load_model", lambda source: (TinyTedLoc().eval(), tiny_meta()))
+    run = make_run(tmp_path / "run", tmp_path / "not-here")
+    with pytest.raises(UserError, match="dataset .* is not on this machine.*pass --images FOLDER"):
+        export(run, ExportOptions())
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, img in enumerate(real_photos()):
+        cv2.imwrite(str(photos / f"{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    res = export(run, ExportOptions(images=(str(photos),), output=tmp_path / "m.onnx"))
+    assert res.verify.num_images == 4 and res.verify.boxes_identical == 4
+    with pytest.raises(UserError, match="int8 needs the run's val split|--calib-dir"):
+        export(run, ExportOptions(precision="int8", images=(str(photos),)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "onxx"], "unknown export format 'onxx': choose one of onnx, engine, triton; did you mean 'onnx'?"),
+    (["--precision", "fp61"], "unknown precision 'fp61' for --format onnx"),
+    (["--batch-max", "4"], "--batch-max does not apply to --format onnx"),
+    (["--opset", "12"], "--opset 12 is outside 17..20"),
+])
+def test_cli_errors_are_one_line(run, args, message):
+    result = cli(str(run), *args)
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", " ") and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2  # one line (rich may wrap a long one)
+
+
+def test_missing_or_wrong_source(tmp_path):
+    with pytest.raises(UserError, match="no such run folder or checkpoint"):
+        export(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a training run"):
+        export(tmp_path / "empty")
+
+
+def test_onnx_source_cannot_become_another_onnx(run):
+    model = export(run, ExportOptions(verify=False)).final.path
+    with pytest.raises(UserError, match="already a fp32 ONNX"):
+        export(model, ExportOptions(format="onnx"))
+
+
+def test_unwritable_output(run, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="not writable"):
+        export(run, ExportOptions(output=blocker / "sub" / "m.onnx"))
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
+def test_engine_without_tensorrt_is_one_line(run):
+    result = cli(str(run), "--format", "engine", "--precision", "fp16")
+    assert result.exit_code == 2
+    assert "TensorRT is not installed here" in result.output and "Traceback" not in result.output
+    assert not (run / "export").exists()  # refused before any work

@@ -1,0 +1,147 @@
+"""ONNX Runtime runner: CPU everywhere; CUDA and TensorRT execution providers when onnxruntime-gpu is installed.
+
+Inputs and outputs go through IO binding: the input is bound to the preprocessor's buffer (CPU) or copied
+into a device tensor allocated once per batch size (CUDA), and the outputs land in host arrays allocated
+once at the largest batch, so a steady stream of frames allocates nothing model-sized.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tedloc_edge.bundle import BundleMeta, read_onnx_meta
+from tedloc_edge.console import UserError
+from tedloc_edge.runtime.runner import INPUT_NAME, OUTPUT_NAMES, Runner
+
+logger = logging.getLogger(__name__)
+
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+TRT_EP = "TensorrtExecutionProvider"
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def choose_providers(device: str, providers: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """Execution providers for `device` ("cpu" or "cuda"), or the caller's explicit list checked against ORT."""
+    if providers:
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise UserError(
+                f"onnxruntime has no {', '.join(missing)} (available: {', '.join(available)}); "
+                "for GPU providers install onnxruntime-gpu instead of onnxruntime"
+            )
+        return list(providers)
+    if device == "auto":
+        device = "cuda" if CUDA_EP in available else "cpu"
+    if device == "cpu":
+        return [CPU_EP]
+    if device == "cuda":
+        if CUDA_EP not in available:
+            raise UserError(
+                "device 'cuda' needs onnxruntime-gpu (this onnxruntime offers "
+                f"{', '.join(available)}); pip uninstall onnxruntime && pip install onnxruntime-gpu, or use --device cpu"
+            )
+        return [p for p in (TRT_EP, CUDA_EP, CPU_EP) if p in available]
+    raise UserError(f"device must be 'cpu', 'cuda' or 'auto', not {device!r}")
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs the exported ``.onnx``; reads its bundle from the session's metadata (one parse of the file)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        providers: Sequence[str] | None = None,
+        max_batch: int = 8,
+        threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        chosen = choose_providers(device, providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
+        except Exception as exc:  # noqa: BLE001 - ORT raises Fail / InvalidProtobuf / RuntimeException
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{self.path}: onnxruntime cannot load this model ({first}); re-export it with `tedloc-edge export RUN`") from None
+        self.meta: BundleMeta = read_onnx_meta(self.path, self.session.get_modelmeta().custom_metadata_map)
+        self.providers = self.session.get_providers()
+        self.on_cuda = any(p in (CUDA_EP, TRT_EP) for p in self.providers)
+        self.device_id = 0
+        self.name = f"onnxruntime-{'cuda' if self.on_cuda else 'cpu'}"
+        self.fixed_batch = self._check_io()
+        self.max_batch = self.fixed_batch or max(1, int(max_batch))
+        self._out_dtypes = {o.name: ORT_TYPES.get(o.type, np.float32) for o in self.session.get_outputs()}
+        gh, gw = self.meta.patch_grid
+        self._outputs = {
+            "fg_map": np.empty((self.max_batch, gh, gw), dtype=self._out_dtypes["fg_map"]),
+            "logits": np.empty((self.max_batch, self.meta.num_classes), dtype=self._out_dtypes["logits"]),
+        }
+        self._bindings: dict[int, Any] = {}
+        self._device_inputs: dict[int, Any] = {}
+        logger.debug("%s: %s providers=%s max_batch=%d", self.path, self.name, self.providers, self.max_batch)
+
+    def _check_io(self) -> int | None:
+        """Check the graph against the contract (docs/architecture.md); returns its static batch, if any."""
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        fix = "re-export it with `tedloc-edge export RUN`"
+        if INPUT_NAME not in inputs or any(name not in outputs for name in OUTPUT_NAMES):
+            raise UserError(
+                f"{self.path}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}, "
+                f"expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}; {fix}"
+            )
+        node = inputs[INPUT_NAME]
+        if node.type != "tensor(uint8)" or len(node.shape) != 4:
+            raise UserError(f"{self.path}: input '{INPUT_NAME}' is {node.type} {node.shape}, expected uint8 (N, H, W, 3); {fix}")
+        h, w = self.meta.input_size
+        for got, want in zip(node.shape[1:], (h, w, 3)):
+            if isinstance(got, int) and got != want:
+                raise UserError(f"{self.path}: input '{INPUT_NAME}' has shape {node.shape} but its metadata says {h}x{w}x3; {fix}")
+        batch = node.shape[0]
+        return batch if isinstance(batch, int) and batch > 0 else None
+
+    def _binding(self, n: int) -> Any:
+        io = self._bindings.get(n)
+        if io is None:
+            io = self.session.io_binding()
+            for name, array in self._outputs.items():
+                view = array[:n]
+                io.bind_output(name, "cpu", 0, view.dtype, view.shape, view.ctypes.data)
+            if self.on_cuda:
+                import onnxruntime as ort
+
+                h, w = self.meta.input_size
+                value = ort.OrtValue.ortvalue_from_shape_and_type((n, h, w, 3), np.uint8, "cuda", self.device_id)
+                io.bind_ortvalue_input(INPUT_NAME, value)
+                self._device_inputs[n] = value
+            self._bindings[n] = io
+        return io
+
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = images.shape[0]
+        io = self._binding(n)
+        if self.on_cuda:
+            self._device_inputs[n].update_inplace(images)
+        else:
+            io.bind_input(INPUT_NAME, "cpu", 0, np.uint8, images.shape, images.ctypes.data)
+        self.session.run_with_iobinding(io)
+        fg_map, logits = self._outputs["fg_map"][:n], self._outputs["logits"][:n]
+        if fg_map.dtype != np.float32:
+            fg_map = fg_map.astype(np.float32)
+        if logits.dtype != np.float32:
+            logits = logits.astype(np.float32)
+        return fg_map, logits
+
+    def close(self) -> None:
+        self._bindings.clear()
+        self._device_inputs.clear()

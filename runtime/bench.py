@@ -1,0 +1,199 @@
+"""`tedloc-edge bench`: throughput and per-stage latency of each model, backend and batch size, measured in
+one run so the ratios between rows mean something. Frames are synthetic (deterministic) at a camera size,
+so the resize to the model input is part of "preprocess" as it is in a real pipeline.
+
+With `--run RUN` and torch importable, torch eager fp32 of the same run is added (through
+`tedloc_edge.train.predict.TorchPredictor`, imported dynamically here only: the runtime never needs torch).
+Its frames are resized by the runtime's preprocessor first, so both sides time the same work.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tedloc_edge.bundle import BundleMeta, atomic_write_text
+from tedloc_edge.console import UserError
+from tedloc_edge.runtime.localizer import Localizer
+from tedloc_edge.runtime.postprocess import DecodeConfig, decode_one
+from tedloc_edge.runtime.preprocess import Preprocessor
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("preprocess", "inference", "postprocess", "total")
+WARMUP_CALLS = 3
+
+
+@dataclass
+class BenchOptions:
+    models: list[Path]
+    batches: list[int] = field(default_factory=lambda: [1, 8])
+    seconds: float = 5.0
+    run: Path | None = None
+    device: str = "auto"
+    frame_size: str = "1280x720"
+
+
+def synthetic_frames(n: int, size: str) -> list[np.ndarray]:
+    """n deterministic RGB frames: a textured background with one bright object."""
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--frame-size {size!r}: give WIDTHxHEIGHT, e.g. 1280x720") from None
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(n):
+        frame = rng.integers(0, 90, (height, width, 3), dtype=np.uint8)
+        x0, y0 = (width // 5 + 13 * i) % (width // 2), (height // 5 + 7 * i) % (height // 2)
+        frame[y0 : y0 + height // 3, x0 : x0 + width // 3] = (230, 180, 60)
+        frames.append(frame)
+    return frames
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}
+
+
+def measure(call: Callable[[], dict[str, float]], seconds: float) -> tuple[list[dict[str, float]], float]:
+    """Run `call` (returning per-stage ms for one batch) for `seconds` after warm-up; (samples, wall s)."""
+    for _ in range(WARMUP_CALLS):
+        call()
+    samples: list[dict[str, float]] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        stages = call()
+        stages["total"] = (time.perf_counter() - t0) * 1e3
+        samples.append(stages)
+        if time.perf_counter() - start >= seconds and len(samples) >= 5:
+            return samples, time.perf_counter() - start
+
+
+def _row(model: str, backend: str, meta: BundleMeta, batch: int, samples: list[dict[str, float]], wall: float) -> dict[str, Any]:
+    stages = {s: percentiles([x[s] for x in samples]) for s in STAGES}
+    mean = {s: float(np.mean([x[s] for x in samples])) for s in STAGES}
+    return {
+        "model": model,
+        "backend": backend,
+        "precision": meta.precision,
+        "batch": batch,
+        "images_per_s": round(batch * len(samples) / wall, 2),
+        "latency_p50_ms": stages["total"]["p50"],
+        "latency_p90_ms": stages["total"]["p90"],
+        "latency_p99_ms": stages["total"]["p99"],
+        "postprocess_share_pct": round(100.0 * mean["postprocess"] / mean["total"], 3),
+        "calls": len(samples),
+        "stages_ms": stages,
+    }
+
+
+def _devices(model: Path, device: str) -> list[str]:
+    if device != "auto" or model.suffix.lower() != ".onnx":
+        return [device]
+    import onnxruntime as ort
+
+    return ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
+
+
+def bench_localizer(loc: Localizer, frames: list[np.ndarray], batch: int, seconds: float) -> tuple[list[dict[str, float]], float]:
+    chunk = frames[:batch]
+
+    def call() -> dict[str, float]:
+        results = loc(chunk, color="RGB")
+        return {s: sum(r.speed[s] for r in results) for s in ("preprocess", "inference", "postprocess")}
+
+    return measure(call, seconds)
+
+
+def bench_torch(run: Path, frames: list[np.ndarray], batches: list[int], seconds: float) -> list[dict[str, Any]]:
+    try:
+        predict = importlib.import_module("tedloc_edge.train.predict")
+    except ImportError as exc:
+        logger.warning("--run given but torch eager is not available here (%s); skipping the torch rows", exc)
+        return []
+    predictor = predict.TorchPredictor(run, device="cpu")
+    meta: BundleMeta = predictor.meta
+    decode = DecodeConfig(threshold=meta.threshold, contour_mode=meta.contour_mode)
+    rows = []
+    for batch in batches:
+        pre = Preprocessor(meta.input_size, batch)
+        chunk = frames[:batch]
+
+        def call() -> dict[str, float]:
+            t0 = time.perf_counter()
+            images = list(pre(chunk))
+            t1 = time.perf_counter()
+            maps, logits = predictor.forward_maps(images)
+            t2 = time.perf_counter()
+            for m, lg, f in zip(maps, logits, chunk):
+                decode_one(m, lg, f.shape[:2], meta.input_size, decode)
+            t3 = time.perf_counter()
+            return {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+
+        samples, wall = measure(call, seconds)
+        rows.append(_row(str(run), "torch-eager-cpu", meta.replace(precision="fp32"), batch, samples, wall))
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """ratio = images/s over the baseline at the same batch: torch eager when measured, else the first row."""
+    for row in rows:
+        same = [r for r in rows if r["batch"] == row["batch"]]
+        base = next((r for r in same if r["backend"].startswith("torch")), same[0])
+        row["ratio"] = round(row["images_per_s"] / base["images_per_s"], 2) if base["images_per_s"] else None
+        row["baseline"] = f"{base['backend']} {base['precision']}"
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    if opts.seconds <= 0:
+        raise UserError("--seconds must be positive")
+    frames = synthetic_frames(max(opts.batches), opts.frame_size)
+    rows: list[dict[str, Any]] = []
+    for model in opts.models:
+        for device in _devices(Path(model), opts.device):
+            with Localizer(model, device=device, max_batch=max(opts.batches)) as loc:
+                for batch in opts.batches:
+                    if loc.runner.fixed_batch is not None and batch != loc.runner.fixed_batch:
+                        logger.warning("%s takes batches of exactly %d; batch %d skipped", model, loc.runner.fixed_batch, batch)
+                        continue
+                    samples, wall = bench_localizer(loc, frames, batch, opts.seconds)
+                    rows.append(_row(str(model), loc.backend, loc.meta, batch, samples, wall))
+    if opts.run is not None:
+        rows.extend(bench_torch(opts.run, frames, opts.batches, opts.seconds))
+    add_ratios(rows)
+    return {
+        "rows": rows,
+        "frame_size": opts.frame_size,
+        "seconds": opts.seconds,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+    }
+
+
+def print_table(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"bench ({report['frame_size']} frames; ratio = images/s over the baseline at the same batch)")
+    for col in ("model", "backend", "prec", "batch", "img/s", "ratio", "pre p50", "inf p50", "post p50", "total p50/p90/p99 ms", "post %"):
+        table.add_column(col, justify="left" if col in ("model", "backend") else "right")
+    for r in report["rows"]:
+        st = r["stages_ms"]
+        table.add_row(
+            Path(r["model"]).name, r["backend"], r["precision"], str(r["batch"]), f"{r['images_per_s']:.1f}",
+            f"{r['ratio']:.2f}x" if r.get("ratio") is not None else "-",
+            f"{st['preprocess']['p50']:.2f}", f"{st['inference']['p50']:.2f}", f"{st['postprocess']['p50']:.2f}",
+            f"{r['latency_p50_ms']:.1f}/{r['latency_p90_ms']:.1f}/{r['latency_p99_ms']:.1f}", f"{r['postprocess_share_pct']:.2f}",
+        )
+    console.print(table)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")

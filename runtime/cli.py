@@ -1,0 +1,79 @@
+"""`tedloc-edge infer` and `tedloc-edge bench`: thin typer functions; the work (and onnxruntime, OpenCV,
+PyAV) is imported only when a command runs, so `tedloc-edge --help` stays light and torch-free."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tedloc_edge.console import UserError, console, setup_logging, user_errors
+
+
+def infer(
+    source: str = typer.Argument(..., help="Video file, image, folder or glob of images, rtsp/http URL, or webcam index."),
+    model: Path = typer.Option(..., "--model", "-m", help="Exported model: .onnx (ONNX Runtime) or .plan (TensorRT, + .plan.json)."),
+    out: Path = typer.Option(Path("runs/infer"), "--out", "-o", help="Output folder: annotated mp4 / images, predictions.jsonl, summary.json."),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Overwrite outputs that already exist in --out."),
+    stride: int = typer.Option(1, help="Run every Nth frame of a video (the mp4 plays at the source rate / N)."),
+    batch: int = typer.Option(1, help="Frames per model call (live sources batch only what is waiting)."),
+    max_frames: Optional[int] = typer.Option(None, help="Stop after this many processed frames."),
+    classes: Optional[str] = typer.Option(None, help="Restrict the class choice to these names or ids, comma separated."),
+    threshold: Optional[float] = typer.Option(None, help="Box threshold in [0, 1); default: the model's calibrated one."),
+    heatmap: bool = typer.Option(False, "--heatmap", help="Blend the localization map over the annotated frames."),
+    queue: bool = typer.Option(False, "--queue", help="Live sources: queue every frame instead of dropping stale ones."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (cuda when onnxruntime-gpu or TensorRT can use it)."),
+    backend: str = typer.Option("auto", help="auto | onnxruntime | tensorrt."),
+    timeout: float = typer.Option(10.0, help="Seconds to wait for a URL or camera to answer (open and each read)."),
+    video: bool = typer.Option(True, "--video/--no-video", help="Write the annotated mp4 for video sources."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run a model on a video, images, a stream or a camera: annotated outputs, JSONL, a speed summary."""
+    setup_logging(verbose)
+    with user_errors():
+        from tedloc_edge.runtime.infer import InferOptions, print_summary, run_infer
+
+        opts = InferOptions(
+            source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
+            classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
+            timeout=timeout, video=video, show_progress=sys.stderr.isatty(),
+        )
+        summary = run_infer(opts)
+        print_summary(summary)
+        if summary.interrupted:
+            raise SystemExit(130)
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--batch {text!r}: give batch sizes as integers separated by commas, e.g. 1,8") from None
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch {text!r}: batch sizes must be at least 1")
+    return sizes
+
+
+def bench(
+    models: List[Path] = typer.Argument(..., help="One or more exported models (e.g. fp32, fp16 and int8 .onnx, a .plan)."),
+    batch: str = typer.Option("1,8", help="Batch sizes, comma separated."),
+    seconds: float = typer.Option(5.0, help="Measured seconds per model, backend and batch size (after warm-up)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Training run: add torch eager fp32 of the same model (needs torch)."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto."),
+    frame_size: str = typer.Option("1280x720", help="WIDTHxHEIGHT of the synthetic frames (the resize is part of preprocess)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Images/s and per-stage latency (p50/p90/p99) of each model and backend, with ratios from one run."""
+    setup_logging(verbose)
+    with user_errors():
+        from tedloc_edge.runtime.bench import BenchOptions, print_table, run_bench, write_json
+
+        opts = BenchOptions(models=list(models), batches=_batches(batch), seconds=seconds, run=run, device=device, frame_size=frame_size)
+        report = run_bench(opts)
+        print_table(report, console)
+        if json_out is not None:
+            write_json(report, json_out)
+            console.print(f"results: {json_out}")

@@ -1,0 +1,167 @@
+"""The reader thread every source shares: frames are decoded in the background while the model runs.
+
+A file (video or images) never loses a frame: the reader blocks when the consumer is behind. A live
+source (camera, RTSP) must not fall behind real time, so by default only the newest frame waits and a
+stale one is dropped (and counted); `queue=True` keeps every frame in a bounded queue instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+QUEUE_FRAMES = 64  # bounded queue for files and for live sources run with --queue
+_END = object()
+
+
+@dataclass
+class Frame:
+    index: int  # position in the source (decoded frames, counting those skipped by --stride)
+    image: np.ndarray  # HxWx3 uint8 RGB
+    time: float | None = None  # presentation time in seconds (video); None for still images
+    name: str = ""  # image file name, or the source label
+    decode_ms: float = 0.0
+
+
+@dataclass
+class SourceStats:
+    frames_read: int = 0  # frames handed to the pipeline
+    decode_errors: int = 0  # packets or images that failed to decode (skipped, counted)
+    dropped: int = 0  # stale live frames dropped because inference was behind
+    skipped_stride: int = 0
+    stream_error: str | None = None  # why a stream ended early, if it did
+    errors: list[str] = field(default_factory=list)  # first few decode error messages
+
+
+class ThreadedSource:
+    """Base: subclasses implement `_produce(emit)`, calling emit(Frame) per frame, and set `label`."""
+
+    label = "source"
+    live = False
+    fps: float | None = None
+    frames_expected: int | None = None
+
+    def __init__(self, queue_frames: bool = False, stride: int = 1) -> None:
+        self.stride = max(1, int(stride))
+        self.stats = SourceStats()
+        self._drop_stale = self.live and not queue_frames
+        self._queue: queue.Queue = queue.Queue(maxsize=1 if self._drop_stale else QUEUE_FRAMES)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def _produce(self, emit: Callable[[Frame], bool]) -> None:
+        raise TypeError(f"{type(self).__name__} must define _produce")
+
+    def _skip(self, index: int) -> bool:
+        """True for a frame --stride leaves out (counted); producers check before converting pixels."""
+        if index % self.stride:
+            self.stats.skipped_stride += 1
+            return True
+        return False
+
+    def _emit(self, frame: Frame) -> bool:
+        """Hand a frame over; False when the consumer has stopped (the producer should return)."""
+        if self._drop_stale:
+            try:
+                self._queue.get_nowait()
+                self.stats.dropped += 1
+            except queue.Empty:
+                pass
+            self._queue.put(frame)
+        else:
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(frame, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+        if not self._stop.is_set():
+            self.stats.frames_read += 1
+        return not self._stop.is_set()
+
+    def _run(self) -> None:
+        try:
+            self._produce(self._emit)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, raised there
+            self._failure = exc
+        finally:
+            self._put_end()
+
+    def _put_end(self) -> None:
+        while True:
+            try:
+                self._queue.put(_END, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"reader:{self.label}", daemon=True)
+            self._thread.start()
+
+    def get(self, block: bool = True) -> Frame | None:
+        """The next frame; None at the end of the source (or, with block=False, when none is waiting yet)."""
+        self.start()
+        try:
+            item = self._queue.get(block=block)
+        except queue.Empty:
+            return None
+        if item is _END:
+            self._queue.put(_END)  # stay at the end for later calls
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+            return None
+        return item
+
+    def batches(self, size: int) -> Iterator[list[Frame]]:
+        """Frames grouped for inference: files fill each batch; live sources take what is waiting (no lag)."""
+        while True:
+            first = self.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < size:
+                frame = self.get(block=not self.live)
+                if frame is None:
+                    break
+                batch.append(frame)
+            yield batch
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.get()) is not None:
+            yield frame
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            deadline = time.monotonic() + 5.0
+            while self._thread.is_alive() and time.monotonic() < deadline:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    self._thread.join(timeout=0.05)
+        self._release()
+
+    def _release(self) -> None:
+        """Close files or containers (subclasses)."""
+
+    def __enter__(self) -> "ThreadedSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,194 @@
+"""`tedloc-edge infer`: source -> Localizer -> outputs, with a progress bar and a summary at the end.
+
+Decoding runs in the source's reader thread while the model runs here. Ctrl-C (or SIGTERM) stops after the
+batch in flight: outputs are closed normally, so the mp4 holds every processed frame and the JSONL every
+line; a second Ctrl-C aborts at once (the outputs are still closed on the way out).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tedloc_edge.console import UserError, console, progress
+from tedloc_edge.runtime.frames import ThreadedSource
+from tedloc_edge.runtime.localizer import Localizer
+from tedloc_edge.runtime.outputs import Outputs
+from tedloc_edge.runtime.sources import open_source
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("decode", "preprocess", "inference", "postprocess", "annotate_write")
+
+
+@dataclass
+class InferOptions:
+    source: str
+    model: Path
+    out: Path = Path("runs/infer")
+    exist_ok: bool = False
+    stride: int = 1
+    batch: int = 1
+    max_frames: int | None = None
+    classes: str | None = None
+    threshold: float | None = None
+    heatmap: bool = False
+    queue: bool = False
+    device: str = "auto"
+    backend: str = "auto"
+    timeout: float = 10.0
+    video: bool = True
+    show_progress: bool = True
+
+
+@dataclass
+class InferSummary:
+    source: str
+    model: str
+    backend: str
+    frames_read: int = 0
+    frames_processed: int = 0
+    decode_errors: int = 0
+    dropped_stale: int = 0
+    skipped_stride: int = 0
+    stream_error: str | None = None
+    interrupted: bool = False
+    wall_s: float = 0.0
+    fps: float = 0.0
+    mean_ms: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: finish the batch in flight, then stop. Second SIGINT: KeyboardInterrupt now."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if self.event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.event.set()
+        console.print("[yellow]stopping after this batch[/] (Ctrl-C again to abort); outputs will be closed cleanly")
+
+
+@contextmanager
+def graceful_stop() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.signal(sig, flag) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fill(summary: InferSummary, source: ThreadedSource, totals: dict[str, float], wall: float) -> None:
+    stats = source.stats
+    summary.frames_read = stats.frames_read
+    summary.decode_errors = stats.decode_errors
+    summary.dropped_stale = stats.dropped
+    summary.skipped_stride = stats.skipped_stride
+    summary.stream_error = stats.stream_error
+    summary.wall_s = round(wall, 3)
+    n = max(1, summary.frames_processed)
+    summary.fps = round(summary.frames_processed / wall, 2) if wall > 0 else 0.0
+    summary.mean_ms = {stage: round(totals[stage] / n, 3) for stage in STAGES}
+
+
+def run_infer(opts: InferOptions) -> InferSummary:
+    """Run the pipeline; returns the summary (also written to OUT/summary.json)."""
+    if opts.batch < 1 or opts.stride < 1:
+        raise UserError("--batch and --stride must be at least 1")
+    if opts.max_frames is not None and opts.max_frames < 1:
+        raise UserError("--max-frames must be at least 1")
+    loc = Localizer(opts.model, backend=opts.backend, device=opts.device, threshold=opts.threshold,
+                    max_batch=opts.batch, classes=opts.classes, return_map=opts.heatmap)
+    source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout)
+    summary = InferSummary(source=str(opts.source), model=str(opts.model), backend=loc.backend)
+    totals = dict.fromkeys(STAGES, 0.0)
+    try:
+        outputs = Outputs(Path(opts.out), source, opts.exist_ok, opts.video, opts.heatmap)
+    except BaseException:
+        source.close()
+        loc.close()
+        raise
+    summary.outputs = outputs.paths()
+    started = time.perf_counter()
+    try:
+        with graceful_stop() as stop, _progress_bar(source, opts) as advance:
+            for batch in source.batches(loc.max_batch):
+                if opts.max_frames is not None:
+                    batch = batch[: opts.max_frames - summary.frames_processed]
+                results = loc([f.image for f in batch], color="RGB")
+                t0 = time.perf_counter()
+                for frame, result in zip(batch, results):
+                    outputs.write(frame, result)
+                    totals["decode"] += frame.decode_ms
+                    for stage in ("preprocess", "inference", "postprocess"):
+                        totals[stage] += result.speed[stage]
+                totals["annotate_write"] += (time.perf_counter() - t0) * 1e3
+                summary.frames_processed += len(batch)
+                advance(len(batch), summary.frames_processed / max(1e-9, time.perf_counter() - started))
+                if stop.event.is_set() or summary.frames_processed == opts.max_frames:
+                    summary.interrupted = stop.event.is_set()
+                    break
+    finally:
+        source.close()
+        loc.close()
+        outputs.close()
+        _fill(summary, source, totals, time.perf_counter() - started)
+        outputs.write_summary(summary.to_dict())
+    if summary.frames_processed == 0 and summary.decode_errors:
+        first = source.stats.errors[0] if source.stats.errors else "decode error"
+        raise UserError(f"{opts.source}: no frame could be decoded ({first}); check that the file is a readable video or image")
+    return summary
+
+
+@contextmanager
+def _progress_bar(source: ThreadedSource, opts: InferOptions) -> Iterator[Any]:
+    total = source.frames_expected
+    if total is not None:
+        total = -(-total // opts.stride)
+    if opts.max_frames is not None:
+        total = min(total, opts.max_frames) if total is not None else opts.max_frames
+    bar = progress(disable=None if opts.show_progress else True)
+    with bar:
+        task = bar.add_task("infer", total=total, info="")
+
+        def advance(n: int, fps: float) -> None:
+            bar.update(task, advance=n, info=f"{fps:6.1f} frames/s")
+
+        yield advance
+
+
+def print_summary(summary: InferSummary) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"infer: {summary.source}", show_header=True, header_style="bold")
+    table.add_column("stage")
+    table.add_column("mean ms / frame", justify="right")
+    for stage, ms in summary.mean_ms.items():
+        table.add_row(stage, f"{ms:.2f}")
+    console.print(table)
+    console.print(
+        f"frames read {summary.frames_read}, processed {summary.frames_processed}, decode errors skipped "
+        f"{summary.decode_errors}, stale frames dropped {summary.dropped_stale}; {summary.fps:.1f} frames/s overall "
+        f"({summary.backend}, {summary.wall_s:.1f} s)"
+    )
+    if summary.stream_error:
+        console.print(f"[yellow]input ended early[/]: {summary.stream_error}")
+    for kind, path in summary.outputs.items():
+        console.print(f"  {kind}: {path}")

@@ -1,0 +1,98 @@
+"""Patch scoring and box decoding: one image's (fg_map, logits) -> class, top-k and boxes in frame pixels.
+
+Boxes come from `tedloc_edge.boxes.decode_boxes`, the evaluator's own decoder, run at the model's input
+size (exactly what evaluation scores), then `scale_boxes` maps them to the original frame.
+Box score: the mean of the min-max normalised patch map over the patches whose centres a box covers (O(patches);
+1.0 means every covered patch is the map's peak). Class probabilities: softmax of the logits, optionally
+restricted to a subset of classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tedloc_edge.boxes import CONTOUR_MODES, decode_boxes, normalize_map, scale_boxes
+from tedloc_edge.console import UserError
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How maps become boxes; defaults come from the bundle (threshold, contour mode)."""
+
+    threshold: float
+    contour_mode: str = "largest"
+    min_box_area: int = 0  # inclusive pixel area at the model input size, as the evaluator's decoder counts
+    topk: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.threshold) < 1.0:
+            raise UserError(f"threshold must be in [0, 1) (a fraction of the map's peak), not {self.threshold}")
+        if self.contour_mode not in CONTOUR_MODES:
+            raise UserError(f"contour mode must be one of {CONTOUR_MODES}, not {self.contour_mode!r}")
+        if self.topk < 1:
+            raise UserError(f"topk must be at least 1, not {self.topk}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max()
+    e = np.exp(z)
+    return (e / e.sum()).astype(np.float32)
+
+
+def class_probabilities(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    """Softmax over all classes, or over `allowed` class ids only (others get probability 0)."""
+    if allowed is None:
+        return softmax(logits)
+    probs = np.zeros(len(logits), dtype=np.float32)
+    probs[allowed] = softmax(logits[allowed])
+    return probs
+
+
+def _cells(lo: float, hi_inclusive: float, cells: int, pixels: int) -> slice:
+    """Patch cells whose centre lies inside the pixel span [lo, hi + 1); the centre cell when none does."""
+    step = pixels / cells
+    first = int(np.ceil(lo / step - 0.5))
+    last = int(np.floor((hi_inclusive + 1) / step - 0.5))
+    if first > last:
+        first = last = min(cells - 1, int((lo + hi_inclusive + 1) / 2 / step))
+    return slice(max(first, 0), min(last, cells - 1) + 1)
+
+
+def box_scores(norm_grid: np.ndarray, boxes: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Mean normalised patch value over the patches whose centres a box (input pixels, inclusive) covers."""
+    gh, gw = norm_grid.shape
+    h, w = input_size
+    scores = np.empty(len(boxes), dtype=np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        scores[i] = norm_grid[_cells(y0, y1, gh, h), _cells(x0, x1, gw, w)].mean()
+    return scores
+
+
+@dataclass
+class Decoded:
+    boxes: np.ndarray  # (K, 4) float32 xyxy, frame pixels
+    box_scores: np.ndarray  # (K,) float32
+    probs: np.ndarray  # (C,) float32
+    topk: np.ndarray  # (k,) int class ids, best first
+
+
+def decode_one(
+    fg_map: np.ndarray,
+    logits: np.ndarray,
+    frame_shape: tuple[int, int],
+    input_size: tuple[int, int],
+    config: DecodeConfig,
+    allowed: np.ndarray | None = None,
+) -> Decoded:
+    """Everything the runtime derives from one image's model outputs (frame_shape = (height, width))."""
+    probs = class_probabilities(logits, allowed)
+    k = min(config.topk, len(probs) if allowed is None else len(allowed))
+    top = np.argsort(-probs, kind="stable")[:k]
+    model_boxes = decode_boxes(fg_map, config.threshold, input_size, config.contour_mode, config.min_box_area)
+    scores = box_scores(normalize_map(fg_map), model_boxes, input_size)
+    order = np.argsort(-scores, kind="stable")
+    boxes = scale_boxes(model_boxes[order], input_size, frame_shape)
+    return Decoded(boxes=boxes, box_scores=scores[order], probs=probs, topk=top)

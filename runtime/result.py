@@ -1,0 +1,60 @@
+"""`Result`: what the Localizer returns for one frame. Plain numpy, no torch (Ultralytics' Results, lean)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    """One frame's class and boxes.
+
+    boxes: (K, 4) float32 xyxy in ORIGINAL frame pixels (inclusive, as the WSOL protocol counts them),
+    best box first; box_scores: (K,) mean normalised map over each box's patches; class_id / class_name /
+    score: the top-1 class and its softmax probability; topk: [(id, name, prob)] best first;
+    fg_map: the (gh, gw) foreground map when asked for; orig_shape: (height, width) of the frame;
+    speed: per-image milliseconds for "preprocess", "inference", "postprocess".
+    """
+
+    boxes: np.ndarray
+    box_scores: np.ndarray
+    class_id: int
+    class_name: str
+    score: float
+    topk: list[tuple[int, str, float]]
+    orig_shape: tuple[int, int]
+    speed: dict[str, float] = field(default_factory=dict)
+    fg_map: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def summary(self, decimals: int = 2) -> dict[str, Any]:
+        """JSON-ready dict (lists and floats only)."""
+        return {
+            "class_id": int(self.class_id),
+            "class_name": self.class_name,
+            "score": round(float(self.score), 5),
+            "boxes": [[round(float(v), decimals) for v in box] for box in self.boxes],
+            "box_scores": [round(float(s), 5) for s in self.box_scores],
+            "topk": [{"id": int(i), "name": n, "prob": round(float(p), 5)} for i, n, p in self.topk],
+            "height": int(self.orig_shape[0]),
+            "width": int(self.orig_shape[1]),
+            "speed": {k: round(float(v), 3) for k, v in self.speed.items()},
+        }
+
+    def plot(self, frame: np.ndarray, color: str = "RGB", heatmap: bool = False, copy: bool = True) -> np.ndarray:
+        """The frame with boxes, class and score drawn (and the map blended when `heatmap`); same channel order."""
+        from tedloc_edge.runtime.annotate import draw_result
+
+        image = np.array(frame, copy=True) if copy else frame
+        return draw_result(image, self, color=color, heatmap=heatmap)
+
+    def __repr__(self) -> str:
+        return (
+            f"Result(class={self.class_name!r} ({self.class_id}), score={self.score:.3f}, boxes={len(self.boxes)}, "
+            f"orig_shape={self.orig_shape}, speed={ {k: round(v, 2) for k, v in self.speed.items()} })"
+        )

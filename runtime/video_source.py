@@ -1,0 +1,128 @@
+"""Video files, network streams and webcams through PyAV (FFmpeg), decoded in the reader thread.
+
+A damaged file is read to its end: a packet that fails to decode is counted and skipped, and a container
+that ends early (a truncated mp4) ends the source cleanly. A stream that stalls longer than the read
+timeout, or dies, ends the source with the reason kept in `stats.stream_error`. Opening a URL that does
+not answer fails after the open timeout with a one-line error (never a hang).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Callable
+
+import av
+
+from tedloc_edge.console import UserError
+from tedloc_edge.runtime.frames import Frame, ThreadedSource
+
+logger = logging.getLogger(__name__)
+
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp")
+MAX_ERRORS_KEPT = 5
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_container(target: str, fmt: str | None, options: dict[str, str], timeout: float, label: str) -> Any:
+    """av.open with an open/read timeout; every failure is a one-line UserError naming `label`."""
+    started = time.monotonic()
+    try:
+        return av.open(target, format=fmt, options=options, timeout=(timeout, timeout), metadata_errors="ignore")
+    except (FileNotFoundError, av.error.FileNotFoundError):
+        raise UserError(f"{label}: no such file or device; check the path (or the camera index)") from None
+    except (PermissionError, av.error.PermissionError):
+        raise UserError(f"{label}: permission denied; check the file's (or the device's) permissions") from None
+    except (av.FFmpegError, OSError) as exc:
+        if time.monotonic() - started >= timeout * 0.9:
+            raise UserError(f"{label}: no answer within {timeout:g} s; check the URL and the network, or raise --timeout") from None
+        raise UserError(f"{label}: cannot open as video ({_first_line(exc)}); pass a video file, an image, a folder or a stream URL") from None
+
+
+class VideoSource(ThreadedSource):
+    """One video stream of a container: file, URL or capture device."""
+
+    def __init__(
+        self,
+        target: str,
+        label: str | None = None,
+        fmt: str | None = None,
+        options: dict[str, str] | None = None,
+        live: bool = False,
+        queue_frames: bool = False,
+        stride: int = 1,
+        timeout: float = 10.0,
+    ) -> None:
+        self.live = live
+        self.label = label or target
+        super().__init__(queue_frames=queue_frames, stride=stride)
+        self.container = open_container(target, fmt, options or {}, timeout, self.label)
+        if not self.container.streams.video:
+            self.container.close()
+            raise UserError(f"{self.label}: holds no video stream; pass a video file, an image or a folder of images")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"  # frame + slice threads in the decoder
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.fps = float(rate) if rate else None
+        self.frames_expected = int(self.stream.frames) or None
+
+    def _count_error(self, exc: BaseException) -> None:
+        self.stats.decode_errors += 1
+        if len(self.stats.errors) < MAX_ERRORS_KEPT:
+            self.stats.errors.append(_first_line(exc))
+        logger.debug("%s: decode error %s", self.label, exc)
+
+    def _produce(self, emit: Callable[[Frame], bool]) -> None:
+        index = 0
+        packets = self.container.demux(self.stream)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except (av.FFmpegError, OSError) as exc:  # a truncated file or a dead stream: keep what we have
+                self.stats.stream_error = _first_line(exc)
+                logger.warning("%s: input ended early (%s); %d frames read", self.label, self.stats.stream_error, index)
+                return
+            try:
+                decoded = packet.decode()
+            except (av.FFmpegError, ValueError) as exc:
+                self._count_error(exc)
+                continue
+            for video_frame in decoded:
+                if self._skip(index):
+                    index += 1
+                    continue
+                image = video_frame.to_ndarray(format="rgb24")
+                ms = (time.perf_counter() - t0) * 1e3 / len(decoded)
+                if not emit(Frame(index=index, image=image, time=video_frame.time, decode_ms=ms)):
+                    return
+                index += 1
+
+    def _release(self) -> None:
+        try:
+            self.container.close()
+        except (av.FFmpegError, OSError):
+            pass
+
+
+def open_webcam(index: int, **kwargs: Any) -> VideoSource:
+    """A capture device by index: V4L2 on Linux, AVFoundation on macOS."""
+    if sys.platform.startswith("linux"):
+        return VideoSource(f"/dev/video{index}", label=f"webcam {index}", fmt="v4l2", live=True, **kwargs)
+    if sys.platform == "darwin":
+        return VideoSource(str(index), label=f"webcam {index}", fmt="avfoundation", options={"framerate": "30"}, live=True, **kwargs)
+    raise UserError(f"webcam {index}: capture by index works on Linux (v4l2) and macOS; pass the camera's stream URL instead")
+
+
+def open_url(url: str, **kwargs: Any) -> VideoSource:
+    """A network stream; RTSP over TCP (UDP loses packets on busy networks)."""
+    scheme = url.split("://", 1)[0].lower()
+    options = {"rtsp_transport": "tcp"} if scheme in ("rtsp", "rtsps") else {}
+    return VideoSource(url, options=options, live=scheme in LIVE_SCHEMES, **kwargs)

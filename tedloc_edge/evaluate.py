@@ -129,6 +129,7 @@ def evaluate_maps(
     predictions: str | os.PathLike | None = None,
     *,
     threshold: float | None = None,
+    threshold_source: str = "given",
     progress: bool = True,
     examples: int = 0,
 ) -> EvalReport:
@@ -141,7 +142,7 @@ def evaluate_maps(
     rankings = read_predictions(predictions, split) if predictions is not None else None
     items = (_Item(s, load_saved_map(maps_dir, s.image_id), None if rankings is None else rankings[s.image_id])
              for s in split.samples)
-    tau_source = "given" if threshold is not None else "none"
+    tau_source = threshold_source if threshold is not None else "none"
     return _score(items, split, threshold, tau_source, str(maps_dir), progress, examples, "largest")
 
 
@@ -341,11 +342,21 @@ def write_threshold(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
     return path
 
 
+def read_threshold(path: str | os.PathLike) -> tuple[float, str]:
+    """(threshold, "split:criterion") from a threshold.json written by `write_threshold`."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return float(doc["threshold"]), f"{doc.get('split', 'val')}:{doc.get('criterion', 'unknown')}"
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable threshold file ({exc}); recalibrate with --calibrate or delete it") from None
+
+
 def threshold_gap(report: EvalReport) -> dict[str, dict[str, float]] | None:
     """How far the stored threshold is from this split's optimum, per calibration criterion."""
     if report.threshold is None:
         return None
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for name in ("top1_loc", "gt_known_loc"):
         if name not in report.optimal_thresholds or f"{name}_at_threshold" not in report.metrics:
             continue

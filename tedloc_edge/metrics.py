@@ -135,7 +135,7 @@ def straight_best_iou(
     return out
 
 
-def topk_hits(ranking: Sequence[int], label: int, k: int = TOP_K) -> tuple[bool, bool]:
+def topk_hits(ranking: Sequence[int] | np.ndarray, label: int, k: int = TOP_K) -> tuple[bool, bool]:
     """(top-1 correct, true class among the first k) for a ranking of class indices, best first."""
     ranked = [int(c) for c in ranking]
     return bool(ranked) and ranked[0] == label, label in ranked[:k]
@@ -166,7 +166,8 @@ class LocAccumulator:
         self.top1_cls = 0
         self.top5_cls = 0
 
-    def add(self, u: np.ndarray, gt_boxes: np.ndarray, label: int, ranking: Sequence[int] | None = None) -> dict:
+    def add(self, u: np.ndarray, gt_boxes: np.ndarray, label: int,
+            ranking: Sequence[int] | np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Score one uint8 protocol map against its true boxes (at the same grid); returns its best IoUs."""
         ious = best_iou(sweep_levels(u, self._taus), gt_boxes)
         for mode, iou in ious.items():

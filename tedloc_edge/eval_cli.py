@@ -1,0 +1,207 @@
+"""`tedloc-edge eval`: score a run, a checkpoint, an exported model or saved maps with the WSOL protocol.
+
+Thin: torch is imported only for a run folder or a .pt checkpoint, the runtime only for an exported model,
+matplotlib only for --plot.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tedloc_edge.console import UserError, next_commands, setup_logging, user_errors
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("test", "val")
+MODEL_SUFFIXES = (".onnx", ".plan", ".engine", ".trt")
+ROWS = (  # (metric key, label, key of its optimal threshold, key of its value at the stored threshold)
+    ("maxboxacc", "MaxBoxAcc (IoU 0.5, largest contour)", "maxboxacc", "gt_known_loc_at_threshold"),
+    ("maxboxacc_v2", "MaxBoxAccV2 (IoU 0.3/0.5/0.7, all contours)", None, "maxboxacc_v2_at_threshold"),
+    ("gt_known_loc", "GT-known Loc", "gt_known_loc", "gt_known_loc_at_threshold"),
+    ("top1_loc", "Top-1 Loc", "top1_loc", "top1_loc_at_threshold"),
+    ("top5_loc", "Top-5 Loc", "top5_loc", "top5_loc_at_threshold"),
+    ("top1_cls", "Top-1 classification", None, None),
+    ("top5_cls", "Top-5 classification", None, None),
+    ("pxap", "PxAP (pixel AP vs masks)", None, None),
+)
+
+
+def evaluate(
+    target: Optional[Path] = typer.Argument(None, help="Run folder, checkpoint .pt, or exported .onnx / .plan / .engine. Omit with --maps."),
+    data: Path = typer.Option(..., "--data", help="Dataset root (wsolevaluation layout or CUB-200-2011)."),
+    split: str = typer.Option("test", "--split", help="test, or val (calibration)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric and the per-threshold curves."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: curves vs threshold and example boxes."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Pick the deployment threshold on this (val) split; writes RUN/threshold.json."),
+    criterion: str = typer.Option("top1_loc", "--criterion", help="Calibration curve: top1_loc, gt_known_loc or maxboxacc."),
+    maps: Optional[Path] = typer.Option(None, "--maps", help="Score saved maps: DIR/<image id>.npy, any size and range."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="With --maps: lines 'image_id c1 c2 ...', classes best first."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Score the *_at_threshold metrics at this tau instead of the stored one."),
+    batch: int = typer.Option(32, "--batch", help="Images per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:1 ...)."),
+    examples: int = typer.Option(8, "--examples", help="Example images in the --plot grid."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Evaluate with the WSOL protocol (wsolevaluation): MaxBoxAcc, MaxBoxAccV2, Top-1/Top-5/GT-known Loc, PxAP."""
+    with user_errors():
+        setup_logging(verbose)
+        _check_options(target, split, criterion, calibrate, maps, predictions, threshold, batch)
+        from tedloc_edge.datasets import open_split
+        from tedloc_edge.evaluate import evaluate_maps, evaluate_predictor
+
+        data_split = open_split(data, split)
+        if not data_split.has_boxes:
+            raise UserError(f"{data}: split {split!r} has images without boxes; evaluation needs a box for every image")
+        keep = max(examples, 0) if plot is not None else 0
+        if maps is not None:
+            tau, tau_source = _maps_threshold(maps, threshold, calibrate)
+            report = evaluate_maps(maps, data_split, predictions, threshold=tau, threshold_source=tau_source,
+                                   examples=keep)
+        else:
+            assert target is not None  # _check_options: a TARGET or --maps
+            predictor = load_predictor(target, device, batch)
+            report = evaluate_predictor(predictor, data_split, threshold=threshold, batch=batch, examples=keep,
+                                        source=str(target))
+        print_report(report)
+        _write_outputs(report, json_out, plot)
+        if calibrate:
+            _calibrate(report, criterion, threshold_path(target, maps), target, data)
+
+
+def _check_options(target: Optional[Path], split: str, criterion: str, calibrate: bool, maps: Optional[Path],
+                   predictions: Optional[Path], threshold: Optional[float], batch: int) -> None:
+    from tedloc_edge.metrics import CALIBRATION_CRITERIA
+
+    if split not in SPLITS:
+        raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    if criterion not in CALIBRATION_CRITERIA:
+        raise UserError(f"--criterion {criterion!r}: choose one of {', '.join(CALIBRATION_CRITERIA)}")
+    if calibrate and split != "val":
+        raise UserError("--calibrate picks the threshold on --split val (calibrating on test would leak the test set)")
+    if (target is None) == (maps is None):
+        raise UserError("give either a TARGET (run folder, .pt or exported model) or --maps DIR, not both or none")
+    if predictions is not None and maps is None:
+        raise UserError("--predictions goes with --maps; a model's own logits give its predictions")
+    if threshold is not None and not 0.0 <= threshold < 1.0:
+        raise UserError(f"--threshold {threshold}: must be in [0, 1)")
+    if batch < 1:
+        raise UserError(f"--batch {batch}: must be at least 1")
+
+
+def _maps_threshold(maps: Path, threshold: Optional[float], calibrate: bool) -> tuple[Optional[float], str]:
+    """--threshold, else DIR/threshold.json from an earlier --calibrate on these maps' val split."""
+    from tedloc_edge.evaluate import read_threshold
+
+    stored = maps / "threshold.json"
+    if threshold is not None or calibrate or not stored.is_file():
+        return threshold, "given"
+    return read_threshold(stored)
+
+
+def load_predictor(target: Path, device: str, batch: int) -> Any:
+    """A predictor for a run folder or checkpoint (torch) or an exported model (runtime)."""
+    if not target.exists():
+        raise UserError(f"{target}: no such run folder or model file")
+    suffix = target.suffix.lower()
+    if target.is_dir() or suffix == ".pt":
+        try:
+            from tedloc_edge.train.predict import TorchPredictor
+        except ImportError as exc:
+            raise UserError(f"{target}: evaluating a run needs torch ({exc.name} is missing); "
+                            "pip install 'tedloc-edge[train]', or evaluate an exported .onnx") from None
+        if target.is_dir():
+            return TorchPredictor(target, device=device, batch_size=batch)
+        return TorchPredictor(run_folder(target), device=device, checkpoint=str(target), batch_size=batch)
+    if suffix in MODEL_SUFFIXES:
+        from tedloc_edge.runtime import Localizer
+
+        return Localizer(target, backend="auto", device=device)
+    raise UserError(f"{target}: not a run folder, .pt checkpoint or {'/'.join(MODEL_SUFFIXES)} model")
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """RUN for RUN/checkpoints/x.pt, else the checkpoint's own folder."""
+    parent = checkpoint.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def threshold_path(target: Optional[Path], maps: Optional[Path]) -> Path:
+    """Where --calibrate writes: RUN/threshold.json (export reads it), or DIR/threshold.json for --maps."""
+    if maps is not None:
+        return maps / "threshold.json"
+    assert target is not None
+    if target.is_dir():
+        return target / "threshold.json"
+    if target.suffix.lower() == ".pt":
+        return run_folder(target) / "threshold.json"
+    raise UserError(f"{target}: --calibrate stores the threshold in the run folder for export; run "
+                    "`tedloc-edge eval RUN --split val --calibrate` on the model's run, then export it again")
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def print_report(report: Any) -> None:
+    """The metrics as a rich table on stdout, then how far the stored threshold is from this split's optimum."""
+    stored = "-" if report.threshold is None else f"{report.threshold:.3f}"
+    table = Table(title=f"{report.source} · {report.split} · {report.num_images} images", title_justify="left")
+    table.add_column("metric")
+    table.add_column("best over tau (%)", justify="right")
+    table.add_column("at tau*", justify="right")
+    table.add_column(f"at stored tau {stored} (%)", justify="right")
+    for key, label, opt_key, at_key in ROWS:
+        if key not in report.metrics:
+            continue
+        tau = report.optimal_thresholds.get(opt_key) if opt_key else None
+        at = report.metrics.get(at_key) if at_key else None
+        table.add_row(label, f"{report.metrics[key]:.2f}", "-" if tau is None else f"{tau:.3f}",
+                      "-" if at is None else f"{at:.2f}")
+    out = Console(highlight=False)
+    out.print(table)
+    for line in gap_lines(report):
+        out.print(line)
+    for name, count in sorted(report.warnings.items()):
+        out.print(f"[yellow]warning[/]: {name} = {count}")
+
+
+def gap_lines(report: Any) -> list[str]:
+    from tedloc_edge.evaluate import threshold_gap
+
+    gap = threshold_gap(report) or {}
+    lines = []
+    for name, g in gap.items():
+        lines.append(
+            f"{name}: stored tau {g['stored_threshold']:.3f} ({report.threshold_source}) vs {report.split} optimum "
+            f"{g['optimal_threshold']:.3f} (delta {g['threshold_delta']:+.3f}): {g['value_at_stored']:.2f}% at stored, "
+            f"{g['value_at_optimum']:.2f}% at optimum"
+        )
+    return lines
+
+
+def _write_outputs(report: Any, json_out: Optional[Path], plot: Optional[Path]) -> None:
+    if json_out is not None:
+        report.save_json(json_out)
+        logger.info("wrote %s", json_out)
+    if plot is not None:
+        from tedloc_edge.plots import save_report_plot
+
+        save_report_plot(report, plot)
+
+
+def _calibrate(report: Any, criterion: str, path: Path, target: Optional[Path], data: Path) -> None:
+    from tedloc_edge.evaluate import calibrate_threshold, write_threshold
+
+    doc = calibrate_threshold(report, criterion)
+    write_threshold(path, doc)
+    Console(highlight=False).print(
+        f"calibrated: tau {doc['threshold']:.3f} maximizes {criterion} on {report.split} ({doc['value']:.2f}%) -> {path}"
+    )
+    if target is not None:
+        next_commands("Next:", [f"tedloc-edge eval {target} --data {data} --split test",
+                                f"tedloc-edge export {path.parent}"])

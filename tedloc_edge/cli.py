@@ -3,8 +3,11 @@ when the command runs, so `tedloc-edge --help` and `tedloc-edge infer` never imp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from tedloc_edge.console import console, next_commands, user_errors
 from tedloc_edge.demo import demo
 from tedloc_edge.eval_cli import evaluate
 from tedloc_edge.export.cli import export
@@ -18,8 +21,27 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: generate the synthetic WSOL benchmark.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: the synthetic WSOL benchmark and a synthetic test video.", no_args_is_help=True)
 data_app.command("synth")(synth)
+
+
+@data_app.command("video")
+def video(
+    path: Path = typer.Argument(..., help="The .mp4 to write (ground truth goes to PATH.json)."),
+    frames: int = typer.Option(90, help="Number of frames."),
+    width: int = typer.Option(640, help="Frame width, pixels."),
+    height: int = typer.Option(360, help="Frame height, pixels."),
+    fps: float = typer.Option(30.0, help="Frame rate."),
+    classes: int = typer.Option(8, help="Classes of the benchmark the objects come from."),
+    seed: int = typer.Option(0, help="Same seed gives the same video."),
+) -> None:
+    """Write a short H.264 video of benchmark objects moving over clutter, with per-frame boxes in PATH.json."""
+    with user_errors():
+        from tedloc_edge.train.synth_video import make_video
+
+        boxes = make_video(path, frames=frames, size=(width, height), fps=fps, classes=classes, seed=seed)
+        console.print(f"wrote {path} ({len(boxes)} frames) and {path}.json")
+        next_commands("Next:", [f"tedloc-edge infer {path} --model MODEL.onnx --out runs/infer"])
 
 app.command("train")(train)
 app.command("eval")(evaluate)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,19 +48,20 @@ def export_to_proto(model: "torch.nn.Module", meta: BundleMeta, opset: int = DEF
 
     check_opset(opset)
     model.eval()
-    buffer = io.BytesIO()
+    tmp = tempfile.TemporaryDirectory(prefix="tedloc-onnx-")
+    traced = Path(tmp.name, "model.onnx")
     # The exporter is chosen explicitly: torch >= 2.9 defaults to the dynamo exporter, whose decompositions
     # and opset conversion (it emits opset 18+ and down-converts) vary across releases for timm ViTs. The
     # TorchScript exporter (dynamo=False) writes opset 17 directly, with LayerNormalization as one op and
     # `dynamic_axes` for the batch, and has produced the same graph for years: the robust choice for 17-20.
-    with torch.no_grad(), warnings.catch_warnings():
+    with tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             model,
             (sample_input(meta),),
-            buffer,
+            str(traced),
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
@@ -68,7 +69,7 @@ def export_to_proto(model: "torch.nn.Module", meta: BundleMeta, opset: int = DEF
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
             do_constant_folding=True,
         )
-    proto = onnx.load_model_from_string(buffer.getvalue())
+        proto = onnx.load(str(traced))
     check_graph_contract(proto, meta)
     return set_metadata(proto, meta)
 

@@ -141,3 +141,26 @@ def test_unwritable_output_is_one_line(model, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match="cannot write"):
         export_onnx(model, tiny_meta(), blocker / "model.onnx")
+
+
+class _LayerNormTokens(TinyTedLoc):
+    """The tiny model with a ViT-style token LayerNorm in its backbone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(32)
+
+    def forward(self, images):
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        tokens = self.norm(self.backbone((x - self.mean) / self.std).flatten(2).transpose(1, 2))
+        m = torch.sigmoid(self.head(tokens)).squeeze(-1)
+        pooled = torch.nn.functional.normalize((m.unsqueeze(-1) * tokens).sum(1), dim=-1)
+        return m.reshape(-1, 8, 8), pooled @ self.anchors.T / self.temperature
+
+
+def test_layernorm_is_one_op_at_opset_17(tmp_path, photos):
+    model = _LayerNormTokens().eval()
+    path = export_onnx(model, tiny_meta(), tmp_path / "ln.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("LayerNormalization") == 1 and "ReduceMean" not in ops
+    assert verify_export(model, path, tiny_meta(), photos).passed

@@ -10,6 +10,7 @@ Per version (harness: tests/trt_api/harness.py, facts: ../shared/TENSORRT-ON-CPU
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -49,20 +50,42 @@ def _present_modules() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- static
 
 
+@functools.lru_cache(maxsize=None)
+def _static(label: str) -> harness.MypyResult:
+    return harness.run_mypy(harness.prepare(label), list(_present_modules()))
+
+
 def test_static_check_passes(trt_api: harness.TrtApi) -> None:
     """Every call, enum and attribute the TensorRT modules use exists, with that signature, in this version,
     and every TensorRT call is on an object mypy can see into (else a misspelt name would pass unseen)."""
-    modules = _present_modules()
-    result = harness.run_mypy(trt_api, list(modules))
+    result = _static(trt_api.release.label)
     assert result.ok, f"TensorRT {trt_api.release.label} static check failed:\n{result.report()}"
+
+
+def test_version_guards_name_real_api() -> None:
+    """getattr/hasattr on TensorRT objects (how version-specific paths are guarded) name something that exists
+    in at least one of the versions: a misspelt guard would otherwise silently take the fallback everywhere."""
+    seen: dict[tuple[str, int, str, str], list[str]] = {}
+    for label in sorted(harness.RELEASES):
+        for g in _static(label).guards:
+            seen.setdefault((g["path"], g["line"], g["owner"], g["name"]), [])
+            if g["exists"]:
+                seen[(g["path"], g["line"], g["owner"], g["name"])].append(label)
+    nowhere = [f"{path}:{line}: {owner} has no `{name}` in TensorRT {' or '.join(sorted(harness.RELEASES))}"
+               for (path, line, owner, name), labels in sorted(seen.items()) if not labels]
+    assert not nowhere, "\n".join(nowhere)
 
 
 WRONG_IN_BOTH = """
 
 def _api_check_wrong_in_both() -> None:
     import tensorrt
-    config = tensorrt.Builder(tensorrt.Logger()).create_builder_config()
+    builder = tensorrt.Builder(tensorrt.Logger())
+    network = builder.create_network(0)
+    config = builder.create_builder_config()
     config.set_flag(tensorrt.BuilderFlag.NOT_A_FLAG)
+    builder.build_engine(network, config)
+    config.set_memory_pool_limit(tensorrt.MemoryPoolType.WORKSPACE)
 """
 
 FP16_FLAG = """
@@ -95,7 +118,13 @@ def test_static_check_bites(trt_api: harness.TrtApi, tmp_path: Path) -> None:
     _present_modules()
     result = harness.run_mypy(trt_api, [BUILDER], _wrong_copy(tmp_path, WRONG_IN_BOTH))
     assert not result.ok
-    assert any('"type[BuilderFlag]" has no attribute "NOT_A_FLAG"' in e for e in result.errors), result.report()
+    expected = (
+        '"type[BuilderFlag]" has no attribute "NOT_A_FLAG"',  # a name no TensorRT has
+        '"Builder" has no attribute "build_engine"',  # the TensorRT 8 call, gone since 10
+        'Missing positional argument "pool_size" in call to "set_memory_pool_limit"',  # a signature
+    )
+    for message in expected:
+        assert any(message in e for e in result.errors), f"{message} not reported:\n{result.report()}"
 
     result = harness.run_mypy(trt_api, [BUILDER], _wrong_copy(tmp_path, FP16_FLAG))
     if trt_api.release.major >= 11:  # TensorRT 11 removed the weak-typing precision flags
@@ -193,3 +222,29 @@ def test_without_tensorrt(tmp_path: Path) -> None:
     for step in ("builder", "backend", "localizer"):
         message = _one_line_project_error(got[step], step)
         assert "TensorRT" in message and "install" in message, f"{step}: does not say what to install: {message!r}"
+
+
+def _cli_error(got: dict, what: str) -> str:
+    """The CLI's failure: exit code 2 and exactly one `error:` line, no traceback, nothing raw from TensorRT."""
+    shown = f"{got['command']} -> exit {got['returncode']}\nstderr:\n{got['stderr']}\nstdout:\n{got['stdout']}"
+    assert got["returncode"] == 2, f"{what}: {shown}"
+    assert len(got["error_lines"]) == 1, f"{what}: expected one error line: {shown}"
+    assert not any(raw in got["stderr"] + got["stdout"] for raw in RAW_ERRORS), f"{what}: raw error shown: {shown}"
+    return got["error_lines"][0]
+
+
+def test_cli_without_gpu(trt_api: harness.TrtApi, tmp_path: Path) -> None:
+    """`tedloc-edge export X.onnx --format engine` and `tedloc-edge infer IMG --model X.plan` with TensorRT, no GPU."""
+    got = _probe(trt_api.env(), tmp_path, "cli")
+    for step in ("cli_export", "cli_infer"):
+        line = _cli_error(got[step], step)
+        assert "GPU" in line and WHERE.search(line), f"{step}: says neither what is missing nor where engines belong: {line!r}"
+    assert not (tmp_path / "tiny.plan").exists(), "a failed engine export left a plan behind"
+
+
+def test_cli_without_tensorrt(tmp_path: Path) -> None:
+    """The same two commands where TensorRT is not installed: one line saying what to install."""
+    got = _probe(_no_tensorrt_env(tmp_path), tmp_path, "cli")
+    for step in ("cli_export", "cli_infer"):
+        line = _cli_error(got[step], step)
+        assert "TensorRT" in line and "install" in line, f"{step}: does not say what to install: {line!r}"

@@ -160,7 +160,36 @@ def step_backend() -> None:
     emit("localizer", **outcome(lambda: Localizer(plan)))
 
 
-STEPS = {"bindings": step_bindings, "build_record": step_build_record, "builder": step_builder, "backend": step_backend}
+def cli_command() -> list[str]:
+    """The installed `tedloc-edge` console script of this interpreter, else the module it runs."""
+    script = Path(sys.executable).with_name("tedloc-edge")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "tedloc_edge.cli"]
+
+
+def run_cli(step: str, *args: str) -> None:
+    import subprocess
+
+    proc = subprocess.run([*cli_command(), *args], capture_output=True, text=True, cwd=WORK, timeout=240)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    emit(step, command="tedloc-edge " + " ".join(args), returncode=proc.returncode, stdout=proc.stdout[-4000:],
+         stderr=proc.stderr[-4000:], error_lines=errors)
+
+
+def step_cli() -> None:
+    """What a user types: `tedloc-edge export X.onnx --format engine` and `tedloc-edge infer IMG --model X.plan`."""
+    import numpy as np
+
+    tiny_onnx(WORK / "tiny.onnx")
+    fake_plan(WORK / "model.plan")
+    import cv2
+
+    cv2.imwrite(str(WORK / "frame.png"), np.full((48, 64, 3), 127, np.uint8))
+    run_cli("cli_export", "export", "tiny.onnx", "--format", "engine")
+    run_cli("cli_infer", "infer", "frame.png", "--model", "model.plan", "--out", "infer-out")
+
+
+STEPS = {"bindings": step_bindings, "build_record": step_build_record, "builder": step_builder, "backend": step_backend,
+         "cli": step_cli}
 
 if __name__ == "__main__":
     for name in sys.argv[2:]:

@@ -33,6 +33,8 @@ def trt_api_names(graph: dict[str, build.State]) -> set[str]:
         if state is None or state.tree is None:
             continue
         for key, sym in state.tree.names.items():
+            if isinstance(sym.node, nodes.MypyFile):  # `import numpy`, `import ctypes` inside the stub
+                continue
             names.add(key)
             if isinstance(sym.node, nodes.TypeInfo):
                 names.update(sym.node.names)
@@ -45,7 +47,7 @@ def is_trt_module(expr: nodes.Expression) -> bool:
 
 
 def receiver_kind(expr: nodes.Expression, types: dict[nodes.Expression, mt.Type]) -> str:
-    """'tensorrt' (typed by the stubs), 'typed' (some other known type), 'any' or 'module' (unchecked)."""
+    """'tensorrt' (typed by the stubs), 'typed'/'other' (something else), 'any' or 'module' (unchecked)."""
     if is_trt_module(expr):
         return "tensorrt"
     node = getattr(expr, "node", None)
@@ -56,11 +58,31 @@ def receiver_kind(expr: nodes.Expression, types: dict[nodes.Expression, mt.Type]
         return "typed"  # not an expression mypy typed (e.g. a module reference it resolved)
     proper = mt.get_proper_type(typ)
     if isinstance(proper, mt.AnyType):
-        return "any"
+        origin = proper
+        while origin.type_of_any == mt.TypeOfAny.from_another_any and origin.source_any is not None:
+            origin = origin.source_any
+        # Any that comes from a module mypy does not follow (numpy, cuda-python, pycuda...) is not TensorRT.
+        return "other" if origin.type_of_any == mt.TypeOfAny.from_unimported_type else "any"
     if isinstance(proper, mt.Instance) and proper.type.fullname == "types.ModuleType":
         return "module"
     text = str(proper)
     return "tensorrt" if "tensorrt." in text else "typed"
+
+
+def member_of(target: nodes.Expression, name: str, types: dict[nodes.Expression, mt.Type]) -> tuple[str, bool]:
+    """(what `target` is, whether this TensorRT version has `name` on it) for getattr/hasattr guards."""
+    node = getattr(target, "node", None)
+    if isinstance(node, nodes.MypyFile):
+        return node.fullname, name in node.names
+    if isinstance(node, nodes.TypeInfo):
+        return node.fullname, node.get(name) is not None
+    proper = mt.get_proper_type(types.get(target))
+    if isinstance(proper, mt.Instance):
+        return proper.type.fullname, proper.type.get(name) is not None
+    if isinstance(proper, mt.CallableType) and proper.type_object() is not None:
+        info = proper.type_object()
+        return info.fullname, info.get(name) is not None
+    return str(proper), False
 
 
 def main(argv: list[str]) -> int:
@@ -102,8 +124,9 @@ def main(argv: list[str]) -> int:
                 continue
             target = call.args[0]
             if receiver_kind(target, result.types) == "tensorrt":
-                owner = getattr(getattr(target, "node", None), "fullname", "") or str(mt.get_proper_type(result.types.get(target)))
-                guards.append({"path": path, "line": call.line, "owner": owner, "name": call.args[1].value})
+                name = call.args[1].value
+                owner, exists = member_of(target, name, result.types)
+                guards.append({"path": path, "line": call.line, "owner": owner, "name": name, "exists": exists})
     print(json.dumps({"errors": result.errors, "untyped": untyped, "guards": guards,
                       "api_names": len(api_names), "fatal": False}))
     return 0

@@ -107,6 +107,12 @@ class OnnxRuntimeRunner(Runner):
         for got, want in zip(node.shape[1:], (h, w, 3)):
             if isinstance(got, int) and got != want:
                 raise UserError(f"{self.path}: input '{INPUT_NAME}' has shape {node.shape} but its metadata says {h}x{w}x3; {fix}")
+        declared = {o.name: o.shape for o in self.session.get_outputs()}
+        gh, gw = self.meta.patch_grid
+        for name, want in (("fg_map", (gh, gw)), ("logits", (self.meta.num_classes,))):
+            got = declared[name][1:]
+            if len(got) != len(want) or any(isinstance(g, int) and g != v for g, v in zip(got, want)):
+                raise UserError(f"{self.path}: output '{name}' has shape {declared[name]}, its metadata implies (N, {', '.join(map(str, want))}); {fix}")
         batch = node.shape[0]
         return batch if isinstance(batch, int) and batch > 0 else None
 
@@ -135,12 +141,7 @@ class OnnxRuntimeRunner(Runner):
         else:
             io.bind_input(INPUT_NAME, "cpu", 0, np.uint8, images.shape, images.ctypes.data)
         self.session.run_with_iobinding(io)
-        fg_map, logits = self._outputs["fg_map"][:n], self._outputs["logits"][:n]
-        if fg_map.dtype != np.float32:
-            fg_map = fg_map.astype(np.float32)
-        if logits.dtype != np.float32:
-            logits = logits.astype(np.float32)
-        return fg_map, logits
+        return self._outputs["fg_map"][:n], self._outputs["logits"][:n]
 
     def close(self) -> None:
         self._bindings.clear()

@@ -19,7 +19,7 @@ import numpy as np
 
 from tedloc_edge.bundle import read_plan_sidecar
 from tedloc_edge.console import UserError
-from tedloc_edge.runtime.cuda_memory import open_cuda
+from tedloc_edge.runtime.cuda_memory import open_cuda, same_buffer
 from tedloc_edge.runtime.runner import INPUT_NAME, OUTPUT_NAMES, Runner
 
 if TYPE_CHECKING:  # the real module is imported lazily, so the CPU-only install never needs it
@@ -41,15 +41,15 @@ def require_tensorrt(path: Path) -> None:
         raise UserError(NO_TENSORRT.format(path=path)) from None
 
 
-def numpy_dtype(dtype: "trt.DataType") -> type:
+def numpy_dtype(dtype: "trt.DataType") -> str:
     """numpy type of a TensorRT I/O tensor (the contract: uint8 in, float out; fp16 outputs are widened)."""
     import tensorrt as trt
 
-    table: dict[trt.DataType, type] = {
-        trt.DataType.FLOAT: np.float32,
-        trt.DataType.HALF: np.float16,
-        trt.DataType.UINT8: np.uint8,
-        trt.DataType.INT32: np.int32,
+    table: dict[trt.DataType, str] = {
+        trt.DataType.FLOAT: "float32",
+        trt.DataType.HALF: "float16",
+        trt.DataType.UINT8: "uint8",
+        trt.DataType.INT32: "int32",
     }
     if dtype not in table:
         raise UserError(f"TensorRT I/O type {dtype} is not one the runtime reads (float32, float16, uint8, int32); rebuild the engine")
@@ -133,7 +133,7 @@ class TensorRTRunner(Runner):
         shapes = {INPUT_NAME: (b, h, w, 3), "fg_map": (b, gh, gw), "logits": (b, self.meta.num_classes)}
         for name, shape in shapes.items():
             self._host[name] = self.cuda.pinned(shape, self._dtypes[name])
-            self._device[name] = self.cuda.alloc(self._host[name].nbytes)
+            self._device[name] = self.cuda.alloc_like(self._host[name])
             if not self.context.set_tensor_address(name, self._device[name]):
                 raise UserError(f"{self.path}: TensorRT refused the buffer of '{name}'; rebuild the engine from the exported .onnx")
 
@@ -155,7 +155,7 @@ class TensorRTRunner(Runner):
         n = images.shape[0]
         with self._lock:
             host_in = self._host[INPUT_NAME][:n]
-            if images.ctypes.data != host_in.ctypes.data:
+            if not same_buffer(images, host_in):
                 np.copyto(host_in, images)
             self._set_batch(n)
             self.cuda.htod(self._device[INPUT_NAME], host_in)
@@ -165,7 +165,7 @@ class TensorRTRunner(Runner):
             self.cuda.dtoh(fg_map, self._device["fg_map"])
             self.cuda.dtoh(logits, self._device["logits"])
             self.cuda.synchronize()
-        return fg_map.astype(np.float32, copy=False), logits.astype(np.float32, copy=False)
+        return fg_map, logits
 
     def close(self) -> None:
         if self._closed:

@@ -25,6 +25,11 @@ NO_BINDINGS = (
 )
 
 
+def same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two arrays start at the same address (the preprocessor wrote into the pinned buffer)."""
+    return bool(a.ctypes.data == b.ctypes.data)
+
+
 def _import_cudart() -> ModuleType | None:
     for name in ("cuda.bindings.runtime", "cuda.cudart"):
         try:
@@ -73,6 +78,10 @@ class CudaRuntimeMemory:
         ptr = int(self._check(self.rt.cudaMalloc(max(1, int(nbytes))), "cudaMalloc"))
         self._device_ptrs.append(ptr)
         return ptr
+
+    def alloc_like(self, host: np.ndarray) -> int:
+        """Device memory of the same byte size as `host`."""
+        return self.alloc(host.nbytes)
 
     def pinned(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         dt = np.dtype(dtype)
@@ -135,6 +144,9 @@ class PyCudaMemory:
         allocation = self.drv.mem_alloc(max(1, int(nbytes)))
         self._allocations.append(allocation)
         return int(allocation)
+
+    def alloc_like(self, host: np.ndarray) -> int:
+        return self.alloc(host.nbytes)
 
     def pinned(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return self.drv.pagelocked_empty(shape, dtype)

@@ -1,7 +1,7 @@
 """The one contract every backend keeps (as Polygraphy's runners do): load once, then `infer` a uint8 batch.
 
 `infer` checks the batch against what the model declares, then calls the backend's `_infer`. Outputs are
-float32 ``fg_map`` (n, gh, gw) and ``logits`` (n, C); they may be views into buffers the runner reuses, so
+float32 ``fg_map`` (n, gh, gw) and ``logits`` (n, C) (a backend may return float16; `infer` widens it); they may be views into buffers the runner reuses, so
 a caller keeps a copy of anything it needs past the next call.
 """
 
@@ -43,7 +43,7 @@ class Runner(abc.ABC):
         if not 0 < n <= self.max_batch:
             raise ValueError(f"{self.name}: batch of {n}; this runner takes 1..{self.max_batch}")
         fg_map, logits = self._infer(np.ascontiguousarray(images))
-        return fg_map, logits
+        return fg_map.astype(np.float32, copy=False), logits.astype(np.float32, copy=False)  # fp16 outputs widened
 
     @abc.abstractmethod
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -165,8 +165,12 @@ class TritonLocalizer:
         classes: str | Iterable[str | int] | None = None,
         retry_s: float = 0.5,
         give_up_s: float = 60.0,
+        return_map: bool = False,
     ) -> None:
         from tedloc_edge.runtime.localizer import resolve_classes
+
+        if return_map:
+            raise UserError("the localization map (--heatmap) is not sent by the Triton models; run without --heatmap or locally")
 
         self.target = parse_url(url, model, protocol)
         self.url = str(self.target)

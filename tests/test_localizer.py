@@ -248,3 +248,12 @@ def test_tensorrt_matches_onnxruntime(tmp_path, model):
     for a, b in zip(want, got):
         assert a.class_id == b.class_id
         np.testing.assert_allclose(a.boxes, b.boxes, atol=2)
+
+
+def test_outputs_that_contradict_the_metadata(tmp_path):
+    wrong = fixture_meta().replace(patch_grid=(4, 4))
+    with pytest.raises(UserError, match="output 'fg_map' has shape"):
+        Localizer(write_model(tmp_path / "grid.onnx", metadata=wrong.to_json()))
+    extra_class = fixture_meta().replace(class_names=("a", "b", "c", "d"))
+    with pytest.raises(UserError, match="output 'logits' has shape"):
+        Localizer(write_model(tmp_path / "classes.onnx", metadata=extra_class.to_json()))

@@ -7,6 +7,26 @@ from collections import deque
 import onnx
 
 
+def _subgraph_uses(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from its enclosing scope (ONNX If/Loop/Scan bodies capture them implicitly)."""
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        used |= set(node_inputs(node))
+        local |= set(node.output)
+    return used - local
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Explicit inputs plus the outer-scope tensors its subgraphs capture (e.g. the branches of an If)."""
+    names = [t for t in node.input if t]
+    for attr in node.attribute:
+        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in subgraphs:
+            names += sorted(_subgraph_uses(sub) - set(names))
+    return names
+
+
 def _available_names(graph: onnx.GraphProto) -> set[str]:
     names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     names |= {t.name for t in graph.sparse_initializer}
@@ -16,14 +36,14 @@ def _available_names(graph: onnx.GraphProto) -> set[str]:
 
 def topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder `graph.node` in place so every node comes after the producers of its inputs (stable: ties
-    keep their original order). Inputs of subgraphs are not followed; this project's graphs have none."""
+    keep their original order). Tensors that If/Loop bodies capture from the graph count as inputs."""
     nodes = list(graph.node)
     producer = {out: idx for idx, node in enumerate(nodes) for out in node.output}
     known = _available_names(graph)
     waiting: dict[int, int] = {}
     consumers: dict[int, list[int]] = {idx: [] for idx in range(len(nodes))}
     for idx, node in enumerate(nodes):
-        deps = {producer[t] for t in node.input if t not in known and t in producer}
+        deps = {producer[t] for t in node_inputs(node) if t not in known and t in producer}
         waiting[idx] = len(deps)
         for dep in deps:
             consumers[dep].append(idx)

@@ -6,7 +6,8 @@ classifier). INT8 score collapse and fp16 saturation of the anchor product are t
 toolkits report most, and the head is a tiny share of the compute, so it stays float.
 
 It is found by structure, not by guessing module names: the head starts after the last node that every
-data path from the input to the outputs goes through (the outputs' immediate dominator). Shape arithmetic
+data path from the input to the outputs goes through (the outputs' immediate dominator); when the outputs
+split after a class product (CAM: class maps -> fg_map and logits), that product joins the head. Shape arithmetic
 (Shape/Size and what only they feed) is not a data path: a dynamic batch makes Reshape targets depend on
 the input's shape, which would otherwise make the input itself the only dominator. The result is a list
 of node names, valid for the graph it was computed on (run it again after any graph rewrite).
@@ -18,9 +19,14 @@ import logging
 
 import onnx
 
+from tedloc_edge.export.graph_order import node_inputs
+
 logger = logging.getLogger(__name__)
 
 SHAPE_OPS = frozenset({"Shape", "Size"})
+PRODUCT_OPS = frozenset({"MatMul", "Gemm", "Einsum", "Conv"})
+# ops a class product may be followed by before the outputs split (bias, scaling, layout)
+PASS_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"})
 _SOURCE = -1
 
 
@@ -30,7 +36,7 @@ def _data_producers(graph: onnx.GraphProto) -> tuple[dict[str, int], set[int]]:
     producer: dict[str, int] = {}
     data_nodes: set[int] = set()
     for idx, node in enumerate(graph.node):
-        if node.op_type in SHAPE_OPS or not any(t in data_tensors for t in node.input if t):
+        if node.op_type in SHAPE_OPS or not any(t in data_tensors for t in node_inputs(node)):
             continue
         data_nodes.add(idx)
         for out in node.output:
@@ -43,8 +49,9 @@ def _predecessors(graph: onnx.GraphProto, producer: dict[str, int], data_nodes: 
     inputs = {i.name for i in graph.input}
     preds: dict[int, list[int]] = {}
     for idx in sorted(data_nodes):
-        sources = {producer[t] for t in graph.node[idx].input if t in producer}
-        if any(t in inputs for t in graph.node[idx].input):
+        names = node_inputs(graph.node[idx])
+        sources = {producer[t] for t in names if t in producer}
+        if any(t in inputs for t in names):
             sources.add(_SOURCE)
         preds[idx] = sorted(sources)
     return preds
@@ -86,6 +93,33 @@ def _ancestors(targets: list[int], preds: dict[int, list[int]]) -> set[int]:
     return seen
 
 
+def _num_classes(graph: onnx.GraphProto, logits: str) -> int:
+    for out in graph.output:
+        if out.name == logits:
+            dims = out.type.tensor_type.shape.dim
+            return int(dims[-1].dim_value) if dims else 0
+    return 0
+
+
+def _class_product_chain(graph: onnx.GraphProto, split: int, idom: dict[int, int], num_classes: int) -> list[int]:
+    """The CAM classifier case: the outputs split AFTER the class product (CAMs -> map and logits), so walk
+    the dominator chain back through bias/layout ops to a product whose weight has a class-sized axis."""
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    chain: list[int] = []
+    node = split
+    while node != _SOURCE and num_classes > 0:
+        op = graph.node[node]
+        if op.op_type in PRODUCT_OPS:
+            dims = [weights[t] for t in op.input if t in weights]
+            class_sized = any(num_classes in (d[:1] if op.op_type == "Conv" else d) for d in dims)
+            return chain + [node] if class_sized else []
+        if op.op_type not in PASS_OPS:
+            return []
+        chain.append(node)
+        node = idom[node]
+    return []
+
+
 def head_node_indices(model: onnx.ModelProto, outputs: tuple[str, ...] = ("fg_map", "logits")) -> tuple[int, list[int]]:
     """(index of the backbone's last shared node, sorted indices of the head nodes)."""
     graph = model.graph
@@ -101,7 +135,12 @@ def head_node_indices(model: onnx.ModelProto, outputs: tuple[str, ...] = ("fg_ma
         split = _intersect(split, sink, idom)
     if split in sinks:  # one output is computed from the other: keep that output's producer in the head
         split = idom[split]
+    chain = _class_product_chain(graph, split, idom, _num_classes(graph, outputs[-1]))
+    if chain:
+        split = idom[chain[-1]]
     head = sorted(n for n in _ancestors(sinks, preds) if n > split)
+    if split == _SOURCE:
+        logger.warning("no backbone/head split found in the graph: the whole model is treated as head (kept float)")
     return split, head
 
 

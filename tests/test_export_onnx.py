@@ -164,3 +164,35 @@ def test_layernorm_is_one_op_at_opset_17(tmp_path, photos):
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("LayerNormalization") == 1 and "ReduceMean" not in ops
     assert verify_export(model, path, tiny_meta(), photos).passed
+
+
+class _TinyCam(torch.nn.Module):
+    """CAM-shaped: the outputs split after the class product (class maps -> top-1 map and mean logits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = TinyTedLoc()
+        self.backbone, self.mean, self.std = base.backbone, base.mean, base.std
+        self.classifier = torch.nn.Linear(32, 4)
+
+    def forward(self, images):
+        x = (images.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
+        z = self.backbone(x).flatten(2).transpose(1, 2)  # (N, P, d)
+        cams = self.classifier(z)  # (N, P, C)
+        logits = cams.mean(1)
+        top = logits.argmax(1)
+        fg = torch.gather(cams, 2, top.view(-1, 1, 1).expand(-1, cams.shape[1], 1)).squeeze(-1)
+        return fg.reshape(-1, 8, 8), logits
+
+
+def test_cam_classifier_joins_the_head_and_stays_float(tmp_path, photos):
+    model = _TinyCam().eval()
+    path = export_onnx(model, tiny_meta(), tmp_path / "cam.onnx")
+    proto = onnx.load(str(path))
+    names = head_node_names(proto)
+    product = next(n for n in proto.graph.node if n.op_type == "MatMul")
+    assert product.name in names and not any(n.startswith("/backbone") for n in names)
+    int8 = quantize_int8(proto, tiny_meta(), photos, "h")
+    product8 = next(n for n in int8.graph.node if n.name == product.name)
+    dq_out = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert not set(product8.input) & dq_out

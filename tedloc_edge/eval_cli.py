@@ -6,6 +6,7 @@ matplotlib only for --plot.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -34,8 +35,8 @@ ROWS = (  # (metric key, label, key of its optimal threshold, key of its value a
 
 def evaluate(
     target: Optional[Path] = typer.Argument(None, help="Run folder, checkpoint .pt, or exported .onnx / .plan / .engine. Omit with --maps."),
-    data: Path = typer.Option(..., "--data", help="Dataset root (wsolevaluation layout or CUB-200-2011)."),
-    split: str = typer.Option("test", "--split", help="test, or val (calibration)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (wsolevaluation layout or CUB-200-2011). Default: the run's training data."),
+    split: Optional[str] = typer.Option(None, "--split", help="test, or val (calibration). Default: val with --calibrate, else test."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric and the per-threshold curves."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: curves vs threshold and example boxes."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Pick the deployment threshold on this (val) split; writes RUN/threshold.json."),
@@ -51,7 +52,9 @@ def evaluate(
     """Evaluate with the WSOL protocol (wsolevaluation): MaxBoxAcc, MaxBoxAccV2, Top-1/Top-5/GT-known Loc, PxAP."""
     with user_errors():
         setup_logging(verbose)
+        split = split or ("val" if calibrate else "test")
         _check_options(target, split, criterion, calibrate, maps, predictions, threshold, batch)
+        data = data or run_data(target)
         from tedloc_edge.datasets import open_split
         from tedloc_edge.evaluate import evaluate_maps, evaluate_predictor
 
@@ -123,6 +126,21 @@ def load_predictor(target: Path, device: str, batch: int) -> Any:
 
         return Localizer(target, backend="auto", device=device)
     raise UserError(f"{target}: not a run folder, .pt checkpoint or {'/'.join(MODEL_SUFFIXES)} model")
+
+
+def run_data(target: Optional[Path]) -> Path:
+    """The dataset a run was trained on (RUN/config.json "data"), when --data is not given."""
+    run = None if target is None else (target if target.is_dir() else run_folder(target))
+    config = None if run is None else run / "config.json"
+    if config is not None and config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8")).get("data")
+        except (OSError, json.JSONDecodeError):
+            data = None
+        if data:
+            logger.info("--data %s (from %s)", data, config)
+            return Path(data)
+    raise UserError("--data DIR is required (the dataset root); it defaults to the data of a run folder's config.json")
 
 
 def run_folder(checkpoint: Path) -> Path:

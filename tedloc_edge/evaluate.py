@@ -318,7 +318,11 @@ def calibrate_threshold(report: EvalReport, criterion: str = "top1_loc") -> dict
     if curve is None:
         raise UserError(f"{report.source}: {criterion} needs class predictions; pass --predictions or use "
                         "--criterion gt_known_loc")
-    best = int(np.argmax(curve))
+    best = int(np.argmax(curve))  # the lowest of tied thresholds, as the reference's argmax
+    if curve.max() == curve.min():
+        logger.warning("%s: the %s curve is flat (%.2f%% at every threshold); the calibrated threshold %.3f says "
+                       "nothing about the model: train longer or calibrate on more images", report.source, criterion,
+                       curve[best], report.thresholds[best])
     optimum = {name: {"threshold": report.optimal_thresholds[name], "value": report.metrics[name]}
                for name in CALIBRATION_CRITERIA if name in report.optimal_thresholds}
     return {

@@ -73,7 +73,7 @@ def _finish(ax: Any, report: Any, ylabel: str) -> None:
     ax.set_xlabel("threshold tau")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
 
 
 def _box_axes(ax: Any, report: Any) -> None:

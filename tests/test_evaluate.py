@@ -144,8 +144,9 @@ def test_cli_maps_predictions_json_and_plot(data, tmp_path):
 def test_cli_calibrate_writes_threshold_then_test_reports_the_gap(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": str(data)}))  # --data and --split val by default
     monkeypatch.setattr(eval_cli, "load_predictor", lambda target, device, batch: FakePredictor(ring=True))
-    result = run_eval(str(run), "--data", str(data), "--split", "val", "--calibrate")
+    result = run_eval(str(run), "--calibrate")
     assert result.exit_code == 0, result.output
     doc = json.loads((run / "threshold.json").read_text())
     assert doc["threshold"] == pytest.approx(0.499) and doc["criterion"] == "top1_loc" and doc["split"] == "val"

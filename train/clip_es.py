@@ -68,8 +68,8 @@ class ClipES:
         clip.model.requires_grad_(False)  # gradients are taken w.r.t. activations only
         self.device = next(clip.model.parameters()).device
         self.num_classes = len(class_names)
-        prompts = [cfg.prompt.format(c) for c in class_names] + [cfg.prompt.format(w) for w in cfg.background]
-        self.text = F.normalize(clip.encode_text(prompts), dim=-1)  # (C + B, e)
+        self.prompts = [cfg.prompt.format(c) for c in class_names] + [cfg.prompt.format(w) for w in cfg.background]
+        self._text: torch.Tensor | None = None
         self.logit_scale = float(clip.model.logit_scale.exp())
         patch = _pair(self.visual.patch_size)[0]
         native = _pair(self.visual.image_size)[0]
@@ -81,6 +81,13 @@ class ClipES:
         if not clip.has_weights:
             log.warning("CLIP-ES with RANDOM CLIP weights: the cue maps are noise and the model will learn nothing "
                         "useful from them. Pass --clip-pretrained openai (online) or a local CLIP checkpoint file.")
+
+    @property
+    def text(self) -> torch.Tensor:
+        """L2-normalized text embeddings (C + background, e) of the prompts, encoded on first use."""
+        if self._text is None:
+            self._text = F.normalize(self.clip.encode_text(self.prompts), dim=-1)
+        return self._text
 
     # -- image side -------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:

@@ -28,10 +28,9 @@ import difflib
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,18 +38,21 @@ import cv2
 import numpy as np
 import torch
 
-from tedloc_edge.bundle import atomic_write_bytes, atomic_write_text
+from tedloc_edge.bundle import atomic_write_text
 from tedloc_edge.boxes import normalize_map
 from tedloc_edge.console import UserError
 from tedloc_edge.console import progress as progress_bar
+from tedloc_edge.datasets import load_image
+from tedloc_edge.train.cue_picture import save_cue_picture
 
+__all__ = ["CUE_KINDS", "compute_cues", "save_cue_picture", "ddt_maps", "cam_maps", "clip_es_maps", "load_cue_file",
+           "finalize_maps"]
 log = logging.getLogger(__name__)
 
 CUE_KINDS = ("ddt", "cam", "clip-es", "files")
 CUE_FORMAT = 1  # bump when a kind's computation changes, so old caches are not reused
 FILE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")
 CAM_STEPS, CAM_LR, CAM_WEIGHT_DECAY = 300, 0.05, 1e-4
-PICTURE_TILE, PICTURE_CAPTION, PICTURE_COLS = 192, 20, 4
 
 Features = torch.Tensor | Callable[[], torch.Tensor] | None
 
@@ -77,45 +79,57 @@ def compute_cues(
     `features` (ddt, cam): (N, C, h, w) frozen-backbone features of the samples, or a callable returning them;
     with `features_key` (e.g. backbone, weights and input size) naming them, a cache hit never calls it.
     """
-    kind = _check_kind(kind)
-    labels = _labels(samples, len(class_names))
-    out_size = (int(out_size[0]), int(out_size[1]))
-    settings = _settings(kind, out_size, clip_model, clip_pretrained, cue_dir, seed, clip_input_size)
+    req = _Request(_check_kind(kind), samples, tuple(class_names), _labels(samples, len(class_names)),
+                   (int(out_size[0]), int(out_size[1])), cue_dir, clip_model, clip_pretrained, clip_input_size,
+                   device, seed, progress)
+    settings = _settings(req)
     feats = None
-    if kind in ("ddt", "cam"):
+    if req.kind in ("ddt", "cam"):
         if features is None:
             raise ValueError("cue kinds ddt and cam need the frozen backbone's features (N, C, h, w)")
         if features_key is None:  # name the features by their content
             feats = _materialize(features, len(samples))
             features_key = _features_digest(feats)
-    settings["features"] = features_key
-    if kind == "files":
-        settings["files"] = _files_digest(_cue_files(samples, Path(cue_dir)))
-    key = _cache_key(settings, samples, labels, class_names)
-    cached = _load_cached(cache_dir, kind, key, (len(samples), *out_size)) if cache_dir is not None else None
+        settings["features"] = features_key
+    key = _cache_key(settings, req)
+    cached = _load_cached(cache_dir, req.kind, key, (len(samples), *req.out_size)) if cache_dir is not None else None
     if cached is not None:
-        log.info("cues: loaded %d %s maps from the cache %s", len(samples), kind, cache_dir)
+        log.info("cues: loaded %d %s maps from the cache %s", len(samples), req.kind, cache_dir)
         return cached
-    if feats is None and kind in ("ddt", "cam"):
+    if feats is None and req.kind in ("ddt", "cam"):
         feats = _materialize(features, len(samples))
-    raw = _compute(kind, samples, class_names, labels, feats, cue_dir, clip_model, clip_pretrained,
-                   clip_input_size, device, seed, progress)
-    maps = finalize_maps(raw, out_size)
+    maps = finalize_maps(_compute(req, feats), req.out_size)
     if cache_dir is not None:
-        _save_cached(Path(cache_dir), kind, key, maps, settings, len(samples))
+        _save_cached(Path(cache_dir), req.kind, key, maps, settings)
     return maps
 
 
-def _compute(kind, samples, class_names, labels, feats, cue_dir, clip_model, clip_pretrained, clip_input_size,
-             device, seed, progress) -> Sequence[np.ndarray]:
-    if kind == "ddt":
-        return ddt_maps(feats.to(device), labels, seed=seed).cpu().numpy()
-    if kind == "cam":
-        return cam_maps(feats.to(device), labels, len(class_names), seed=seed).cpu().numpy()
-    if kind == "clip-es":
-        return clip_es_maps(samples, class_names, labels, clip_model=clip_model, clip_pretrained=clip_pretrained,
-                            input_size=clip_input_size, device=device, progress=progress)
-    return [load_cue_file(p) for p in _cue_files(samples, Path(cue_dir))]
+@dataclass(frozen=True)
+class _Request:
+    kind: str
+    samples: Sequence
+    class_names: tuple[str, ...]
+    labels: np.ndarray
+    out_size: tuple[int, int]
+    cue_dir: Path | None
+    clip_model: str
+    clip_pretrained: str | None
+    clip_input_size: int | None
+    device: str
+    seed: int
+    progress: bool
+
+
+def _compute(req: _Request, feats: torch.Tensor | None) -> Sequence[np.ndarray]:
+    if req.kind == "ddt":
+        return ddt_maps(feats.to(req.device), req.labels, seed=req.seed).cpu().numpy()
+    if req.kind == "cam":
+        return cam_maps(feats.to(req.device), req.labels, len(req.class_names), seed=req.seed).cpu().numpy()
+    if req.kind == "clip-es":
+        return clip_es_maps(req.samples, req.class_names, req.labels, clip_model=req.clip_model,
+                            clip_pretrained=req.clip_pretrained, input_size=req.clip_input_size, device=req.device,
+                            progress=req.progress)
+    return [load_cue_file(p) for p in _cue_files(req.samples, Path(req.cue_dir))]
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -127,21 +141,30 @@ def ddt_maps(features: torch.Tensor, labels: np.ndarray, seed: int = 0) -> torch
     out = torch.zeros(n, h, w, dtype=torch.float32, device=features.device)
     for k in np.unique(labels):
         idx = torch.from_numpy(np.flatnonzero(labels == k)).to(features.device)
-        x = features[idx].permute(0, 2, 3, 1).reshape(-1, c).double()
+        x = features[idx].permute(0, 2, 3, 1).reshape(-1, c).float()
         x = x - x.mean(dim=0, keepdim=True)
         proj = (x @ _first_principal_direction(x, seed)).reshape(len(idx), h, w)
         out[idx] = (proj * _object_sign(proj)).clamp_min(0).float()
     return out
 
 
-def _first_principal_direction(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """Unit first right singular vector of centred rows (randomized SVD, seeded, exact for small widths)."""
-    if min(x.shape) <= 64:
-        return torch.linalg.svd(x, full_matrices=False).Vh[0]
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        _, _, v = torch.svd_lowrank(x, q=min(8, min(x.shape)), niter=6)
-    return v[:, 0]
+def _first_principal_direction(x: torch.Tensor, seed: int, max_iters: int = 1000) -> torch.Tensor:
+    """Unit first principal direction of centred rows x (n, c): the top eigenvector of the smaller of the
+    covariance x^T x and the Gram x x^T, by seeded power iteration until the explained variance (Rayleigh
+    quotient) stops growing; with near-equal top eigenvalues any direction of their span explains as much."""
+    small = x.shape[0] < x.shape[1]
+    m = (x @ x.t() if small else x.t() @ x).double()
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(m.shape[0], generator=gen, dtype=torch.float64).to(m.device)
+    v, variance = v / v.norm(), 0.0
+    for _ in range(max_iters):
+        w = m @ v
+        previous, variance = variance, float(v @ w)
+        v = w / w.norm().clamp_min(1e-300)
+        if variance - previous <= 1e-7 * abs(variance):
+            break
+    direction = x.t().double() @ v if small else v
+    return (direction / direction.norm().clamp_min(1e-12)).to(x.dtype)
 
 
 def _object_sign(proj: torch.Tensor) -> float:
@@ -188,7 +211,6 @@ def cam_maps(features: torch.Tensor, labels: np.ndarray, num_classes: int, seed:
 def clip_es_maps(samples: Sequence, class_names: Sequence[str], labels: np.ndarray, *, clip_model: str,
                  clip_pretrained: str | None, input_size: int | None, device: str, progress: bool) -> np.ndarray:
     """CLIP-ES maps at the CLIP patch grid for every sample's image and true class."""
-    from tedloc_edge.datasets import load_image
     from tedloc_edge.train.clip import load_clip
     from tedloc_edge.train.clip_es import ClipES, ClipESConfig
 
@@ -283,25 +305,26 @@ def _features_digest(feats: torch.Tensor) -> str:
     return f"sha256:{digest.hexdigest()[:24]}:{tuple(feats.shape)}"
 
 
-def _settings(kind, out_size, clip_model, clip_pretrained, cue_dir, seed, clip_input_size) -> dict:
-    settings: dict = {"kind": kind, "format": CUE_FORMAT, "out_size": list(out_size)}
-    if kind == "ddt":
-        settings.update(seed=seed, sign="border-prior/minority")
-    elif kind == "cam":
-        settings.update(seed=seed, steps=CAM_STEPS, lr=CAM_LR, weight_decay=CAM_WEIGHT_DECAY)
-    elif kind == "clip-es":
+def _settings(req: _Request) -> dict:
+    settings: dict = {"kind": req.kind, "format": CUE_FORMAT, "out_size": list(req.out_size)}
+    if req.kind == "ddt":
+        settings.update(seed=req.seed, sign="border-prior/minority")
+    elif req.kind == "cam":
+        settings.update(seed=req.seed, steps=CAM_STEPS, lr=CAM_LR, weight_decay=CAM_WEIGHT_DECAY)
+    elif req.kind == "clip-es":
         from tedloc_edge.train.clip_es import ClipESConfig
 
-        weights = clip_pretrained
-        if clip_pretrained and Path(clip_pretrained).is_file():
-            st = Path(clip_pretrained).stat()
-            weights = f"{Path(clip_pretrained).resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        cfg = asdict(ClipESConfig(input_size=clip_input_size))
-        settings.update(clip_model=clip_model, clip_weights=weights, meaningful=clip_pretrained is not None, **cfg)
-    elif kind == "files":
-        if cue_dir is None:
+        weights = req.clip_pretrained
+        if weights and Path(weights).is_file():
+            st = Path(weights).stat()
+            weights = f"{Path(weights).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        cfg = asdict(ClipESConfig(input_size=req.clip_input_size))
+        settings.update(clip_model=req.clip_model, clip_weights=weights, meaningful=weights is not None, **cfg)
+    elif req.kind == "files":
+        if req.cue_dir is None:
             raise UserError("--cue files needs --cue-dir DIR holding one map per training image")
-        settings["cue_dir"] = str(Path(cue_dir).resolve())
+        settings.update(cue_dir=str(Path(req.cue_dir).resolve()),
+                        files=_files_digest(_cue_files(req.samples, Path(req.cue_dir))))
     return settings
 
 
@@ -313,11 +336,11 @@ def _files_digest(paths: list[Path]) -> str:
     return h.hexdigest()[:24]
 
 
-def _cache_key(settings: dict, samples: Sequence, labels: np.ndarray, class_names: Sequence[str]) -> str:
+def _cache_key(settings: dict, req: _Request) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    h.update("\n".join(class_names).encode())
-    h.update("\n".join(s.image_id for s in samples).encode())
-    h.update(labels.tobytes())
+    h.update("\n".join(req.class_names).encode())
+    h.update("\n".join(s.image_id for s in req.samples).encode())
+    h.update(req.labels.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -342,7 +365,7 @@ def _load_cached(cache_dir: Path, kind: str, key: str, shape: tuple[int, ...]) -
     return maps
 
 
-def _save_cached(cache_dir: Path, kind: str, key: str, maps: np.ndarray, settings: dict, n: int) -> None:
+def _save_cached(cache_dir: Path, kind: str, key: str, maps: np.ndarray, settings: dict) -> None:
     npy, side = _cache_paths(cache_dir, kind, key)
     npy.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{npy.name}.", suffix=".tmp", dir=npy.parent)
@@ -353,64 +376,6 @@ def _save_cached(cache_dir: Path, kind: str, key: str, maps: np.ndarray, setting
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    doc = {"key": key, "count": n, "shape": list(maps.shape), "settings": settings}
+    doc = {"key": key, "count": len(maps), "shape": list(maps.shape), "settings": settings}
     atomic_write_text(side, json.dumps(doc, indent=2, ensure_ascii=False, default=str))
-    log.info("cues: cached %d %s maps at %s", n, kind, npy)
-
-
-# ---------------------------------------------------------------------------------------------- picture
-
-
-def save_cue_picture(path: Path, samples: Sequence, cues: np.ndarray, n: int = 8,
-                     class_names: Sequence[str] | None = None) -> Path:
-    """A PNG grid of up to `n` images (spread over the classes) with their cue overlaid (JET: red = high).
-
-    Tiles are PICTURE_TILE px squares with a PICTURE_CAPTION px caption below, PICTURE_COLS per row.
-    """
-    from tedloc_edge.datasets import load_image
-
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise UserError(f"{path}: the cue picture is written as PNG; name it *.png")
-    if len(cues) != len(samples):
-        raise ValueError(f"{len(cues)} cue maps for {len(samples)} samples")
-    picks = _spread_over_classes([int(s.label) for s in samples], n)
-    if not picks:
-        raise UserError(f"{path}: no samples to draw; the cue picture needs at least one training image")
-    cols = min(PICTURE_COLS, len(picks))
-    rows = math.ceil(len(picks) / cols)
-    t, cap = PICTURE_TILE, PICTURE_CAPTION
-    canvas = np.full((rows * (t + cap), cols * t, 3), 255, dtype=np.uint8)
-    for slot, i in enumerate(picks):
-        r, c = divmod(slot, cols)
-        y, x = r * (t + cap), c * t
-        canvas[y:y + t, x:x + t] = _overlay(load_image(samples[i].path), cues[i], t)
-        name = class_names[samples[i].label] if class_names else Path(samples[i].image_id).stem
-        text = name.encode("ascii", "replace").decode()[:26]  # OpenCV's font draws ASCII only
-        cv2.putText(canvas, text, (x + 3, y + t + cap - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise UserError(f"{path}: OpenCV could not encode the cue picture; check the disk and OpenCV install")
-    atomic_write_bytes(path, png.tobytes())
-    return path
-
-
-def _spread_over_classes(labels: list[int], n: int) -> list[int]:
-    """Up to n indices taking each class in turn (first images of each class first), sorted by class."""
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
-    queues = [by_class[y] for y in sorted(by_class)]
-    picks: list[int] = []
-    depth = 0
-    while len(picks) < n and any(depth < len(q) for q in queues):
-        picks += [q[depth] for q in queues if depth < len(q)][: n - len(picks)]
-        depth += 1
-    return picks
-
-
-def _overlay(image: np.ndarray, cue: np.ndarray, size: int) -> np.ndarray:
-    img = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    heat = cv2.resize(np.asarray(cue, dtype=np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(img, 0.5, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.5, 0)
+    log.info("cues: cached %d %s maps at %s", len(maps), kind, npy)

@@ -10,6 +10,7 @@ Per version (harness: tests/trt_api/harness.py, facts: ../shared/TENSORRT-ON-CPU
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
@@ -50,6 +51,30 @@ def _present_modules() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- static
 
 
+def _imports_tensorrt(path: Path) -> bool:
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "tensorrt" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tensorrt" and not node.level:
+            return True
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__"):
+            if node.args and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).split(".")[0] == "tensorrt":
+                return True
+    return False
+
+
+def test_every_tensorrt_module_is_checked() -> None:
+    """A new module that imports TensorRT joins TRT_MODULES, so the checks below hold it too."""
+    users = set()
+    for pkg, folder in harness.PACKAGE_DIRS.items():
+        for path in (harness.REPO / folder).rglob("*.py"):
+            if "__pycache__" not in path.parts and _imports_tensorrt(path):
+                users.add(path.relative_to(harness.REPO).as_posix())
+    unchecked = sorted(users - set(TRT_MODULES.values()))
+    assert not unchecked, f"modules import tensorrt but are not in TRT_MODULES of {Path(__file__).name}: {unchecked}"
+
+
 @functools.lru_cache(maxsize=None)
 def _static(label: str) -> harness.MypyResult:
     return harness.run_mypy(harness.prepare(label), list(_present_modules()))
@@ -76,74 +101,69 @@ def test_version_guards_name_real_api() -> None:
     assert not nowhere, "\n".join(nowhere)
 
 
-WRONG_IN_BOTH = """
+# Appended to a COPY of the engine builder. Each function holds one kind of mistake; the test reads the
+# errors by the line they are reported on.
+WRONG_CALLS = """
 
 def _api_check_wrong_in_both() -> None:
     import tensorrt
     builder = tensorrt.Builder(tensorrt.Logger())
     network = builder.create_network(0)
     config = builder.create_builder_config()
-    config.set_flag(tensorrt.BuilderFlag.NOT_A_FLAG)
-    builder.build_engine(network, config)
-    config.set_memory_pool_limit(tensorrt.MemoryPoolType.WORKSPACE)
-"""
+    config.set_flag(tensorrt.BuilderFlag.NOT_A_FLAG)  # CHECK: "type[BuilderFlag]" has no attribute "NOT_A_FLAG"
+    builder.build_engine(network, config)  # CHECK: "Builder" has no attribute "build_engine"
+    config.set_memory_pool_limit(tensorrt.MemoryPoolType.WORKSPACE)  # CHECK: Missing positional argument "pool_size" in call to "set_memory_pool_limit"
 
-FP16_FLAG = """
 
 def _api_check_fp16_flag() -> None:
     import tensorrt
     config = tensorrt.Builder(tensorrt.Logger()).create_builder_config()
-    config.set_flag(tensorrt.BuilderFlag.FP16)
-"""
+    config.set_flag(tensorrt.BuilderFlag.FP16)  # CHECK-11: "type[BuilderFlag]" has no attribute "FP16"
 
-UNTYPED = """
 
 def _api_check_untyped() -> None:
     import importlib
     trt = importlib.import_module("tensorrt")
-    trt.Builder(trt.Logger()).create_builder_config().set_flag(trt.BuilderFlag.NOT_A_FLAG)
+    trt.Builder(trt.Logger()).create_builder_config().set_flag(trt.BuilderFlag.NOT_A_FLAG)  # UNTYPED
 """
 
 
-def _wrong_copy(tmp_path: Path, extra: str) -> dict[str, Path]:
-    """A copy of the engine builder with `extra` appended; the repository's file is never touched."""
-    copy = tmp_path / "tensorrt_build_wrong.py"
-    copy.write_text((harness.REPO / TRT_MODULES[BUILDER]).read_text() + extra)
-    return {harness.module_key(BUILDER): copy}
-
-
 def test_static_check_bites(trt_api: harness.TrtApi, tmp_path: Path) -> None:
-    """The check is not vacuous: a name no TensorRT has fails in every version, BuilderFlag.FP16 fails on 11,
-    and TensorRT reached through an untyped module object is refused rather than passed unchecked."""
+    """The check is not vacuous, on a copy of the engine builder: a name no TensorRT has, the TensorRT 8
+    `build_engine` and a call missing an argument fail in every version; BuilderFlag.FP16 fails on 11 only;
+    TensorRT reached through an untyped module object is reported rather than passed unchecked."""
     _present_modules()
-    result = harness.run_mypy(trt_api, [BUILDER], _wrong_copy(tmp_path, WRONG_IN_BOTH))
-    assert not result.ok
-    expected = (
-        '"type[BuilderFlag]" has no attribute "NOT_A_FLAG"',  # a name no TensorRT has
-        '"Builder" has no attribute "build_engine"',  # the TensorRT 8 call, gone since 10
-        'Missing positional argument "pool_size" in call to "set_memory_pool_limit"',  # a signature
-    )
-    for message in expected:
-        assert any(message in e for e in result.errors), f"{message} not reported:\n{result.report()}"
+    original = (harness.REPO / TRT_MODULES[BUILDER]).read_text()
+    copy = tmp_path / "tensorrt_build_wrong.py"
+    copy.write_text(original + WRONG_CALLS)
+    result = harness.run_mypy(trt_api, [BUILDER], {harness.module_key(BUILDER): copy})
 
-    result = harness.run_mypy(trt_api, [BUILDER], _wrong_copy(tmp_path, FP16_FLAG))
-    if trt_api.release.major >= 11:  # TensorRT 11 removed the weak-typing precision flags
-        assert any('"type[BuilderFlag]" has no attribute "FP16"' in e for e in result.errors), result.report()
-    else:
-        assert result.ok, result.report()
-
-    result = harness.run_mypy(trt_api, [BUILDER], _wrong_copy(tmp_path, UNTYPED))
-    assert not result.errors, result.report()  # mypy alone lets it through...
-    assert {u["name"] for u in result.untyped} >= {"Builder", "create_builder_config", "BuilderFlag"}, result.report()
+    first = original.count("\n") + 1
+    lines = {first + i: text for i, text in enumerate(WRONG_CALLS.splitlines())}
+    errors = {line: [e for e in result.errors if f":{line}: error:" in e] for line in lines}
+    for line, text in lines.items():
+        expect = None
+        if "# CHECK: " in text:
+            expect = text.split("# CHECK: ")[1]
+        elif "# CHECK-11: " in text and trt_api.release.major >= 11:  # 11 removed the weak-typing flags
+            expect = text.split("# CHECK-11: ")[1]
+        if expect:
+            assert any(expect in e for e in errors[line]), f"line {line} `{text.strip()}`: expected {expect!r}:\n{result.report()}"
+        else:
+            assert not errors[line], f"line {line} `{text.strip()}`: unexpected error:\n{result.report()}"
+    untyped_line = next(line for line, text in lines.items() if "# UNTYPED" in text)
+    seen = {u["name"] for u in result.untyped if u["line"] == untyped_line}
+    assert seen >= {"Builder", "create_builder_config", "BuilderFlag"}, result.report()
+    assert len(result.errors) == sum(1 for t in lines.values() if "# CHECK: " in t or ("# CHECK-11: " in t and trt_api.release.major >= 11)), result.report()
 
 
 # ----------------------------------------------------------------------------------------------- dynamic
 
 
-def _probe(env: dict[str, str], tmp_path: Path, *steps: str) -> dict[str, dict]:
+def _probe(env: dict[str, str], work: Path, *steps: str) -> dict[str, dict]:
     proc = subprocess.run(
-        [sys.executable, str(PROBE), str(tmp_path), *steps],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [sys.executable, str(PROBE), str(work), *steps],
+        capture_output=True, text=True, env=env, cwd=work, timeout=300,
     )
     assert proc.returncode == 0, f"probe failed:\n{proc.stdout}\n{proc.stderr}"
     results = {}
@@ -151,8 +171,9 @@ def _probe(env: dict[str, str], tmp_path: Path, *steps: str) -> dict[str, dict]:
         if line.startswith("PROBE "):
             doc = json.loads(line[len("PROBE "):])
             results[doc["step"]] = doc
-    assert set(steps) <= set(results), f"probe did not report {set(steps) - set(results)}:\n{proc.stdout}\n{proc.stderr}"
-    return results
+    reported = {name.split("_")[0] for name in results} | set(results)
+    assert set(steps) <= reported, f"probe did not report {set(steps) - reported}:\n{proc.stdout}\n{proc.stderr}"
+    return {**results, "_work": {"path": str(work)}}
 
 
 def _no_tensorrt_env(tmp_path: Path) -> dict[str, str]:
@@ -166,9 +187,24 @@ def _no_tensorrt_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_bindings_are_the_real_api(trt_api: harness.TrtApi, tmp_path: Path) -> None:
+ALL_STEPS = ("bindings", "build_record", "builder", "backend", "cli")
+
+
+@pytest.fixture(scope="module")
+def probed(trt_api: harness.TrtApi, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Everything the dynamic tests look at, from one subprocess per version with the real bindings."""
+    return _probe(trt_api.env(), tmp_path_factory.mktemp(f"probe-{trt_api.release.label}"), *ALL_STEPS)
+
+
+@pytest.fixture(scope="module")
+def probed_without_tensorrt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    work = tmp_path_factory.mktemp("probe-no-tensorrt")
+    return _probe(_no_tensorrt_env(work), work, "builder", "backend", "cli")
+
+
+def test_bindings_are_the_real_api(trt_api: harness.TrtApi, probed: dict[str, dict]) -> None:
     """The harness imports the version it claims, and the GPU-less failure is the one the project must catch."""
-    got = _probe(trt_api.env(), tmp_path, "bindings")["bindings"]
+    got = probed["bindings"]
     assert got["version"] == trt_api.release.version
     assert got["has_fp16_flag"] is (trt_api.release.major < 11)
     assert got["strongly_typed"] and got["execute_async_v3"]
@@ -183,9 +219,9 @@ def _one_line_project_error(result: dict, what: str) -> str:
     return message
 
 
-def test_build_record_check(trt_api: harness.TrtApi, tmp_path: Path) -> None:
+def test_build_record_check(trt_api: harness.TrtApi, probed: dict[str, dict]) -> None:
     """A plan built with another TensorRT major or for another compute capability is refused with the rebuild command."""
-    got = _probe(trt_api.env(), tmp_path, "build_record")["build_record"]
+    got = probed["build_record"]
     assert got["here"] == trt_api.release.version
     assert got["same"]["raised"] is None, got["same"]
     for case in ("other_major_refused", "other_cc_refused"):
@@ -200,25 +236,25 @@ def test_build_record_check(trt_api: harness.TrtApi, tmp_path: Path) -> None:
 WHERE = re.compile(r"target device|on the (?:target )?GPU|GPU (?:that runs|they were built for)|device that runs", re.I)
 
 
-def test_engine_builder_without_gpu(trt_api: harness.TrtApi, tmp_path: Path) -> None:
+def test_engine_builder_without_gpu(probed: dict[str, dict]) -> None:
     """build_engine with the real bindings: stops at the builder with the project's one line; writes nothing."""
-    got = _probe(trt_api.env(), tmp_path, "builder")["builder"]
+    got = probed["builder"]
     message = _one_line_project_error(got, "build_engine")
     assert "GPU" in message and WHERE.search(message), f"build_engine: says neither what is missing nor where to build: {message!r}"
     assert got["leftovers"] == [], f"a failed build left files behind: {got['leftovers']}"
 
 
-def test_tensorrt_backend_without_gpu(trt_api: harness.TrtApi, tmp_path: Path) -> None:
+def test_tensorrt_backend_without_gpu(probed: dict[str, dict]) -> None:
     """TensorRTRunner and Localizer on a plan with the real bindings: the project's one line, before any GPU call."""
-    got = _probe(trt_api.env(), tmp_path, "backend")
+    got = probed
     for step in ("backend", "localizer"):
         message = _one_line_project_error(got[step], step)
         assert "GPU" in message and WHERE.search(message), f"{step}: says neither what is missing nor where engines run: {message!r}"
 
 
-def test_without_tensorrt(tmp_path: Path) -> None:
+def test_without_tensorrt(probed_without_tensorrt: dict[str, dict]) -> None:
     """No TensorRT at all: builder and backend say what to install (and where engines are built), in one line."""
-    got = _probe(_no_tensorrt_env(tmp_path), tmp_path, "builder", "backend")
+    got = probed_without_tensorrt
     for step in ("builder", "backend", "localizer"):
         message = _one_line_project_error(got[step], step)
         assert "TensorRT" in message and "install" in message, f"{step}: does not say what to install: {message!r}"
@@ -233,18 +269,18 @@ def _cli_error(got: dict, what: str) -> str:
     return got["error_lines"][0]
 
 
-def test_cli_without_gpu(trt_api: harness.TrtApi, tmp_path: Path) -> None:
+def test_cli_without_gpu(probed: dict[str, dict]) -> None:
     """`tedloc-edge export X.onnx --format engine` and `tedloc-edge infer IMG --model X.plan` with TensorRT, no GPU."""
-    got = _probe(trt_api.env(), tmp_path, "cli")
+    got = probed
     for step in ("cli_export", "cli_infer"):
         line = _cli_error(got[step], step)
         assert "GPU" in line and WHERE.search(line), f"{step}: says neither what is missing nor where engines belong: {line!r}"
-    assert not (tmp_path / "tiny.plan").exists(), "a failed engine export left a plan behind"
+    assert not (Path(got["_work"]["path"]) / "tiny.plan").exists(), "a failed engine export left a plan behind"
 
 
-def test_cli_without_tensorrt(tmp_path: Path) -> None:
+def test_cli_without_tensorrt(probed_without_tensorrt: dict[str, dict]) -> None:
     """The same two commands where TensorRT is not installed: one line saying what to install."""
-    got = _probe(_no_tensorrt_env(tmp_path), tmp_path, "cli")
+    got = probed_without_tensorrt
     for step in ("cli_export", "cli_infer"):
         line = _cli_error(got[step], step)
         assert "TensorRT" in line and "install" in line, f"{step}: does not say what to install: {line!r}"

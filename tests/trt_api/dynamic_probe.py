@@ -166,26 +166,33 @@ def cli_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "tedloc_edge.cli"]
 
 
-def run_cli(step: str, *args: str) -> None:
+def run_cli(commands: dict[str, list[str]]) -> None:
+    """Run the commands side by side (each is mostly interpreter start-up) and report each as its own step."""
     import subprocess
 
-    proc = subprocess.run([*cli_command(), *args], capture_output=True, text=True, cwd=WORK, timeout=240)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    emit(step, command="tedloc-edge " + " ".join(args), returncode=proc.returncode, stdout=proc.stdout[-4000:],
-         stderr=proc.stderr[-4000:], error_lines=errors)
+    procs = {
+        step: subprocess.Popen([*cli_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=WORK)
+        for step, args in commands.items()
+    }
+    for step, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=240)
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        emit(step, command="tedloc-edge " + " ".join(commands[step]), returncode=proc.returncode,
+             stdout=stdout[-4000:], stderr=stderr[-4000:], error_lines=errors)
 
 
 def step_cli() -> None:
     """What a user types: `tedloc-edge export X.onnx --format engine` and `tedloc-edge infer IMG --model X.plan`."""
+    import cv2
     import numpy as np
 
     tiny_onnx(WORK / "tiny.onnx")
     fake_plan(WORK / "model.plan")
-    import cv2
-
     cv2.imwrite(str(WORK / "frame.png"), np.full((48, 64, 3), 127, np.uint8))
-    run_cli("cli_export", "export", "tiny.onnx", "--format", "engine")
-    run_cli("cli_infer", "infer", "frame.png", "--model", "model.plan", "--out", "infer-out")
+    run_cli({
+        "cli_export": ["export", "tiny.onnx", "--format", "engine"],
+        "cli_infer": ["infer", "frame.png", "--model", "model.plan", "--out", "infer-out"],
+    })
 
 
 STEPS = {"bindings": step_bindings, "build_record": step_build_record, "builder": step_builder, "backend": step_backend,

@@ -155,7 +155,8 @@ def _run(cmd: list[str], *, env: Mapping[str, str] | None = None, timeout: float
 
 
 def _tail(text: str, lines: int = 3) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip() and not line.startswith("WARNING")]
+    return " | ".join(kept[-lines:])
 
 
 def find_compiler() -> str | None:

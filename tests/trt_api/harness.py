@@ -27,6 +27,7 @@ import hashlib
 import json
 import keyword
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -183,15 +184,17 @@ def _build_stub_libraries(release: TrtRelease, libdir: Path) -> None:
 
 def _download_wheel(release: TrtRelease) -> Path:
     wheels = cache_root() / "wheels"
+    # The cache may hold the wheels of other Pythons or machines: only this interpreter's may be reused.
+    pattern = f"{release.wheel_prefix}cp{sys.version_info.major}{sys.version_info.minor}-*{platform.machine()}.whl"
     with _locked(wheels / ".lock"):
-        found = sorted(wheels.glob(release.wheel_prefix + "*.whl"))
+        found = sorted(wheels.glob(pattern))
         if found:
             return found[-1]
         proc = _run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
              "--disable-pip-version-check", "-q", release.requirement, "-d", str(wheels)]
         )
-        found = sorted(wheels.glob(release.wheel_prefix + "*.whl"))
+        found = sorted(wheels.glob(pattern))
         if proc.returncode != 0 or not found:
             pytest.skip(
                 f"TensorRT {release.label} API check needs the bindings wheel `{release.requirement}` "
@@ -260,6 +263,7 @@ def prepare(label: str) -> TrtApi:
     root = cache_root() / _cache_key(release)
     api = TrtApi(release, root)
     if (root / "READY").is_file():
+        (root / "READY").touch()  # in use: kept by _prune
         return api
     with _locked(cache_root() / f".{release.label}.lock"):
         if (root / "READY").is_file():
@@ -274,7 +278,18 @@ def prepare(label: str) -> TrtApi:
         _check_import(api)
         _generate_stubs(api)
         (root / "READY").write_text(wheel.name + "\n")
+        _prune(root)
     return api
+
+
+def _prune(keep: Path, days: float = 7) -> None:
+    """Drop set-ups of the same version made by older harness revisions and unused for `days`."""
+    label = keep.name.split("-")[0]
+    for other in keep.parent.glob(f"{label}-*"):
+        marker = other / "READY"
+        stamp = marker.stat().st_mtime if marker.is_file() else other.stat().st_mtime
+        if other != keep and other.is_dir() and time.time() - stamp > days * 86400:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------- stub mends

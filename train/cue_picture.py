@@ -11,6 +11,7 @@ import numpy as np
 
 from tedloc_edge.bundle import atomic_write_bytes
 from tedloc_edge.console import UserError
+from tedloc_edge.datasets import load_image
 
 PICTURE_TILE, PICTURE_CAPTION, PICTURE_COLS = 192, 20, 4
 
@@ -21,8 +22,6 @@ def save_cue_picture(path: Path, samples: Sequence, cues: np.ndarray, n: int = 8
 
     Tiles are PICTURE_TILE px squares with a PICTURE_CAPTION px caption below, PICTURE_COLS per row.
     """
-    from tedloc_edge.datasets import load_image
-
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UserError(f"{path}: the cue picture is written as PNG; name it *.png")
@@ -50,7 +49,7 @@ def save_cue_picture(path: Path, samples: Sequence, cues: np.ndarray, n: int = 8
 
 
 def _spread_over_classes(labels: list[int], n: int) -> list[int]:
-    """Up to n indices taking each class in turn (first images of each class first), sorted by class."""
+    """Up to n indices, round-robin over the classes in class order: each class's first image, then its second..."""
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
         by_class.setdefault(y, []).append(i)

@@ -144,7 +144,7 @@ def ddt_maps(features: torch.Tensor, labels: np.ndarray, seed: int = 0) -> torch
         x = features[idx].permute(0, 2, 3, 1).reshape(-1, c).float()
         x = x - x.mean(dim=0, keepdim=True)
         proj = (x @ _first_principal_direction(x, seed)).reshape(len(idx), h, w)
-        out[idx] = (proj * _object_sign(proj)).clamp_min(0).float()
+        out[idx] = (proj * _object_sign(proj)).clamp_min(0)
     return out
 
 

@@ -71,8 +71,10 @@ def sweep_levels(u: np.ndarray, thresholds: np.ndarray = CAM_THRESHOLDS) -> Leve
     u = np.ascontiguousarray(u, dtype=np.uint8)
     levels = (np.asarray(thresholds, dtype=np.float64) * int(u.max())).astype(np.int64)  # == int(tau * max)
     above = u.size - np.cumsum(np.bincount(u.ravel(), minlength=256))  # pixels strictly above each level
-    counts, mask_index = np.unique(above[levels], return_inverse=True)
-    representative = np.zeros(len(counts), dtype=np.int64)
+    # a tau outside [0, 1) (a hand-set deployment threshold) gives a level below 0 (every pixel) or above 255
+    counts_per_tau = np.where(levels < 0, u.size, above[np.clip(levels, 0, 255)])
+    counts, mask_index = np.unique(counts_per_tau, return_inverse=True)
+    representative = np.full(len(counts), levels.min(), dtype=np.int64)
     np.maximum.at(representative, mask_index, levels)  # any level of the group gives the same mask
     row_max, col_max = u.max(axis=1), u.max(axis=0)
     largest, every = [], []

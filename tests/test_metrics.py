@@ -172,15 +172,20 @@ def uint8_maps(draw):
     return rng.choice(rng.integers(0, 256, size=4), size=(h, w)).astype(np.uint8)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(u=uint8_maps())
 def test_fast_sweep_equals_the_decoder_at_every_threshold(u):
     sweep = sweep_levels(u)
     u_max = int(u.max())
+    decoded: dict[tuple[int, str], np.ndarray] = {}  # the decoder is a pure function of (level, mode): memoized
     for t, tau in enumerate(CAM_THRESHOLDS):
         level = threshold_level(tau, u_max)
         for mode in ("largest", "all"):
-            np.testing.assert_array_equal(sweep.boxes(t, mode), boxes_at_level(u, level, mode), err_msg=f"tau={tau} {mode}")
+            if (level, mode) not in decoded:
+                decoded[level, mode] = boxes_at_level(u, level, mode)
+            got, want = sweep.boxes(t, mode), decoded[level, mode]
+            if got.shape != want.shape or not np.array_equal(got, want):
+                pytest.fail(f"tau={tau} ({mode}): fast {got.tolist()} != decoder {want.tolist()}")
 
 
 @settings(max_examples=6, deadline=None)
@@ -197,6 +202,15 @@ def test_fast_iou_equals_straight_loop_and_decode_boxes(seed, n_gt):
     sweep = sweep_levels(u)
     for t in (0, 137, 500, 999):  # the full decoder from the raw grid, as the runtime calls it
         np.testing.assert_array_equal(sweep.boxes(t, "all"), decode_boxes(grid, CAM_THRESHOLDS[t], mode="all"))
+
+
+def test_thresholds_outside_the_sweep_decode_as_the_decoder():
+    u = protocol_scoremap(blob_map((10, 10, 60, 60, 1.0), (100, 100, 140, 120, 0.3)), (160, 160))[1]
+    taus = np.array([-0.5, -0.001, 0.0, 0.2999, 1.0, 1.5])
+    sweep = sweep_levels(u, taus)
+    for t, tau in enumerate(taus):
+        for mode in ("largest", "all"):
+            np.testing.assert_array_equal(sweep.boxes(t, mode), boxes_at_level(u, threshold_level(tau, int(u.max())), mode))
 
 
 # ---------------------------------------------------------------------------------------------- streaming

@@ -13,6 +13,12 @@ The fast sweep gives the same boxes as calling the decoder 1,000 times, for a fr
   taken there with findContours' offset (same contours, same order, fewer pixels);
 - IoU against the true boxes is computed once for every box of every mask, then reduced per mask.
 Accumulators keep only counts per threshold and two histograms, so memory does not grow with the images.
+
+Metric definitions (percent): MaxBoxAcc = max over tau of the IoU-0.5 box accuracy, largest contour;
+MaxBoxAccV2 = mean over IoU 0.3/0.5/0.7 of that maximum with every contour; GT-known / Top-1 / Top-5 Loc are
+the largest-contour IoU-0.5 curve (as in the v1 table of the TeD-Loc paper) with no class condition / the
+top-1 class right / the class in the top 5, each maximized over tau on its own curve, so GT-known Loc equals
+MaxBoxAcc by construction; PxAP is wsolevaluation's MaskEvaluator (no ignore regions).
 """
 
 from __future__ import annotations

@@ -233,7 +233,10 @@ def test_build_record_check(trt_api: harness.TrtApi, probed: dict[str, dict]) ->
 
 
 # Where the user is sent when this machine cannot build or run engines: the target device / its GPU.
-WHERE = re.compile(r"target device|on the (?:target )?GPU|GPU (?:that runs|they were built for)|device that runs", re.I)
+WHERE = re.compile(
+    r"target (?:device|GPU|machine)|on the (?:target |same )?(?:GPU|device)|GPU (?:that|they|it) |device that|built for",
+    re.I,
+)
 
 
 def test_engine_builder_without_gpu(probed: dict[str, dict]) -> None:

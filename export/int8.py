@@ -54,6 +54,16 @@ def make_reader(images: np.ndarray, on_step: Callable[[], None] | None = None) -
     return _Reader()
 
 
+def _pre_process(quant_pre_process: Callable[..., None], src: Path, pre: Path) -> None:
+    """ORT's recommended pre-processing; its symbolic shape inference gives up on some graphs (timm's
+    padding arithmetic), then ONNX shape inference alone is used, which quantize_static also accepts."""
+    try:
+        quant_pre_process(str(src), str(pre))
+    except Exception as exc:  # noqa: BLE001 - ORT raises a bare Exception("Incomplete symbolic shape inference")
+        logger.info("int8 pre-processing without symbolic shape inference (%s)", str(exc).splitlines()[0])
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+
+
 def quantize_int8(fp32: onnx.ModelProto, meta: BundleMeta, images: np.ndarray, calibration_hash: str) -> onnx.ModelProto:
     """An INT8 Q/DQ model calibrated on `images`; its metadata records precision and calibration hash."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -64,7 +74,7 @@ def quantize_int8(fp32: onnx.ModelProto, meta: BundleMeta, images: np.ndarray, c
     with tempfile.TemporaryDirectory(prefix="tedloc-int8-") as tmp:
         src, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         onnx.save_model(fp32, str(src))
-        quant_pre_process(str(src), str(pre))
+        _pre_process(quant_pre_process, src, pre)
         pre_model = onnx.load(str(pre))
         head = head_node_names(pre_model)
         onnx.save_model(pre_model, str(pre))  # unnamed nodes were named: quantize_static must see the same names

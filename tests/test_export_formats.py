@@ -36,3 +36,14 @@ def test_batch_range():
     assert check_batch_range(1, 4, 8) == (1, 4, 8)
     with pytest.raises(UserError, match="1 <= min <= opt <= max"):
         check_batch_range(4, 2, 8)
+
+
+def test_export_cli_import_is_light():
+    """`tedloc-edge --help` imports the export CLI: that must not pull torch, onnx or onnxruntime."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tedloc_edge.export.cli, tedloc_edge.export; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -92,11 +92,11 @@ def create_backbone(name: str, weights: str | None = None, *, input_size: int | 
     if hasattr(full, "patch_embed"):
         return _wrap_vit(full, name, source)
     features = timm.create_model(name, features_only=True, out_indices=_cnn_indices(full, name), pretrained=False)
-    own = features.state_dict()
-    missing = [k for k in own if k not in full.state_dict()]
+    own, state = features.state_dict(), full.state_dict()
+    missing = [k for k in own if k not in state]
     if missing:
         raise UserError(f"backbone {name}: feature extractor keys {missing[:3]} not in the model; pick another backbone")
-    features.load_state_dict({k: v for k, v in full.state_dict().items() if k in own})
+    features.load_state_dict({k: state[k] for k in own})
     channels = sum(features.feature_info.channels())
     cfg = full.pretrained_cfg
     return PatchBackbone(features, "cnn", name, source, channels, CNN_STRIDES[0], cfg["mean"], cfg["std"])

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     if cfg.embed_dim < len(class_names):
         raise UserError(f"--embed-dim {cfg.embed_dim} is smaller than the {len(class_names)} classes; "
                         f"use --embed-dim {max(128, len(class_names))}")
+    if dist.is_main:
+        atomic_write_text(run / "classes.txt", "".join(f"{n}\n" for n in class_names))
 
     # -- model: frozen backbone, anchors, head ---------------------------------------------------------
     from tedloc_edge.train.backbone import create_backbone
@@ -82,7 +85,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     val_cache = D.build_cache(val_split.samples, run / "cache", "val", backbone=backbone, **cache) if val_split else None
     skipped = {"train": train_cache.skipped, **({"val": val_cache.skipped} if val_cache else {})}
     labels = np.array([s.label for s in split.samples])
-    check_after_skips(split, labels, train_cache.ok, skipped)
+    check_after_skips(split, labels, train_cache.ok, skipped, run if dist.is_main else None)
     regions = None
     if cfg.method == "tedloc":
         cues = resolve_cues(cfg, run, split, train_cache, args.grid, dist)
@@ -209,24 +212,27 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
 
 
 def prepare_run_dir(cfg: TrainConfig, run: Path, dist: Dist) -> TrainConfig:
-    """Create (rank 0) the run folder; refuse to overwrite a run unless --exist-ok; resolve the run id."""
+    """Create the run folder (rank 0 decides, every rank gets the same verdict and run id); refuse to overwrite a
+    run unless --exist-ok."""
     import secrets
 
-    if cfg.resume:
-        if not (run / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"{run}: nothing to resume (no checkpoints/last.pt); drop --resume to start this run")
-        saved = TrainConfig.load(run / "config.json")
-        cfg = cfg.replace(run_id=saved.run_id)
-    else:
-        if run.exists() and any(run.iterdir()) and not cfg.exist_ok:
-            raise UserError(f"{run}: run folder exists; pass --resume to continue it, --exist-ok to overwrite, "
-                            "or choose another --out")
-        run_id = f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-        cfg = cfg.replace(run_id=dist.broadcast(run_id))
+    problem, run_id = None, f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    if dist.is_main:
+        if cfg.resume and not (run / "checkpoints" / "last.pt").is_file():
+            problem = f"{run}: nothing to resume (no checkpoints/last.pt); drop --resume to start this run"
+        elif cfg.resume:
+            run_id = TrainConfig.load(run / "config.json").run_id
+        elif run.exists() and any(run.iterdir()) and not cfg.exist_ok:
+            problem = (f"{run}: run folder exists; pass --resume to continue it, --exist-ok to overwrite, "
+                       "or choose another --out")
+    problem, run_id = dist.broadcast((problem, run_id))
+    if problem:
+        raise UserError(problem)
+    cfg = cfg.replace(run_id=run_id)
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
-            for stale in ("metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "threshold.json"):
+            for stale in ("metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "threshold.json", "skipped.json"):
                 (run / stale).unlink(missing_ok=True)
         atomic_write_text(run / "config.json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
     dist.barrier()
@@ -234,19 +240,24 @@ def prepare_run_dir(cfg: TrainConfig, run: Path, dist: Dist) -> TrainConfig:
 
 
 def resolve_anchors(cfg: TrainConfig, run: Path, class_names: list[str], dist: Dist):
+    """Rank 0 computes (or reads the cached / user) anchors into the run folder; every rank loads them there."""
     from tedloc_edge.train import anchors as A
 
     if dist.is_main:
-        atomic_write_text(run / "classes.txt", "".join(f"{n}\n" for n in class_names))
         if cfg.anchors_file:
             anchors, info = A.file_anchors(cfg.anchors_file, class_names, cfg.embed_dim)
         else:
             anchors, info = A.text_anchors(class_names, cfg.embed_dim, clip_model=cfg.clip_model,
                                            clip_pretrained=cfg.clip_pretrained, template=cfg.prompt_template,
-                                           cache_dir=Path.home() / ".cache" / "tedloc-edge" / "anchors")
+                                           cache_dir=anchor_cache_dir())
         A.save_anchors(run, anchors, info)
     dist.barrier()
     return A.load_anchors(run)
+
+
+def anchor_cache_dir() -> Path:
+    """Anchors are shared between runs: $XDG_CACHE_HOME/tedloc-edge/anchors (default ~/.cache/...)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tedloc-edge" / "anchors"
 
 
 def resolve_cues(cfg: TrainConfig, run: Path, split, cache: D.SplitCache, grid, dist: Dist) -> np.ndarray:
@@ -272,9 +283,12 @@ def resolve_cues(cfg: TrainConfig, run: Path, split, cache: D.SplitCache, grid, 
     return np.load(path)
 
 
-def check_after_skips(split, labels: np.ndarray, ok: np.ndarray, skipped: dict[str, list[str]]) -> None:
+def check_after_skips(split, labels: np.ndarray, ok: np.ndarray, skipped: dict[str, list[str]],
+                      run: Path | None) -> None:
+    """Say how many images failed to decode (and save which, when `run` is given); every class must keep one."""
     total = sum(len(v) for v in skipped.values())
-    if total:
+    if total and run is not None:
+        D.write_skipped(run, skipped)
         console.print(f"[yellow]skipped {total} undecodable image(s)[/] "
                       + ", ".join(f"{k}: {len(v)}" for k, v in skipped.items() if v) + " (listed in skipped.json)")
     counts = np.bincount(labels[ok], minlength=len(split.class_names))

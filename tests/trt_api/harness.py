@@ -414,9 +414,9 @@ class MypyResult:
     def report(self) -> str:
         lines = list(self.errors)
         lines += [
-            f"{u['path']}:{u['line']}: TensorRT name `{u['name']}` used on a receiver mypy cannot see into "
-            f"({'Any' if u['receiver'] == 'any' else u['receiver']}): this call is checked against no TensorRT; "
-            "import tensorrt as trt (under TYPE_CHECKING for lazy imports) and annotate with its types"
+            f"{u['path']}:{u['line']}: untyped TensorRT use: `.{u['name']}` on "
+            f"{'an Any' if u['receiver'] == 'any' else 'a plain ModuleType'} object, so no TensorRT API checks it; "
+            "use `import tensorrt as trt` (under TYPE_CHECKING when imported lazily) and TensorRT's types"
             for u in self.untyped
         ]
         return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Patch sampling: fg above Otsu, bg from the lowest fraction, redrawn each step, flat maps excluded."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tedloc_edge.train.sampling import flip_regions, otsu_threshold, patch_regions, sample_patches
+
+
+def hand_cue() -> np.ndarray:
+    """A 5x5 map: a bright 2x2 object (0.9, 1.0) at the top left, a dim ring (0.3), dark right column (0.0)."""
+    cue = np.full((5, 5), 0.3, dtype=np.float32)
+    cue[0:2, 0:2] = [[0.9, 1.0], [1.0, 0.9]]
+    cue[:, 4] = 0.0
+    return cue
+
+
+def test_otsu_splits_a_bimodal_histogram_between_its_modes():
+    values = np.r_[np.full(50, 0.1), np.full(50, 0.8)]
+    t = otsu_threshold(values)
+    assert 0.1 <= t < 0.8
+    assert (values > t).sum() == 50
+    assert otsu_threshold(np.full(9, 0.4)) == 0.4  # constant: nothing above
+
+
+def test_regions_on_a_hand_made_map():
+    regions = patch_regions(hand_cue()[None], bg_fraction=0.2)
+    fg = regions.fg[0].view(5, 5).numpy()
+    bg = regions.bg[0].view(5, 5).numpy()
+    expected_fg = np.zeros((5, 5), bool)
+    expected_fg[0:2, 0:2] = True
+    np.testing.assert_array_equal(fg, expected_fg)  # only the object lies above Otsu
+    expected_bg = np.zeros((5, 5), bool)
+    expected_bg[:, 4] = True  # round(0.2 * 25) = 5 lowest patches: the dark column
+    np.testing.assert_array_equal(bg, expected_bg)
+    assert bool(regions.valid[0])
+
+
+def test_samples_come_from_the_regions_and_change_every_step():
+    cues = np.stack([hand_cue(), np.full((5, 5), 0.5, np.float32)])  # second map is flat
+    regions = patch_regions(cues)
+    gen = torch.Generator().manual_seed(0)
+    fg_idx, bg_idx, valid = sample_patches(regions, torch.tensor([0, 1]), 10, 10, gen)
+    assert fg_idx.shape == (2, 10) and bg_idx.shape == (2, 10)
+    assert set(fg_idx[0].tolist()) <= {0, 1, 5, 6}
+    assert set(bg_idx[0].tolist()) <= {4, 9, 14, 19, 24}
+    assert valid.tolist() == [True, False]  # a flat cue teaches nothing
+    draws = {tuple(sample_patches(regions, torch.tensor([0]), 10, 10, gen)[0][0].tolist()) for _ in range(5)}
+    assert len(draws) > 1  # redrawn each step
+
+
+def test_flip_mirrors_columns():
+    regions = flip_regions(patch_regions(hand_cue()[None]), (5, 5))
+    bg = regions.bg[0].view(5, 5).numpy()
+    assert bg[:, 0].all() and not bg[:, 1:].any()
+    assert regions.fg[0].view(5, 5)[0:2, 3:5].all()

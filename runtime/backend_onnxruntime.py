@@ -59,6 +59,7 @@ class OnnxRuntimeRunner(Runner):
         providers: Sequence[str] | None = None,
         max_batch: int = 8,
         threads: int = 0,
+        spin: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -68,6 +69,9 @@ class OnnxRuntimeRunner(Runner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3
+        # Idle worker threads sleep instead of spinning: the decoder, encoder and other processes need the
+        # same cores (on a busy 2-core machine this doubled pipeline fps; see docs/performance.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         except Exception as exc:  # noqa: BLE001 - ORT raises Fail / InvalidProtobuf / RuntimeException

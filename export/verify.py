@@ -48,6 +48,8 @@ TOLERANCES = {
     "fp16": Tolerance(atol=2e-2, rtol=2e-2, min_box_iou=0.5, max_top1_disagree=0.05),
     "int8": Tolerance(atol=math.inf, rtol=math.inf, min_box_iou=0.0, max_top1_disagree=1.0),
 }
+# A TensorRT engine picks its own kernels (TF32 for fp32 layers on Ampere and newer): fp16-like bounds.
+ENGINE_TOLERANCE = {"fp32": "fp16", "fp16": "fp16", "int8": "int8"}
 
 
 @dataclass
@@ -110,6 +112,18 @@ def onnxruntime_runner(path: str | Path, threads: int = 0) -> Runner:
     return run
 
 
+def runtime_runner(path: str | Path, backend: str, max_batch: int) -> Runner:
+    """A runner over the runtime's own backend (e.g. the TensorRT engine just built), as deployment runs it."""
+    from tedloc_edge.runtime.backends import load_runner
+
+    runner = load_runner(path, backend=backend, device="cuda" if backend == "tensorrt" else "cpu", max_batch=max_batch)
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(OUTPUTS, runner.infer(batch)))
+
+    return run
+
+
 def run_batched(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
     parts = [runner(images[i : i + batch]) for i in range(0, len(images), batch)]
     return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUTS}
@@ -157,14 +171,17 @@ def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], meta: Bundle
 
 
 def verify_export(
-    model: "torch.nn.Module", onnx_path: str | Path, meta: BundleMeta, images: np.ndarray, precision: str = "fp32"
+    model: "torch.nn.Module", onnx_path: str | Path, meta: BundleMeta, images: np.ndarray, precision: str = "fp32",
+    runner: Runner | None = None, batch: int = 8, tolerance: str | None = None,
 ) -> VerifyReport:
-    """Run torch and ONNX Runtime on `images` (uint8 NHWC at the input size) and compare them."""
+    """Run torch and the exported model (ONNX Runtime, or `runner`) on `images` (uint8 NHWC at the input
+    size) and compare them with the tolerance of `tolerance` (default: the precision's)."""
     if len(images) == 0:
         raise UserError("verification needs at least one image; pass --images or use --no-verify")
-    ref = run_batched(torch_runner(model), images)
-    got = run_batched(onnxruntime_runner(onnx_path), images)
-    report = compare(ref, got, meta, precision)
+    ref = run_batched(torch_runner(model), images, batch)
+    got = run_batched(runner or onnxruntime_runner(onnx_path), images, batch)
+    report = compare(ref, got, meta, tolerance or precision)
+    report.precision = precision
     logger.info("verify %s", report.summary())
     return report
 

@@ -153,3 +153,54 @@ def test_engine_without_tensorrt_is_one_line(run):
     assert result.exit_code == 2
     assert "TensorRT is not installed here" in result.output and "Traceback" not in result.output
     assert not (run / "export").exists()  # refused before any work
+
+
+def _fake_engine(monkeypatch, tmp_path):
+    """Stand-ins for the GPU steps: the 'plan' is the ONNX bytes, run by ONNX Runtime as the TensorRT runner."""
+    import shutil
+
+    from tedloc_edge.bundle import write_plan_sidecar
+    from tedloc_edge.export import tensorrt_build
+
+    built = {}
+
+    def build(onnx_path, plan, spec):
+        shutil.copyfile(onnx_path, plan)
+        write_plan_sidecar(plan, read_onnx_meta(onnx_path), {"tensorrt_version": "10.13.3.9", "compute_capability": "8.7",
+                                                             "precision": "fp16", "onnx_sha256": "x"})
+        built["onnx"], built["spec"] = Path(onnx_path), spec
+        return Path(plan)
+
+    def runner(path, backend, max_batch):
+        assert backend == "tensorrt" and Path(str(path) + ".json").is_file()
+        onnx_copy = tmp_path / "as-onnx.onnx"
+        shutil.copyfile(path, onnx_copy)
+        return verify.onnxruntime_runner(onnx_copy)
+
+    monkeypatch.setattr(tensorrt_build, "preflight", lambda: None)
+    monkeypatch.setattr(tensorrt_build, "build_engine", build)
+    monkeypatch.setattr(verify, "runtime_runner", runner)
+    return built
+
+
+def test_engine_stage_verifies_and_renames_plan_with_sidecar(run, tmp_path, monkeypatch):
+    built = _fake_engine(monkeypatch, tmp_path)
+    res = export(run, ExportOptions(format="engine", precision="fp16", batch_max=4))
+    plan = run / "export" / "model_fp16.plan"
+    assert [a.kind for a in res.artifacts] == ["onnx", "engine"] and res.final.path == plan
+    assert plan.is_file() and Path(str(plan) + ".json").is_file() and res.final.verified == "yes"
+    assert built["onnx"] == run / "export" / "model_fp16.onnx"
+    assert (built["spec"].batch_min, built["spec"].batch_opt, built["spec"].batch_max) == (1, 1, 4)
+    assert "--batch-max 4" in built["spec"].rebuild_command
+    assert not list((run / "export").glob(".*"))
+
+
+def test_engine_failing_verification_leaves_no_plan(run, tmp_path, monkeypatch):
+    _fake_engine(monkeypatch, tmp_path)
+    strict = verify.Tolerance(atol=-1.0, rtol=0.0, min_box_iou=1.0, max_top1_disagree=0.0)
+    monkeypatch.setitem(verify.TOLERANCES, "fp16", strict)
+    monkeypatch.setitem(verify.TOLERANCES, "fp32", verify.TOLERANCES["fp32"])
+    with pytest.raises(verify.VerificationError, match="model.plan: verification failed"):
+        export(run, ExportOptions(format="engine", precision="fp32"))
+    assert not (run / "export" / "model.plan").exists() and not (run / "export" / "model.plan.json").exists()
+    assert not list((run / "export").glob(".*"))

@@ -113,10 +113,12 @@ class OnnxRuntimeRunner(Runner):
                 raise UserError(f"{self.path}: input '{INPUT_NAME}' has shape {node.shape} but its metadata says {h}x{w}x3; {fix}")
         declared = {o.name: o.shape for o in self.session.get_outputs()}
         gh, gw = self.meta.patch_grid
-        for name, want in (("fg_map", (gh, gw)), ("logits", (self.meta.num_classes,))):
-            got = declared[name][1:]
-            if len(got) != len(want) or any(isinstance(g, int) and g != v for g, v in zip(got, want)):
-                raise UserError(f"{self.path}: output '{name}' has shape {declared[name]}, its metadata implies (N, {', '.join(map(str, want))}); {fix}")
+        expected: dict[str, tuple[int, ...]] = {"fg_map": (gh, gw), "logits": (self.meta.num_classes,)}
+        for name, dims in expected.items():
+            shape = declared[name][1:]
+            if len(shape) != len(dims) or any(isinstance(g, int) and g != v for g, v in zip(shape, dims)):
+                implied = ", ".join(str(d) for d in dims)
+                raise UserError(f"{self.path}: output '{name}' has shape {declared[name]}, its metadata implies (N, {implied}); {fix}")
         batch = node.shape[0]
         return batch if isinstance(batch, int) and batch > 0 else None
 

@@ -80,7 +80,6 @@ def measure(call: Callable[[], dict[str, float]], seconds: float) -> tuple[list[
 
 def _row(model: str, backend: str, meta: BundleMeta, batch: int, samples: list[dict[str, float]], wall: float) -> dict[str, Any]:
     stages = {s: percentiles([x[s] for x in samples]) for s in STAGES}
-    mean = {s: float(np.mean([x[s] for x in samples])) for s in STAGES}
     return {
         "model": model,
         "backend": backend,
@@ -90,7 +89,7 @@ def _row(model: str, backend: str, meta: BundleMeta, batch: int, samples: list[d
         "latency_p50_ms": stages["total"]["p50"],
         "latency_p90_ms": stages["total"]["p90"],
         "latency_p99_ms": stages["total"]["p99"],
-        "postprocess_share_pct": round(100.0 * mean["postprocess"] / mean["total"], 3),
+        "postprocess_share_pct": round(100.0 * stages["postprocess"]["p50"] / stages["total"]["p50"], 3),  # medians: robust to a busy CPU
         "calls": len(samples),
         "stages_ms": stages,
     }
@@ -176,23 +175,6 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         "seconds": opts.seconds,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
     }
-
-
-def print_table(report: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"bench ({report['frame_size']} frames; ratio = images/s over the baseline at the same batch)")
-    for col in ("model", "backend", "prec", "batch", "img/s", "ratio", "pre p50", "inf p50", "post p50", "total p50/p90/p99 ms", "post %"):
-        table.add_column(col, justify="left" if col in ("model", "backend") else "right")
-    for r in report["rows"]:
-        st = r["stages_ms"]
-        table.add_row(
-            Path(r["model"]).name, r["backend"], r["precision"], str(r["batch"]), f"{r['images_per_s']:.1f}",
-            f"{r['ratio']:.2f}x" if r.get("ratio") is not None else "-",
-            f"{st['preprocess']['p50']:.2f}", f"{st['inference']['p50']:.2f}", f"{st['postprocess']['p50']:.2f}",
-            f"{r['latency_p50_ms']:.1f}/{r['latency_p90_ms']:.1f}/{r['latency_p99_ms']:.1f}", f"{r['postprocess_share_pct']:.2f}",
-        )
-    console.print(table)
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

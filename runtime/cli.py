@@ -33,7 +33,8 @@ def infer(
     """Run a model on a video, images, a stream or a camera: annotated outputs, JSONL, a speed summary."""
     setup_logging(verbose)
     with user_errors():
-        from tedloc_edge.runtime.infer import InferOptions, print_summary, run_infer
+        from tedloc_edge.runtime.infer import InferOptions, run_infer
+        from tedloc_edge.runtime.report import print_summary
 
         opts = InferOptions(
             source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
@@ -69,11 +70,12 @@ def bench(
     """Images/s and per-stage latency (p50/p90/p99) of each model and backend, with ratios from one run."""
     setup_logging(verbose)
     with user_errors():
-        from tedloc_edge.runtime.bench import BenchOptions, print_table, run_bench, write_json
+        from tedloc_edge.runtime.bench import BenchOptions, run_bench, write_json
+        from tedloc_edge.runtime.report import print_table
 
         opts = BenchOptions(models=list(models), batches=_batches(batch), seconds=seconds, run=run, device=device, frame_size=frame_size)
         report = run_bench(opts)
-        print_table(report, console)
+        print_table(report)
         if json_out is not None:
             write_json(report, json_out)
             console.print(f"results: {json_out}")

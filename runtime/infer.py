@@ -172,23 +172,3 @@ def _progress_bar(source: ThreadedSource, opts: InferOptions) -> Iterator[Any]:
             bar.update(task, advance=n, info=f"{fps:6.1f} frames/s")
 
         yield advance
-
-
-def print_summary(summary: InferSummary) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"infer: {summary.source}", show_header=True, header_style="bold")
-    table.add_column("stage")
-    table.add_column("mean ms / frame", justify="right")
-    for stage, ms in summary.mean_ms.items():
-        table.add_row(stage, f"{ms:.2f}")
-    console.print(table)
-    console.print(
-        f"frames read {summary.frames_read}, processed {summary.frames_processed}, decode errors skipped "
-        f"{summary.decode_errors}, stale frames dropped {summary.dropped_stale}; {summary.fps:.1f} frames/s overall "
-        f"({summary.backend}, {summary.wall_s:.1f} s)"
-    )
-    if summary.stream_error:
-        console.print(f"[yellow]input ended early[/]: {summary.stream_error}")
-    for kind, path in summary.outputs.items():
-        console.print(f"  {kind}: {path}")

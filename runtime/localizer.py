@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Sequence, overload
+from typing import Iterable, Sequence, cast, overload
 
 import numpy as np
 
@@ -107,7 +107,7 @@ class Localizer:
         """One frame (HxW[xC] array) -> Result; a list of frames or an (N, H, W, 3) array -> list[Result]."""
         color = check_color(color)
         single = isinstance(frames, np.ndarray) and frames.ndim in (2, 3)
-        batch = [frames] if single else list(frames)
+        batch: list[np.ndarray] = [cast(np.ndarray, frames)] if single else list(frames)
         if not batch:
             return []
         results: list[Result] = []

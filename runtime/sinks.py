@@ -118,7 +118,7 @@ class VideoSink:
         container, self.container = self.container, None
         container.close()
         if self.resized:
-            logger.info("%s: %d frames of another size were resized to %dx%d", self.path, self.resized, *self.size)
+            logger.info("%s: %d frames of another size were resized to %s", self.path, self.resized, self.size)
         if self._failure is not None:
             raise UserError(f"{self.path}: video encoding failed ({self._failure}); the file holds {self.frames} frames")
 

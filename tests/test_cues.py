@@ -162,7 +162,17 @@ def clip():
     from tedloc_edge.train.clip import load_clip
 
     torch.manual_seed(0)
-    return load_clip("ViT-B-16", None)  # random weights offline
+    model = load_clip("ViT-B-16", None)  # random weights offline
+    encode, memo = model.encode_text, {}
+
+    def encode_once(prompts):  # the text tower is the slow part on a shared CPU; tests repeat the prompts
+        key = tuple(prompts)
+        if key not in memo:
+            memo[key] = encode(prompts)
+        return memo[key]
+
+    model.encode_text = encode_once
+    return model
 
 
 @pytest.mark.slow  # ViT-B/16 on CPU: seconds each, kept in the default run

@@ -11,7 +11,7 @@ TeD-Loc samples foreground and background patches from these maps (training only
   for objects covering most of the image). On grids under 3x3, or when that gap is negligible, the
   **minority rule** decides (the side with fewer positive patches is the object, as PSOL's max+min rule).
   Negative projections become 0.
-* ``cam``: class activation map of a linear classifier trained (seeded, full-batch Adam) on globally
+* ``cam``: class activation map of a linear classifier trained (seeded, full-batch L-BFGS) on globally
   pooled frozen features: the true class's map, ReLU.
 * ``clip-es``: CLIP-ES (``tedloc_edge.train.clip_es``) for the true class, from an open_clip ViT.
 * ``files``: the user's maps, ``cue_dir/<image id without extension>.{npy,png,jpg,jpeg}`` (or the bare
@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tedloc_edge.bundle import atomic_write_text
 from tedloc_edge.boxes import normalize_map
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 CUE_KINDS = ("ddt", "cam", "clip-es", "files")
 CUE_FORMAT = 1  # bump when a kind's computation changes, so old caches are not reused
 FILE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")
-CAM_STEPS, CAM_LR, CAM_WEIGHT_DECAY = 300, 0.05, 1e-4
+CAM_STEPS, CAM_WEIGHT_DECAY = 300, 1e-4  # L-BFGS iterations at most; L2 on the weights
 
 Features = torch.Tensor | Callable[[], torch.Tensor] | None
 
@@ -182,7 +183,10 @@ def _object_sign(proj: torch.Tensor) -> float:
 
 def cam_maps(features: torch.Tensor, labels: np.ndarray, num_classes: int, seed: int = 0,
              steps: int = CAM_STEPS) -> torch.Tensor:
-    """CAM (N, h, w) >= 0 of a linear classifier on standardized pooled features, for each true class."""
+    """CAM (N, h, w) >= 0 of a linear classifier on standardized pooled features, for each true class.
+
+    The classifier is L2-regularized softmax regression, a convex problem: full-batch L-BFGS from a seeded
+    start, at most `steps` iterations, stopping early once converged."""
     feats = features.float()
     pooled = feats.mean(dim=(2, 3))
     mu = pooled.mean(dim=0)
@@ -194,16 +198,23 @@ def cam_maps(features: torch.Tensor, labels: np.ndarray, num_classes: int, seed:
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
         head.bias.zero_()
-    opt = torch.optim.Adam(head.parameters(), lr=CAM_LR, weight_decay=CAM_WEIGHT_DECAY)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=steps, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    losses: list[float] = []
+
+    def objective() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(head(z), y) + CAM_WEIGHT_DECAY * head.weight.pow(2).sum()
+        loss.backward()
+        losses.append(float(loss.detach()))
+        return loss
+
     with torch.enable_grad():
-        for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(head(z), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        opt.step(objective)
     with torch.no_grad():
         acc = float((head(z).argmax(dim=1) == y).float().mean())
-    log.info("cues: cam classifier trained %d steps, train loss %.4f, train accuracy %.3f", steps, float(loss.detach()), acc)
+    log.info("cues: cam classifier (L-BFGS, %d evaluations): loss %.4f, train accuracy %.3f", len(losses), losses[-1], acc)
     weights = (head.weight.detach() / sd)[y]  # the same classifier on raw features; the bias is no map
     return torch.relu(torch.einsum("nc,nchw->nhw", weights, feats))
 
@@ -310,7 +321,7 @@ def _settings(req: _Request) -> dict:
     if req.kind == "ddt":
         settings.update(seed=req.seed, sign="border-prior/minority")
     elif req.kind == "cam":
-        settings.update(seed=req.seed, steps=CAM_STEPS, lr=CAM_LR, weight_decay=CAM_WEIGHT_DECAY)
+        settings.update(seed=req.seed, solver="lbfgs", steps=CAM_STEPS, weight_decay=CAM_WEIGHT_DECAY)
     elif req.kind == "clip-es":
         from tedloc_edge.train.clip_es import ClipESConfig
 

@@ -114,12 +114,17 @@ class ThreadedSource:
             self._thread.start()
 
     def get(self, block: bool = True) -> Frame | None:
-        """The next frame; None at the end of the source (or, with block=False, when none is waiting yet)."""
+        """The next frame; None at the end of the source, after `interrupt()`, or (block=False) when none waits."""
         self.start()
-        try:
-            item = self._queue.get(block=block)
-        except queue.Empty:
-            return None
+        while True:
+            if self._stop.is_set():
+                return None
+            try:
+                item = self._queue.get(timeout=0.1) if block else self._queue.get_nowait()
+                break
+            except queue.Empty:
+                if not block:
+                    return None
         if item is _END:
             self._queue.put(_END)  # stay at the end for later calls
             if self._failure is not None:
@@ -145,6 +150,10 @@ class ThreadedSource:
     def __iter__(self) -> Iterator[Frame]:
         while (frame := self.get()) is not None:
             yield frame
+
+    def interrupt(self) -> None:
+        """Stop reading now (safe from a signal handler): `get` returns None from here on."""
+        self._stop.set()
 
     def close(self) -> None:
         self._stop.set()

@@ -14,10 +14,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tedloc_edge.console import UserError, console, progress
-from tedloc_edge.runtime.frames import ThreadedSource
+from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.localizer import Localizer
 from tedloc_edge.runtime.outputs import Outputs
 from tedloc_edge.runtime.sources import open_source
@@ -71,19 +71,21 @@ class InferSummary:
 class StopFlag:
     """First SIGINT/SIGTERM: finish the batch in flight, then stop. Second SIGINT: KeyboardInterrupt now."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stop: Callable[[], None]) -> None:
         self.event = threading.Event()
+        self.on_stop = on_stop
 
     def __call__(self, signum: int, _frame: Any) -> None:
         if self.event.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.event.set()
+        self.on_stop()  # a pipeline waiting for a frame from a stalled stream wakes up too
         console.print("[yellow]stopping after this batch[/] (Ctrl-C again to abort); outputs will be closed cleanly")
 
 
 @contextmanager
-def graceful_stop() -> Iterator[StopFlag]:
-    flag = StopFlag()
+def graceful_stop(on_stop: Callable[[], None]) -> Iterator[StopFlag]:
+    flag = StopFlag(on_stop)
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -108,6 +110,18 @@ def _fill(summary: InferSummary, source: ThreadedSource, totals: dict[str, float
     summary.mean_ms = {stage: round(totals[stage] / n, 3) for stage in STAGES}
 
 
+def _run_batch(loc: Localizer, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:
+    """Model on one batch, then every frame's result to every output; stage times added to `totals` (ms)."""
+    results = loc([f.image for f in batch], color="RGB")
+    t0 = time.perf_counter()
+    for frame, result in zip(batch, results):
+        outputs.write(frame, result)
+        totals["decode"] += frame.decode_ms
+        for stage in ("preprocess", "inference", "postprocess"):
+            totals[stage] += result.speed[stage]
+    totals["annotate_write"] += (time.perf_counter() - t0) * 1e3
+
+
 def run_infer(opts: InferOptions) -> InferSummary:
     """Run the pipeline; returns the summary (also written to OUT/summary.json)."""
     if opts.batch < 1 or opts.stride < 1:
@@ -128,23 +142,16 @@ def run_infer(opts: InferOptions) -> InferSummary:
     summary.outputs = outputs.paths()
     started = time.perf_counter()
     try:
-        with graceful_stop() as stop, _progress_bar(source, opts) as advance:
+        with graceful_stop(source.interrupt) as stop, _progress_bar(source, opts) as advance:
             for batch in source.batches(loc.max_batch):
                 if opts.max_frames is not None:
                     batch = batch[: opts.max_frames - summary.frames_processed]
-                results = loc([f.image for f in batch], color="RGB")
-                t0 = time.perf_counter()
-                for frame, result in zip(batch, results):
-                    outputs.write(frame, result)
-                    totals["decode"] += frame.decode_ms
-                    for stage in ("preprocess", "inference", "postprocess"):
-                        totals[stage] += result.speed[stage]
-                totals["annotate_write"] += (time.perf_counter() - t0) * 1e3
+                _run_batch(loc, outputs, batch, totals)
                 summary.frames_processed += len(batch)
                 advance(len(batch), summary.frames_processed / max(1e-9, time.perf_counter() - started))
                 if stop.event.is_set() or summary.frames_processed == opts.max_frames:
-                    summary.interrupted = stop.event.is_set()
                     break
+            summary.interrupted = stop.event.is_set()
     finally:
         source.close()
         loc.close()

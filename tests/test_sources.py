@@ -164,3 +164,19 @@ def test_unreadable_video_file(tmp_path: Path):
             open_source(str(clip))
     finally:
         clip.chmod(0o644)
+
+
+def test_interrupt_wakes_a_consumer_waiting_on_a_stalled_source():
+    class Stalled(ThreadedSource):
+        live = True
+        label = "stalled"
+
+        def _produce(self, emit: Callable[[Frame], bool]) -> None:
+            while not self._stop.wait(0.05):
+                pass
+
+    source = Stalled()
+    threading.Timer(0.3, source.interrupt).start()
+    started = time.monotonic()
+    assert source.get() is None and time.monotonic() - started < 3
+    source.close()

@@ -134,12 +134,14 @@ class ClipES:
     def gradcam_and_affinity(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Grad-CAM (B, gh*gw) in [0, 1] and the averaged patch attention (B, n, n) of the last blocks."""
         blocks = self.visual.transformer.resblocks
+        first_kept = max(len(blocks) - self.cfg.affinity_blocks, 0)
         attns = []
         with torch.no_grad():
             tokens = self._embed(x)
-            for blk in blocks[:-1]:
+            for i, blk in enumerate(blocks[:-1]):
                 tokens, attn, _ = _block_forward(blk, tokens)
-                attns.append(attn)
+                if i >= first_kept:
+                    attns.append(attn)
         last = blocks[-1]
         with torch.enable_grad():
             acts = last.ln_1(tokens).detach().requires_grad_(True)  # the Grad-CAM layer: the last block's ln_1
@@ -153,7 +155,7 @@ class ClipES:
         weights = patch_grads.mean(dim=1, keepdim=True)  # (B, 1, D): per-channel mean gradient
         cam = torch.relu((patch_acts * weights).sum(dim=-1))
         cam = _minmax_rows(cam)
-        affinity = torch.stack(attns[-self.cfg.affinity_blocks:]).mean(dim=0)[:, 1:, 1:]
+        affinity = torch.stack(attns).mean(dim=0)[:, 1:, 1:]
         return cam, affinity
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: t
     imgs = np.load(img_path, mmap_mode="r+") if keep_images else None
     ok = np.load(ok_path, mmap_mode="r+")
     mine = list(range(rank, n, world))
+    started = time.perf_counter()
     with progress(transient=True, disable=None if (show and rank == 0) else True) as bar:
         task = bar.add_task(f"{tag}: encode" if backbone is not None else f"{tag}: load", total=len(mine), info="")
         for start in range(0, len(mine), batch_size):
@@ -123,6 +125,10 @@ def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: t
     for arr in (feats, imgs, ok):
         if arr is not None:
             arr.flush()
+    if rank == 0:
+        seconds = time.perf_counter() - started
+        log.info("%s: %s %d images in %.1f s (%.1f img/s per process)", tag,
+                 "encoded" if feats is not None else "loaded", len(mine), seconds, len(mine) / max(seconds, 1e-9))
     barrier()
     if rank == 0:
         atomic_write_text(done, json.dumps({"key": key, **what, "count": n}))

@@ -78,6 +78,9 @@ class ClipES:
             raise UserError(f"clip-es input size {self.input_size} is not a multiple of {clip.name}'s patch {patch}; "
                             f"pick a multiple of {patch}")
         self.grid = (self.input_size // patch, self.input_size // patch)
+        if not 1 <= cfg.affinity_blocks <= len(self.visual.transformer.resblocks):
+            raise UserError(f"clip-es affinity_blocks {cfg.affinity_blocks}: use 1 to "
+                            f"{len(self.visual.transformer.resblocks)} (the blocks of {clip.name}; CLIP-ES uses 8)")
         if not clip.has_weights:
             log.warning("CLIP-ES with RANDOM CLIP weights: the cue maps are noise and the model will learn nothing "
                         "useful from them. Pass --clip-pretrained openai (online) or a local CLIP checkpoint file.")

@@ -7,6 +7,7 @@ Choices, each for the deployment targets:
 - per-channel weights; only Conv / MatMul / Gemm are quantized (the backbone's compute).
 - the head (`head_nodes`): patch classifier, sigmoid, pooling and anchor product stay float, since INT8
   score collapse there is the failure edge toolkits report most.
+- Q/DQ on the inputs of quantized ops only, never on their outputs (see `quantize_int8`).
 - `quant_pre_process` (symbolic shape inference + ORT graph optimization) runs first, as ORT recommends;
   the head is found on the pre-processed graph, whose node names are the ones quantize_static sees.
 """
@@ -92,7 +93,15 @@ def quantize_int8(fp32: onnx.ModelProto, meta: BundleMeta, images: np.ndarray, c
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=head,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    # Q/DQ on the inputs of Conv/MatMul/Gemm only (NVIDIA's placement for TensorRT). A
+                    # quantized Conv OUTPUT would span the raw pre-activation range (e.g. +-90 before ReLU6):
+                    # with symmetric scales ORT cannot fold the activation into it, and the [0, 6] values
+                    # the next layer sees lose most of their resolution.
+                    "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
+                },
             )
         model = onnx.load(str(out))
     quantized = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")

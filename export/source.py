@@ -59,11 +59,11 @@ def load_model(source: Source) -> tuple["torch.nn.Module", BundleMeta]:
     """The torch model (eval mode) and its bundle; the checkpoint's own errors are already one line."""
     from tedloc_edge.train.predict import load_run
 
-    assert source.run_dir is not None
+    if source.run_dir is None:
+        raise UserError(f"{source.path}: an exported ONNX has no torch model; pass the training run folder")
     model, meta = load_run(source.run_dir, source.checkpoint)
     return model.eval(), meta
 
 
 def onnx_meta(source: Source) -> BundleMeta:
-    assert source.onnx is not None
-    return read_onnx_meta(source.onnx)
+    return read_onnx_meta(source.onnx or source.path)

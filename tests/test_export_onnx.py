@@ -89,6 +89,8 @@ def test_int8_is_symmetric_qdq_with_a_float_head(model, fp32, photos, tmp_path):
         if len(node.input) > 2:
             assert not onnx.numpy_helper.to_array(inits[node.input[2]]).any(), "zero point must be 0 (TensorRT)"
     dq_out = {o for n in dq for o in n.output}
+    conv_out = {n.output[0] for n in proto.graph.node if n.op_type in ("Conv", "MatMul")}
+    assert not any(n.input[0] in conv_out for n in proto.graph.node if n.op_type == "QuantizeLinear"), "Q/DQ on inputs only"
     anchor_product = next(n for n in proto.graph.node if n.op_type == "MatMul" and n.output[0].startswith("/MatMul"))
     assert not set(anchor_product.input) & dq_out
     meta = read_onnx_meta(save_model(proto, tmp_path / "m8.onnx"))

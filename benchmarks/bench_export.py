@@ -20,9 +20,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from tedloc_edge.bundle import BundleMeta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -39,12 +44,24 @@ def images_per_second(run: Callable[[np.ndarray], object], batch: np.ndarray, se
             return count / elapsed
 
 
-def torch_size_bytes(model: object) -> int:
-    import torch
-
-    assert isinstance(model, torch.nn.Module)
+def torch_size_bytes(model: "torch.nn.Module") -> int:
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def photo_checks(model: "torch.nn.Module", made: dict[str, tuple[Path, float, str]], meta: "BundleMeta") -> list[str]:
+    """Each ONNX against torch on real photos shipped with scikit-image (no download), if it is installed."""
+    try:
+        from skimage import data
+    except ImportError:
+        return ["scikit-image not installed: no real-photo check"]
+    from tedloc_edge.export.verify import verify_export
+    from tedloc_edge.runtime.preprocess import Preprocessor
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.camera(), data.immunohistochemistry()]
+    batch = Preprocessor(meta.input_size, len(photos))(photos).copy()
+    return [verify_export(model, path, meta, batch, precision).summary() + " (scikit-image photos)"
+            for precision, (path, _, _) in made.items()]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = load_batch(spread([s.path for s in split.samples], args.batch), meta)
     made = export_all(args.run, out, args.calib_images)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     report = evaluate_predictor(TorchPredictor((model, meta)), split, progress=False)
     speed = images_per_second(torch_runner(model), batch, args.seconds)
     rows.append(dict(model="torch eager fp32", file="", size_mb=torch_size_bytes(model) / 1e6, images_per_s=speed,
@@ -113,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                          images_per_s=speed, export_s=seconds, note=note,
                          **{k: report.metrics[k] for k in ("maxboxacc", "top1_loc")}))
 
-    base = rows[0]["images_per_s"]
+    base = float(rows[0]["images_per_s"])
     print(f"\n{args.run} | split {args.split} ({len(split)} images) | batch {args.batch} | threads {args.threads or 'default'}\n")
     print("| model | MaxBoxAcc | Top-1 Loc | size (MB) | images/s | vs torch |")
     print("|---|---|---|---|---|---|")
@@ -122,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f}x |")
     print()
     for r in rows[1:]:
-        print(f"{r['model']}: {r['note']}")
+        print(f"{r['model']}: {r['note']} (val split)")
+    for line in photo_checks(model, made, meta):
+        print(line)
     if args.json:
         args.json.write_text(json.dumps({"run": str(args.run), "split": args.split, "batch": args.batch, "rows": rows}, indent=2))
     return 0

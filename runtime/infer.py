@@ -130,6 +130,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
         raise UserError("--max-frames must be at least 1")
     loc = Localizer(opts.model, backend=opts.backend, device=opts.device, threshold=opts.threshold,
                     max_batch=opts.batch, classes=opts.classes, return_map=opts.heatmap)
+    loc.warmup()
     source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout)
     summary = InferSummary(source=str(opts.source), model=str(opts.model), backend=loc.backend)
     totals = dict.fromkeys(STAGES, 0.0)

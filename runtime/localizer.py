@@ -155,6 +155,11 @@ class Localizer:
             fg_map=fg_map.copy() if self.return_map else None,
         )
 
+    def warmup(self) -> None:
+        """One call on a blank frame, so the first real frame's timings do not carry the backend's start-up."""
+        h, w = self.meta.input_size
+        self(np.zeros((h, w, 3), np.uint8))
+
     def forward_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Predictor contract (docs/architecture.md): RGB uint8 images of any size -> (maps (N, gh, gw), logits (N, C))."""
         maps, logits = [], []

@@ -36,10 +36,11 @@ class DecodeConfig:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max()
-    e = np.exp(z)
-    return (e / e.sum()).astype(np.float32)
+    z = np.array(logits, dtype=np.float32)  # a copy, worked on in place
+    z -= z.max()
+    np.exp(z, out=z)
+    z /= z.sum()
+    return z
 
 
 def class_probabilities(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
@@ -92,7 +93,7 @@ def decode_one(
     k = min(config.topk, len(probs) if allowed is None else len(allowed))
     top = np.argsort(-probs, kind="stable")[:k]
     model_boxes = decode_boxes(fg_map, config.threshold, input_size, config.contour_mode, config.min_box_area)
-    scores = box_scores(normalize_map(fg_map), model_boxes, input_size)
+    scores = box_scores(normalize_map(fg_map), model_boxes, input_size) if len(model_boxes) else np.zeros(0, np.float32)
     order = np.argsort(-scores, kind="stable")
     boxes = scale_boxes(model_boxes[order], input_size, frame_shape)
     return Decoded(boxes=boxes, box_scores=scores[order], probs=probs, topk=top)

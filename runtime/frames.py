@@ -7,6 +7,7 @@ stale one is dropped (and counted); `queue=True` keeps every frame in a bounded 
 
 from __future__ import annotations
 
+import abc
 import logging
 import queue
 import threading
@@ -41,7 +42,7 @@ class SourceStats:
     errors: list[str] = field(default_factory=list)  # first few decode error messages
 
 
-class ThreadedSource:
+class ThreadedSource(abc.ABC):
     """Base: subclasses implement `_produce(emit)`, calling emit(Frame) per frame, and set `label`."""
 
     label = "source"
@@ -58,8 +59,9 @@ class ThreadedSource:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
 
+    @abc.abstractmethod
     def _produce(self, emit: Callable[[Frame], bool]) -> None:
-        raise TypeError(f"{type(self).__name__} must define _produce")
+        """Read the source, calling `emit` per frame; return when it ends or `emit` returns False."""
 
     def _skip(self, index: int) -> bool:
         """True for a frame --stride leaves out (counted); producers check before converting pixels."""

@@ -49,8 +49,11 @@ class Result:
     def plot(self, frame: np.ndarray, color: str = "RGB", heatmap: bool = False, copy: bool = True) -> np.ndarray:
         """The frame with boxes, class and score drawn (and the map blended when `heatmap`); same channel order."""
         from tedloc_edge.runtime.annotate import draw_result
+        from tedloc_edge.runtime.preprocess import as_uint8_3ch
 
-        image = np.array(frame, copy=True) if copy else frame
+        image = as_uint8_3ch(frame, color)  # grayscale, RGBA or 16-bit frames are drawn on as 3-channel uint8
+        if copy and image is frame:
+            image = image.copy()
         return draw_result(image, self, color=color, heatmap=heatmap)
 
     def __repr__(self) -> str:

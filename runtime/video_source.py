@@ -95,12 +95,14 @@ class VideoSource(ThreadedSource):
             except (av.FFmpegError, ValueError) as exc:
                 self._count_error(exc)
                 continue
+            packet_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(decoded))
             for video_frame in decoded:
                 if self._skip(index):
                     index += 1
                     continue
+                t1 = time.perf_counter()
                 image = video_frame.to_ndarray(format="rgb24")
-                ms = (time.perf_counter() - t0) * 1e3 / len(decoded)
+                ms = packet_ms + (time.perf_counter() - t1) * 1e3  # demux + decode share + RGB conversion
                 if not emit(Frame(index=index, image=image, time=video_frame.time, decode_ms=ms)):
                     return
                 index += 1

@@ -39,7 +39,8 @@ def test_tedloc_graph_contract_and_feature_path(cnn):
     args = model_args_for("tedloc", cnn, 64, num_classes=3, embed_dim=8, hidden=16, temperature=0.1)
     model = create_model(args, anchors(3, 8), backbone=cnn).eval()
     x = images(2, 64)
-    fg_map, logits = model(x)
+    with torch.no_grad():
+        fg_map, logits = model(x)
     assert fg_map.shape == (2, 4, 4) and logits.shape == (2, 3)
     assert fg_map.dtype == torch.float32 and logits.dtype == torch.float32
     assert 0.0 <= float(fg_map.min()) and float(fg_map.max()) <= 1.0  # sigmoid probabilities

@@ -157,3 +157,34 @@ def test_sigint_leaves_playable_mp4_and_complete_jsonl(bbb, model, tmp_path):
     assert count_frames(out / "bigbuckbunny.mp4") == len(lines)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["frames_processed"] == len(lines)
+
+
+def test_stream_that_dies_mid_way(model, tmp_path):
+    """An HTTP stream whose server hangs up half way: the frames that came are kept, the run ends cleanly."""
+    import http.server
+    import threading
+
+    data = make_clip(tmp_path / "clip.mp4", frames=60).read_bytes()
+
+    class HangUp(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])  # then the connection closes
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HangUp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/live.mp4"
+        summary = run_infer(InferOptions(source=url, model=model, out=tmp_path / "out", timeout=5, show_progress=False))
+    finally:
+        server.shutdown()
+    assert 0 < summary.frames_processed < 60 and summary.stream_error is not None
+    videos = list((tmp_path / "out").glob("*live.mp4"))  # named from the URL: host, port and path
+    assert len(videos) == 1
+    check_outputs(tmp_path / "out", videos[0].name, summary.frames_processed)

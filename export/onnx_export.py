@@ -24,6 +24,7 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("fg_map", "logits")
 OPSET_RANGE = (17, 20)
 DEFAULT_OPSET = 17
+PROTOBUF_LIMIT = 2**31 - 1
 
 
 def check_opset(opset: int) -> int:
@@ -104,8 +105,14 @@ def set_metadata(proto: onnx.ModelProto, meta: BundleMeta) -> onnx.ModelProto:
 
 
 def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Checked, then written atomically (temp + rename). Models over 2 GB are not a target of this project."""
+    """Checked, then written atomically (temp + rename). One self-contained file: protobuf caps it at 2 GB,
+    which fp32 backbones up to ~500M parameters fit (the paper's EVA ViT-L does not; edge backbones do)."""
     path = Path(path)
+    if proto.ByteSize() >= PROTOBUF_LIMIT:
+        raise UserError(
+            f"{path}: the model is {proto.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit; "
+            "train with an edge-size backbone (ViT-S, ResNet-50, mobile nets) for a single-file bundle"
+        )
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:

@@ -198,3 +198,12 @@ def test_cam_classifier_joins_the_head_and_stays_float(tmp_path, photos):
     product8 = next(n for n in int8.graph.node if n.name == product.name)
     dq_out = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     assert not set(product8.input) & dq_out
+
+
+def test_over_two_gib_is_one_line(fp32, tmp_path, monkeypatch):
+    from tedloc_edge.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1000)
+    with pytest.raises(UserError, match="over ONNX's 2 GiB single-file limit"):
+        save_model(onnx.load(str(fp32)), tmp_path / "big.onnx")
+    assert not (tmp_path / "big.onnx").exists()

@@ -14,7 +14,7 @@ from tedloc_edge.console import UserError, console, setup_logging, user_errors
 
 def infer(
     source: str = typer.Argument(..., help="Video file, image, folder or glob of images, rtsp/http URL, or webcam index."),
-    model: Path = typer.Option(..., "--model", "-m", help="Exported model: .onnx (ONNX Runtime) or .plan (TensorRT, + .plan.json)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Exported model: .onnx (ONNX Runtime) or .plan (TensorRT, + .plan.json)."),
     out: Path = typer.Option(Path("runs/infer"), "--out", "-o", help="Output folder: annotated mp4 / images, predictions.jsonl, summary.json."),
     exist_ok: bool = typer.Option(False, "--exist-ok", help="Overwrite outputs that already exist in --out."),
     stride: int = typer.Option(1, help="Run every Nth frame of a video (the mp4 plays at the source rate / N)."),
@@ -28,6 +28,7 @@ def infer(
     backend: str = typer.Option("auto", help="auto | onnxruntime | tensorrt."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for a URL or camera to answer (open and each read)."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write the annotated mp4 for video sources."),
+    triton: Optional[str] = typer.Option(None, "--triton", help="Run the model on a Triton server instead: http://HOST:8000/MODEL or grpc://HOST:8001/MODEL."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run a model on a video, images, a stream or a camera: annotated outputs, JSONL, a speed summary."""
@@ -39,7 +40,7 @@ def infer(
         opts = InferOptions(
             source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
             classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
-            timeout=timeout, video=video, show_progress=sys.stderr.isatty(),
+            timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
         )
         summary = run_infer(opts)
         print_summary(summary)
@@ -58,18 +59,27 @@ def _batches(text: str) -> list[int]:
 
 
 def bench(
-    models: List[Path] = typer.Argument(..., help="One or more exported models (e.g. fp32, fp16 and int8 .onnx, a .plan)."),
+    models: Optional[List[Path]] = typer.Argument(None, help="One or more exported models (e.g. fp32, fp16 and int8 .onnx, a .plan)."),
     batch: str = typer.Option("1,8", help="Batch sizes, comma separated."),
     seconds: float = typer.Option(5.0, help="Measured seconds per model, backend and batch size (after warm-up)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
     run: Optional[Path] = typer.Option(None, "--run", help="Training run: add torch eager fp32 of the same model (needs torch)."),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
     frame_size: str = typer.Option("1280x720", help="WIDTHxHEIGHT of the synthetic frames (the resize is part of preprocess)."),
+    triton: Optional[str] = typer.Option(None, "--triton", help="Load-test a Triton server (URL as for infer); MODEL, if given, runs in-process beside it."),
+    streams: str = typer.Option("4", help="--triton: simulated cameras, a count or a list like 1,4,16."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Images/s and per-stage latency (p50/p90/p99) of each model and backend, with ratios from one run."""
     setup_logging(verbose)
     with user_errors():
+        if triton:
+            from tedloc_edge.runtime import triton_bench
+
+            triton_bench.cli(triton, streams=streams, seconds=seconds, model=models[0] if models else None, json_path=json_out)
+            return
+        if not models:
+            raise UserError("bench needs at least one MODEL (.onnx or .plan), or --triton URL")
         from tedloc_edge.runtime.bench import BenchOptions, run_bench, write_json
         from tedloc_edge.runtime.report import print_table
 

@@ -30,7 +30,7 @@ STAGES = ("decode", "preprocess", "inference", "postprocess", "annotate_write")
 @dataclass
 class InferOptions:
     source: str
-    model: Path
+    model: Path | None
     out: Path = Path("runs/infer")
     exist_ok: bool = False
     stride: int = 1
@@ -45,6 +45,7 @@ class InferOptions:
     timeout: float = 10.0
     video: bool = True
     show_progress: bool = True
+    triton: str | None = None  # run the model on a Triton server (runtime/triton_client.py) instead of in-process
 
 
 @dataclass
@@ -57,6 +58,7 @@ class InferSummary:
     decode_errors: int = 0
     dropped_stale: int = 0
     skipped_stride: int = 0
+    frame_errors: int = 0  # frames whose inference failed and were skipped (a Triton server restarting)
     stream_error: str | None = None
     interrupted: bool = False
     wall_s: float = 0.0
@@ -110,7 +112,19 @@ def _fill(summary: InferSummary, source: ThreadedSource, totals: dict[str, float
     summary.mean_ms = {stage: round(totals[stage] / n, 3) for stage in STAGES}
 
 
-def _run_batch(loc: Localizer, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:
+def open_localizer(opts: InferOptions) -> tuple[Any, tuple[type[Exception], ...]]:
+    """The in-process Localizer, or a TritonLocalizer with --triton; and the errors that lose one batch only."""
+    kwargs: dict[str, Any] = dict(threshold=opts.threshold, max_batch=opts.batch, classes=opts.classes, return_map=opts.heatmap)
+    if opts.triton:
+        from tedloc_edge.runtime.triton_client import TritonFrameError, TritonLocalizer
+
+        return TritonLocalizer(opts.triton, timeout=opts.timeout, **kwargs), (TritonFrameError,)
+    if opts.model is None:
+        raise UserError("infer needs --model MODEL.onnx (or .plan), or --triton URL of a server that runs it")
+    return Localizer(opts.model, backend=opts.backend, device=opts.device, **kwargs), ()
+
+
+def _run_batch(loc: Any, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:
     """Model on one batch, then every frame's result to every output; stage times added to `totals` (ms)."""
     results = loc([f.image for f in batch], color="RGB")
     t0 = time.perf_counter()
@@ -128,11 +142,10 @@ def run_infer(opts: InferOptions) -> InferSummary:
         raise UserError("--batch and --stride must be at least 1")
     if opts.max_frames is not None and opts.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
-    loc = Localizer(opts.model, backend=opts.backend, device=opts.device, threshold=opts.threshold,
-                    max_batch=opts.batch, classes=opts.classes, return_map=opts.heatmap)
+    loc, batch_errors = open_localizer(opts)
     loc.warmup()
     source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout)
-    summary = InferSummary(source=str(opts.source), model=str(opts.model), backend=loc.backend)
+    summary = InferSummary(source=str(opts.source), model=str(opts.triton or opts.model), backend=loc.backend)
     totals = dict.fromkeys(STAGES, 0.0)
     try:
         outputs = Outputs(Path(opts.out), source, opts.exist_ok, opts.video, opts.heatmap)
@@ -147,8 +160,12 @@ def run_infer(opts: InferOptions) -> InferSummary:
             for batch in source.batches(loc.max_batch):
                 if opts.max_frames is not None:
                     batch = batch[: opts.max_frames - summary.frames_processed]
-                _run_batch(loc, outputs, batch, totals)
-                summary.frames_processed += len(batch)
+                try:
+                    _run_batch(loc, outputs, batch, totals)
+                    summary.frames_processed += len(batch)
+                except batch_errors as exc:  # this batch is lost (counted); the stream goes on
+                    summary.frame_errors += len(batch)
+                    logger.debug("batch of %d frames lost: %s", len(batch), exc)
                 advance(len(batch), summary.frames_processed / max(1e-9, time.perf_counter() - started))
                 if stop.event.is_set() or summary.frames_processed == opts.max_frames:
                     break

@@ -110,6 +110,8 @@ def test_bad_sources_are_one_line_errors(model, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(UserError, match="no frame could be decoded"):
         run_infer(InferOptions(source=str(tmp_path / "bad.png"), model=model, out=tmp_path / "o4"))
+    with pytest.raises(UserError, match="needs --model"):
+        run_infer(InferOptions(source=str(tmp_path / "bad.png"), model=None, out=tmp_path / "o5"))
 
 
 def test_frame_of_another_size_mid_stream(model, tmp_path):

@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--model", type=Path, action="append", help="an exported .onnx (repeatable); default: fixtures")
     ap.add_argument("--frame-size", default="480x640", help="HEIGHTxWIDTH of the synthetic camera frames")
+    ap.add_argument("--protocol", default="http", help="http, grpc or both (http,grpc)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     frame_size = tuple(int(v) for v in args.frame_size.lower().split("x"))
@@ -51,17 +52,19 @@ def main() -> None:
         tmp_path = Path(tmp)
         models = {p.name: p for p in args.model} if args.model else fixture_models(tmp_path)
         for label, model in models.items():
-            repo = tmp_path / f"repo-{len(results)}"
+            repo = tmp_path / f"repo-{label.split()[0]}"
             write_repository(repo, model, read_onnx_meta(model), variants=["python"], options=TritonOptions(max_batch_size=16))
-            with ts.TritonServer(install, repo, tmp_path / f"server-{len(results)}.log", models=["tedloc_python"]) as srv:
-                reports = triton_bench.sweep(
-                    f"http://{srv.http_url}/tedloc_python", triton_bench.parse_streams(args.streams), args.seconds, model,
-                    metrics_url=srv.metrics_url, frame_size=frame_size,
-                )
-            results[label] = reports
-            print(f"\n### {label}\n")
-            print(triton_bench.markdown_table(reports))
-            sys.stdout.flush()
+            with ts.TritonServer(install, repo, tmp_path / f"server-{label.split()[0]}.log", models=["tedloc_python"]) as srv:
+                for protocol in args.protocol.split(","):
+                    address = srv.http_url if protocol == "http" else srv.grpc_url
+                    reports = triton_bench.sweep(
+                        f"{protocol}://{address}/tedloc_python", triton_bench.parse_streams(args.streams), args.seconds, model,
+                        metrics_url=srv.metrics_url, frame_size=frame_size,
+                    )
+                    results[f"{label} {protocol}"] = reports
+                    print(f"\n### {label}, {protocol.upper()}\n")
+                    print(triton_bench.markdown_table(reports))
+                    sys.stdout.flush()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 

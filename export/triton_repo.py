@@ -76,7 +76,7 @@ def model_outputs(meta: BundleMeta) -> tuple[Tensor, ...]:
 class TritonOptions:
     max_batch_size: int = 8
     instances: int = 1  # instance_group count of the model (and of the Python variant)
-    instance_kind: str = "KIND_GPU"  # of tedloc_model; the Python-backend models always run KIND_CPU
+    instance_kind: str | None = None  # of tedloc_model: None = KIND_GPU for a plan, KIND_AUTO for ONNX; Python models run KIND_CPU
     decode_instances: int = 2
     max_queue_delay_us: int = 500  # how long the dynamic batcher waits to fill a preferred batch
     python_threads: int = 0  # ONNX Runtime intra-op threads inside tedloc_python (0: ORT's default)
@@ -86,7 +86,7 @@ class TritonOptions:
             raise UserError(f"max batch size must be 1..1024, not {self.max_batch_size}")
         if self.instances < 1 or self.decode_instances < 1:
             raise UserError("instance counts must be at least 1")
-        if self.instance_kind not in INSTANCE_KINDS:
+        if self.instance_kind is not None and self.instance_kind not in INSTANCE_KINDS:
             raise UserError(f"instance kind must be one of {', '.join(INSTANCE_KINDS)}, not {self.instance_kind!r}")
         if self.max_queue_delay_us < 0 or self.python_threads < 0:
             raise UserError("queue delay and thread count must not be negative")
@@ -239,12 +239,13 @@ def _header(name: str, engine: str, opts: TritonOptions) -> str:
 
 def model_config(meta: BundleMeta, opts: TritonOptions, platform: str = "onnxruntime_onnx") -> str:
     h, w = meta.input_size
+    kind = opts.instance_kind or ("KIND_GPU" if platform == "tensorrt_plan" else "KIND_AUTO")
     return (
         _header(MODEL_NAMES["model"], f'platform: "{platform}"', opts)
         + _tensors("input", (Tensor("images", "TYPE_UINT8", (h, w, 3)),))
         + _tensors("output", model_outputs(meta))
         + _batching(opts)
-        + f"instance_group [ {{ count: {opts.instances} kind: {opts.instance_kind} }} ]\n"
+        + f"instance_group [ {{ count: {opts.instances} kind: {kind} }} ]\n"
         + _parameters({METADATA_KEY: meta.to_json()})
     )
 

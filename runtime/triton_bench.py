@@ -300,6 +300,11 @@ def cli(
 
     reports = sweep(url, parse_streams(streams), seconds, model, **kw)
     console.print(markdown_table(reports), soft_wrap=True, markup=False)
+    missing = [r for r in reports if r["metrics_url"] is None]
+    if missing:
+        tried = kw.get("metrics_url") or "http://HOST:8002/metrics"
+        console.print(f"server queue/compute columns empty: no metrics at {tried} (start tritonserver with "
+                      "--allow-metrics=true, or pass metrics_url)", soft_wrap=True, markup=False)
     if json_path is not None:
         Path(json_path).write_text(json.dumps(reports, indent=2), encoding="utf-8")
     return reports

@@ -14,8 +14,9 @@ Faults: a server that is down raises a one-line `UserError` naming the URL withi
 running, a failed request raises `TritonFrameError` (the caller counts it and goes on with the next frame);
 while the server is unreachable each call fails fast and the client reconnects (at most every `retry_s`),
 so a restarted server is picked up again; after `give_up_s` without a successful request it raises
-`UserError`. Thread safety: one lock per instance (like Localizer); for parallel requests use one
-TritonLocalizer per thread.
+`UserError`. Thread safety: one lock per instance (like Localizer), callable from any thread (an HTTP
+connection is opened per calling thread, as tritonclient's gevent-based HTTP client requires); for parallel
+requests use one TritonLocalizer per thread.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class _Connection:
     def __init__(self, target: TritonTarget, timeout: float) -> None:
         self.target = target
         self.timeout = float(timeout)
+        self.thread = threading.get_ident()  # tritonclient's HTTP client (gevent) works only in this thread
         if target.protocol == "http":
             import tritonclient.http as mod
 
@@ -179,15 +181,19 @@ class TritonLocalizer:
         self.give_up_s = float(give_up_s)
         self.stats = {"requests": 0, "frames": 0, "errors": 0, "reconnects": 0}  # frames: answered; errors: frames failed
         self._lock = threading.Lock()
-        self._conn: _Connection | None = None
+        self._local = threading.local()  # one connection per calling thread (tritonclient's HTTP client needs it)
+        self._all: list[_Connection] = []
+        self._lost = False
         self._last_ok = time.monotonic()
         self._next_try = 0.0
         try:
-            self._conn = self._connect()
-            self.meta: BundleMeta = self._conn.meta()
+            self._local.conn = self._connect()
+            self.meta: BundleMeta = self._local.conn.meta()
         except UserError:
+            self.close()
             raise
         except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and socket errors
+            self.close()
             raise UserError(f"Triton server at {self.url} is not reachable: {_first_line(exc)}; start it or check --triton") from None
         self.decode = DecodeConfig(
             threshold=self.meta.threshold if threshold is None else float(threshold),
@@ -219,30 +225,40 @@ class TritonLocalizer:
         except BaseException:
             conn.close()
             raise
+        self._all.append(conn)
         return conn
 
     def _ensure_connection(self) -> _Connection:
-        """The live connection, or a new one (at most every retry_s); raise TritonFrameError while down."""
-        if self._conn is not None:
-            return self._conn
+        """This thread's live connection, or a new one (at most every retry_s after a failure); raises
+        TritonFrameError while the server is unreachable and UserError after give_up_s of that."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
         now = time.monotonic()
         if now - self._last_ok > self.give_up_s:
             raise UserError(f"Triton server at {self.url} has not answered for {self.give_up_s:.0f} s; stopping")
         if now < self._next_try:
             raise TritonFrameError(f"Triton server at {self.url} is unreachable (reconnecting)")
-        self._next_try = now + self.retry_s
         try:
-            self._conn = self._connect()
+            conn = self._connect()
         except Exception as exc:  # noqa: BLE001
+            self._next_try = time.monotonic() + self.retry_s
             raise TritonFrameError(f"Triton server at {self.url} is unreachable: {_first_line(exc)}") from None
-        self.stats["reconnects"] += 1
-        logger.info("reconnected to Triton server at %s", self.url)
-        return self._conn
+        self._local.conn = conn
+        if self._lost:
+            self._lost = False
+            self.stats["reconnects"] += 1
+            logger.info("reconnected to Triton server at %s", self.url)
+        return conn
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            if conn in self._all:
+                self._all.remove(conn)
+        self._local.conn = None
+        self._lost = True
         self._next_try = time.monotonic() + self.retry_s
 
     def __call__(self, frames: np.ndarray | Sequence[np.ndarray], color: str = "RGB") -> Result | list[Result]:
@@ -289,6 +305,17 @@ class TritonLocalizer:
             r.speed = dict(speed)
         return results
 
+    def warmup(self) -> None:
+        """One request on a blank frame: the model really runs on the server, and the first real frame's
+        timings do not carry its start-up. A failure is one line naming the URL."""
+        h, w = self.meta.input_size
+        try:
+            self(np.zeros((h, w, 3), np.uint8))
+        except TritonFrameError as exc:
+            raise UserError(f"{exc}; check the server's log") from None
+        finally:
+            self.stats.update(requests=0, frames=0, errors=0)
+
     @staticmethod
     def _is_server_error(exc: BaseException) -> bool:
         """A Triton error response (bad input, model error): the connection itself is fine."""
@@ -318,9 +345,10 @@ class TritonLocalizer:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+            self._local = threading.local()
 
     def __enter__(self) -> "TritonLocalizer":
         return self

@@ -109,9 +109,12 @@ def test_plan_and_variants(tmp_path: Path, onnx_file: Path):
     repo = write_repository(tmp_path / "gpu", plan, META, variants=["ensemble"])
     assert sorted(repo.models) == ["tedloc", "tedloc_decode", "tedloc_model"]  # the ensemble pulls in its steps
     assert parse(repo.models["tedloc_model"]).platform == "tensorrt_plan"
+    assert parse(repo.models["tedloc_model"]).instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert (repo.models["tedloc_model"] / "1" / "model.plan").read_bytes() == b"plan bytes"
     assert list(repo.load_on().values()) == [["tedloc"]]
 
+    onnx_repo = write_repository(tmp_path / "onnx", onnx_file, META, variants=["model"])
+    assert parse(onnx_repo.models["tedloc_model"]).instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO
     cpu = write_repository(tmp_path / "cpu", onnx_file, META, variants=["tedloc_python"])
     assert list(cpu.models) == ["tedloc_python"]
     assert list(cpu.load_on().values()) == [["tedloc_python"]]

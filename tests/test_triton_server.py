@@ -127,7 +127,7 @@ def test_request_overrides_and_class_subset(server, model, photos):
     from tedloc_edge.runtime.triton_client import TritonLocalizer
 
     kw = dict(threshold=0.6, contour_mode="all", min_box_area=20, classes="cat,rocket", topk=2)
-    with Localizer(model, **kw) as loc, TritonLocalizer(url(server, "http", "tedloc_python"), **kw) as remote:
+    with Localizer(model, **kw) as loc, TritonLocalizer(url(server, "http", "tedloc_python"), timeout=10, **kw) as remote:
         for frame in photos:
             assert_same(loc(frame), remote(frame))
 
@@ -236,8 +236,8 @@ def test_client_disconnects_mid_request_leave_server_healthy(server, photos):
     errors: list[str] = []
 
     def camera() -> None:
-        loc = TritonLocalizer(f"grpc://{server.grpc_url}/tedloc_python", timeout=5)
-        closer = threading.Timer(0.5, loc._conn.close)
+        loc = TritonLocalizer(f"grpc://{server.grpc_url}/tedloc_python", timeout=10)
+        closer = threading.Timer(0.5, loc.close)  # drops its connections while a request is in flight
         closer.start()
         while time.monotonic() < stop:
             try:
@@ -278,7 +278,7 @@ def test_restart_mid_stream_reconnects_and_counts_errors(install, repo: Path, mo
 
     srv = ts.TritonServer(install, repo, tmp_path / "server.log", models=["tedloc_python"])
     with srv, Localizer(model) as loc:
-        remotes = {p: TritonLocalizer(url(srv, p, "tedloc_python"), timeout=3, retry_s=0.2, give_up_s=60) for p in ("http", "grpc")}
+        remotes = {p: TritonLocalizer(url(srv, p, "tedloc_python"), timeout=10, retry_s=0.2, give_up_s=60) for p in ("http", "grpc")}
         restarter = threading.Thread(target=srv.restart, kwargs={"down_s": 1.0})
         outcomes: dict[str, list[str]] = {p: [] for p in remotes}
         deadline = time.monotonic() + 40
@@ -315,7 +315,7 @@ def test_bench_against_the_server(server, model):
 
     report = triton_bench.run(
         f"http://{server.http_url}/tedloc_python", streams=2, seconds=1.5, model=model,
-        metrics_url=server.metrics_url, frame_size=(120, 160),
+        metrics_url=server.metrics_url, frame_size=(120, 160), timeout=10,
     )
     rows = {r["mode"]: r for r in report["rows"]}
     assert rows["triton"]["frames"] > 0 and rows["triton"]["errors"] == 0
@@ -324,34 +324,61 @@ def test_bench_against_the_server(server, model):
     assert report["server"]["tedloc_python"]["requests"] > 0
 
 
-def test_infer_triton_outputs_stay_valid_across_a_restart(install, repo: Path, model, tmp_path):
-    """`tedloc-edge infer SOURCE --triton URL`: the mp4 and JSONL hold exactly the frames answered, equal to
-    local inference, and frames lost while the server restarts are counted."""
+def test_infer_triton_outputs_stay_valid_across_a_restart(install, repo: Path, model, tmp_path, monkeypatch):
+    """`tedloc-edge infer SOURCE --triton URL` through a server restart: frames lost meanwhile are counted, the
+    stream goes on after it, and the mp4 and JSONL hold exactly the answered frames, equal to local inference."""
     import dataclasses
 
     from tedloc_edge.runtime.infer import InferOptions, run_infer
+    from tedloc_edge.runtime.triton_client import TritonLocalizer
 
     if "triton" not in {f.name for f in dataclasses.fields(InferOptions)}:
         pytest.skip("the `infer --triton` hook (InferOptions.triton) is not wired into runtime/infer.py yet")
     runtime_media = pytest.importorskip("runtime_media")
-    clip = runtime_media.make_clip(tmp_path / "clip.mp4", frames=120)
+    frames = 400
+    clip = runtime_media.make_clip(tmp_path / "clip.mp4", frames=frames)
     srv = ts.TritonServer(install, repo, tmp_path / "server.log", models=["tedloc_python"])
+    restarter = threading.Thread(target=srv.restart, kwargs={"down_s": 0.5})
+    calls = [0]
+    original = TritonLocalizer.__call__
+
+    def camera_paced(self, batch, color="RGB"):  # a 50 fps camera; the server restarts at the 30th call
+        calls[0] += 1
+        if calls[0] == 30:
+            restarter.start()
+        time.sleep(0.02)
+        return original(self, batch, color)
+
     with srv:
         local = run_infer(InferOptions(source=str(clip), model=model, out=tmp_path / "local", show_progress=False))
-        restarter = threading.Timer(0.3, srv.restart, kwargs={"down_s": 0.5})
-        restarter.start()
+        monkeypatch.setattr(TritonLocalizer, "__call__", camera_paced)
         try:
             remote = run_infer(InferOptions(source=str(clip), model=model, triton=f"http://{srv.http_url}/tedloc_python",
                                             out=tmp_path / "remote", queue=True, show_progress=False))
         finally:
-            restarter.join(60)
-    assert remote.frames_processed > 0
-    errors = getattr(remote, "frame_errors", 0)
-    assert remote.frames_processed + errors == local.frames_processed == 120
+            if restarter.ident is not None:
+                restarter.join(60)
+    assert remote.frame_errors > 0  # the restart hit the stream
+    assert remote.frames_processed + remote.frame_errors == local.frames_processed == frames
     lines = runtime_media.read_jsonl(Path(remote.outputs["jsonl"]))
     assert len(lines) == remote.frames_processed
     assert runtime_media.count_frames(Path(remote.outputs["video"])) == remote.frames_processed
+    answered = [line["frame"] for line in lines]
+    first_lost = next(i for i in range(frames) if i not in set(answered))
+    assert max(answered) > first_lost  # frames after the outage were answered again
     reference = {line["frame"]: line for line in runtime_media.read_jsonl(Path(local.outputs["jsonl"]))}
     for line in lines:
         ref = reference[line["frame"]]
-        assert (line["boxes"], line["class_id"]) == (ref["boxes"], ref["class_id"])
+        assert (line["boxes"], line["class_id"], line["topk"]) == (ref["boxes"], ref["class_id"], ref["topk"])
+
+
+def test_parse_url():
+    from tedloc_edge.runtime.triton_client import parse_url
+
+    assert str(parse_url("127.0.0.1")) == "http://127.0.0.1:8000/tedloc"
+    assert str(parse_url("grpc://host/tedloc_python")) == "grpc://host:8001/tedloc_python"
+    assert str(parse_url("http://host:9000/m", model="other")) == "http://host:9000/other"
+    assert str(parse_url("host:9001", protocol="grpc")) == "grpc://host:9001/tedloc"
+    for bad in ("https://host", "ftp://host", "http://:80", "http://host:port"):
+        with pytest.raises(UserError):
+            parse_url(bad)

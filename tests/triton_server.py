@@ -43,6 +43,10 @@ PIP_TIMEOUT_S = 600
 READY_TIMEOUT_S = 90.0
 
 
+class PortTaken(RuntimeError):
+    """Another process took one of the chosen ports between choosing and binding."""
+
+
 class TritonUnavailable(RuntimeError):
     """The real server cannot be set up here (no wheel, no matching stub, no backend environment)."""
 
@@ -194,6 +198,7 @@ class TritonServer:
         self.models = list(models) if models else None
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.proc: subprocess.Popen | None = None
+        self._started = False
 
     @property
     def http_url(self) -> str:
@@ -221,7 +226,21 @@ class TritonServer:
         return cmd
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> "TritonServer":
+        """Start and wait for readiness. A first start whose ports were taken meanwhile retries on new ones."""
+        first = self.proc is None and not self._started
+        for attempt in range(3 if first else 1):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if attempt == 2 or not first:
+                    raise RuntimeError(f"tritonserver could not bind its ports:\n{self.log_tail()}") from None
+                self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "TritonServer":
+        self._started = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
@@ -233,7 +252,13 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+                code, self.proc = self.proc.returncode, None
+                with open(self.log_path, "rb") as fh:
+                    fh.seek(offset)
+                    text = fh.read().decode(errors="replace")
+                if "Address already in use" in text or "address already in use" in text:
+                    raise PortTaken(text[-300:])
+                raise RuntimeError(f"tritonserver exited with {code} while starting:\n{self.log_tail()}")
             if self.ready():
                 return self
             time.sleep(0.25)
@@ -383,6 +408,6 @@ def python_standin(model_folder: Path) -> None:
     config = model_folder / "config.pbtxt"
     text = config.read_text(encoding="utf-8")
     assert 'platform: "onnxruntime_onnx"' in text, "the stand-in replaces the onnxruntime backend only"
-    text = text.replace('platform: "onnxruntime_onnx"', 'backend: "python"').replace("KIND_GPU", "KIND_CPU")
+    text = text.replace('platform: "onnxruntime_onnx"', 'backend: "python"').replace("KIND_GPU", "KIND_CPU").replace("KIND_AUTO", "KIND_CPU")
     config.write_text(text, encoding="utf-8")
     (model_folder / "1" / "model.py").write_text(STANDIN_MODEL_PY, encoding="utf-8")

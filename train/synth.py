@@ -55,13 +55,14 @@ ASPECT_RANGE = (0.8, 1.25)  # stretch across the body axis (areas scale alike, s
 BODY_RGB = np.array((150, 122, 92), dtype=np.float32)
 WING_RGB = np.array((104, 84, 66), dtype=np.float32)
 BEAK_RGB = np.array((232, 150, 50), dtype=np.float32)
+LONE_HEAD_SCALE = 0.29  # head + beak span 0.9 of the bird's 3.1 units: lone heads match real birds' heads
 MARGIN = 2  # pixels kept free around the object, so its box is never clipped by the image edge
 
 # The bird in local units: u along the body axis (tail -1.5 .. beak tip 1.55), v across it.
 BODY_B = 0.42  # body ellipse: u^2 + (v / BODY_B)^2 <= 1
-HEAD_U, HEAD_R = 1.02, 0.30  # head disk centre on the axis, radius
+HEAD_U, HEAD_R = 1.05, 0.35  # head disk centre on the axis, radius
 TAIL_U = (-1.5, -0.75)
-BEAK_U = (1.22, 1.55)
+BEAK_U = (1.28, 1.62)
 
 
 def class_names(classes: int) -> tuple[str, ...]:
@@ -132,14 +133,14 @@ def _head_colour(label: int, hu: np.ndarray, hv: np.ndarray) -> np.ndarray:
     """(N, 3) head pixels at head-local coordinates (unit disk) for class `label`."""
     _, colour, pattern = CLASS_TABLE[label]
     rgb = np.tile(np.array(HEAD_COLOURS[colour], dtype=np.float32), (len(hu), 1))
-    if pattern == "striped":  # three dark bands across the axis
-        rgb[np.floor((hu + 1.0) * 2.5).astype(int) % 2 == 1] *= 0.3
-    elif pattern == "dotted":  # white dots on a grid
-        gu, gv = hu * 2.2 - np.round(hu * 2.2), hv * 2.2 - np.round(hv * 2.2)
-        rgb[gu * gu + gv * gv < 0.12] = 245
-    elif pattern == "ringed":  # a white ring around a coloured core
+    if pattern == "striped":  # two wide dark bands across the body axis
+        rgb[np.floor((hu + 1.0) * 2.0).astype(int) % 2 == 1] *= 0.25
+    elif pattern == "dotted":  # a few large white dots
+        gu, gv = hu * 1.4 - np.round(hu * 1.4), hv * 1.4 - np.round(hv * 1.4)
+        rgb[gu * gu + gv * gv < 0.09] = 245
+    elif pattern == "ringed":  # a thick white ring around a coloured core
         r = np.hypot(hu, hv)
-        rgb[(r > 0.4) & (r < 0.72)] = 245
+        rgb[(r > 0.35) & (r < 0.75)] = 245
     eye = (hu - 0.3) ** 2 + (hv + 0.45) ** 2 < 0.035  # the same small dark eye on every head
     rgb[eye] = 15
     return rgb
@@ -227,9 +228,10 @@ def add_distractors(rng: np.random.Generator, image: np.ndarray, keep_clear: tup
     """Headless bodies and lone heads of random classes, away from the `keep_clear` box; returns how many."""
     height, width = image.shape[:2]
     drawn = 0
-    kinds = ["body"] * int(rng.choice(3, p=(0.4, 0.4, 0.2))) + ["head"] * int(rng.choice(3, p=(0.4, 0.4, 0.2)))
+    kinds = ["body"] * int(rng.choice(3, p=(0.4, 0.4, 0.2))) + ["head"] * int(rng.choice(3, p=(0.6, 0.3, 0.1)))
     for kind in kinds:
-        frac = rng.uniform(0.08, 0.18) if kind == "head" else rng.uniform(0.12, 0.35)
+        # lone heads as large as the heads of real birds; headless bodies up to half the largest bird
+        frac = rng.uniform(*SCALE_RANGE) * (LONE_HEAD_SCALE if kind == "head" else 0.5)
         for _ in range(8):  # rejection sampling: distractors never touch the object, so its mask stays exact
             pose = fit_pose(rng, (0, 0, width, height), frac, min(height, width), kind)
             if not _overlaps(extent(pose, kind), keep_clear, pad=4):
@@ -358,12 +360,13 @@ def _readme(classes: int, counts: dict[str, int], seed: int, image_size: tuple[i
 
 Every image holds one bird. All birds share one body: the same shape, feather texture and colour.
 Only the head tells the class: its colour and pattern (solid, striped, dotted or ringed), and the head
-covers about 14% of the bird. Colours and patterns are shared between classes, so neither alone is
+covers about 18% of the bird. Colours and patterns are shared between classes, so neither alone is
 enough. A classifier needs only the head, so a CAM fires on it; the box and mask to find cover the whole
 bird (tail, body, head and beak). This is the gap between part and object that WSOL methods must close.
 
 Clutter: gradient and noise backgrounds, stripes, translucent blobs, grain; 0-2 headless bodies and
-0-2 lone heads of random classes (never touching the bird), so a body or head detector is fooled.
+0-2 lone heads (as large as real birds' heads) of random classes, never touching the bird, so a body or
+head detector is fooled.
 Pose: any rotation, mirror, aspect 0.8-1.25 across the body, box side {SCALE_RANGE[0]:.0%}-{SCALE_RANGE[1]:.0%}
 of the image's shorter side. Image sides: {image_size[0]}-{image_size[1]} px; 70% JPEG (quality 92), 30% PNG.
 

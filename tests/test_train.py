@@ -131,14 +131,19 @@ def test_interrupted_run_resumes_to_the_same_state_as_a_straight_run(data, tmp_p
     assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_undecodable_images_are_skipped_and_counted(data, tmp_path):
+def test_undecodable_images_are_skipped_and_counted_with_flip_augmentation(data, tmp_path):
     broken = shutil.copytree(data, tmp_path / "data")
     first = (broken / "metadata/train/image_ids.txt").read_text().split()[0]
     (broken / "images" / first).write_bytes(b"\x00garbage")
-    run = make_tiny_run(tmp_path, data=str(broken), out=str(tmp_path / "run"))
+    run = make_tiny_run(tmp_path, data=str(broken), out=str(tmp_path / "run"), augment=True)
     skipped = json.loads((run / "skipped.json").read_text())
     assert skipped["count"]["train"] == 1 and skipped["images"]["train"] == [first]
     assert read_checkpoint(run / "checkpoints/last.pt")["skipped"]["train"] == 1
+    # --augment caches the mirrored images' features: the encoder on a flipped image, row for row
+    feats = np.load(run / "cache/train-features.npy")
+    flipped = np.load(run / "cache/train-flipped.npy")
+    assert flipped.shape == feats.shape and not np.array_equal(flipped[1], feats[1])
+    assert not feats[0].any() and not flipped[0].any()  # the undecodable row stays empty
 
 
 def test_empty_class_is_an_error_before_training(data, tmp_path):

@@ -71,7 +71,7 @@ def train(
     weight_decay: float = typer.Option(0.05, "--weight-decay", rich_help_panel=OPTIM),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", rich_help_panel=OPTIM),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Max gradient norm; 0 disables.", rich_help_panel=OPTIM),
-    augment: bool = typer.Option(False, "--augment", help="Random flips; the backbone then runs every step (slow on CPU).", rich_help_panel=OPTIM),
+    augment: bool = typer.Option(False, "--augment", help="Random horizontal flips (mirrored images are encoded once too: 2x the feature time).", rich_help_panel=OPTIM),
     seed: int = typer.Option(0, "--seed", rich_help_panel=OPTIM),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...", rich_help_panel=OPTIM),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA.", rich_help_panel=OPTIM),

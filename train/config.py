@@ -57,7 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0  # max grad norm; 0 disables
-    augment: bool = False  # horizontal flips: features are then recomputed every step (slow on CPU)
+    augment: bool = False  # random horizontal flips (the mirrored images' features are cached too: 2x encoding)
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16/fp16 autocast, CUDA only

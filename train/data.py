@@ -1,9 +1,10 @@
 """Training data: the split's images, resized once, through the frozen backbone once, cached on disk.
 
-The encoder is frozen, so its patch descriptors of an un-augmented image never change: they are computed once
-per image into ``RUN/cache/features-<split>.npy`` (float16 memory map) and the decoder and head train on them.
-That is what makes training fit in minutes on a CPU. With ``--augment`` the resized uint8 images are cached
-instead and the backbone runs every step on flipped copies.
+The encoder is frozen, so its patch descriptors of an image never change: they are computed once per image
+into ``RUN/cache/<split>-features.npy`` (float16 memory map) and the decoder and head train on them. That is
+what makes training fit in minutes on a CPU. With ``--augment`` (random horizontal flips) the features of the
+mirrored images are cached too and each step picks one of the two views per image: the same augmentation as
+flipping every step, at twice the one-off encoding cost instead of an encoder pass per step.
 
 Images that fail to decode are skipped and counted; the ids land in ``RUN/skipped.json``.
 """
@@ -51,14 +52,14 @@ def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class SplitCache:
-    """Per-image arrays of one split: `features` (N, C, gh, gw) float16 or `images` (N, S, S, 3) uint8, and
-    `ok` (N,) bool, False where the image did not decode."""
+    """Per-image arrays of one split: `features` (N, C, gh, gw) float16, `flipped` the same for the horizontally
+    flipped images (with --augment) or None, and `ok` (N,) bool, False where the image did not decode."""
 
-    features: np.ndarray | None
-    images: np.ndarray | None
+    features: np.ndarray
+    flipped: np.ndarray | None
     ok: np.ndarray
     skipped: list[str]
-    key: str  # names the contents (backbone, weights, size, images): a cue cache keyed by it stays valid
+    key: str  # names the un-flipped features (backbone, weights, size, images): cue caches keyed by it stay valid
 
 
 def _cache_key(samples: list[Sample], what: dict) -> str:
@@ -68,41 +69,38 @@ def _cache_key(samples: list[Sample], what: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: torch.nn.Module | None,
-                normalize, input_size: int, batch_size: int, device: torch.device, rank: int = 0, world: int = 1,
-                barrier=lambda: None, keep_images: bool = False, show: bool = True) -> SplitCache:
-    """Fill (or reuse) the split's cache. Ranks split the images (rows rank::world) and write to one shared
-    memory map; rank 0 creates the files, `barrier` synchronizes. `backbone=None` caches images only."""
+def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: torch.nn.Module, normalize,
+                input_size: int, batch_size: int, device: torch.device, rank: int = 0, world: int = 1,
+                barrier=lambda: None, flips: bool = False, show: bool = True) -> SplitCache:
+    """Fill (or reuse) the split's feature cache; with `flips` also the features of the mirrored images (a flip
+    is the only augmentation, so its two views are cached once rather than encoded every step). Ranks split
+    the images (rows rank::world) and write one shared memory map; rank 0 creates the files."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    what = {"tag": tag, "size": input_size, "backbone": getattr(backbone, "name", None),
-            "weights": getattr(backbone, "weights", None), "images": keep_images}
+    what = {"tag": tag, "size": input_size, "backbone": backbone.name, "weights": backbone.weights}
     key = _cache_key(samples, what)
     done = cache_dir / f"{tag}.json"
-    feat_path, img_path, ok_path = (cache_dir / f"{tag}-{n}.npy" for n in ("features", "images", "ok"))
+    paths = {name: cache_dir / f"{tag}-{name}.npy" for name in ("features", "flipped", "ok")}
+    if done.is_file():
+        doc = json.loads(done.read_text())
+        if doc.get("key") == key and (doc.get("flips") or not flips):
+            log.info("reusing cached %s features (%s)", tag, cache_dir)
+            return _open(paths, flips, samples, key)
     n = len(samples)
-    if done.is_file() and json.loads(done.read_text()).get("key") == key:
-        log.info("reusing cached %s features/images (%s)", tag, cache_dir)
-        return _open(feat_path if backbone is not None else None, img_path if keep_images else None, ok_path, samples, key)
-    shape = None
-    if backbone is not None:
-        with torch.no_grad():
-            probe = backbone(normalize(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8, device=device)))
-        shape = (n, *probe.shape[1:])
+    with torch.no_grad():
+        probe = backbone(normalize(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8, device=device)))
     if rank == 0:
         done.unlink(missing_ok=True)
-        if shape is not None:
-            np.lib.format.open_memmap(feat_path, mode="w+", dtype=np.float16, shape=shape).flush()
-        if keep_images:
-            np.lib.format.open_memmap(img_path, mode="w+", dtype=np.uint8, shape=(n, input_size, input_size, 3)).flush()
-        np.lib.format.open_memmap(ok_path, mode="w+", dtype=np.bool_, shape=(n,)).flush()
+        for name in ("features", "flipped") if flips else ("features",):
+            np.lib.format.open_memmap(paths[name], mode="w+", dtype=np.float16, shape=(n, *probe.shape[1:])).flush()
+        np.lib.format.open_memmap(paths["ok"], mode="w+", dtype=np.bool_, shape=(n,)).flush()
     barrier()
-    feats = np.load(feat_path, mmap_mode="r+") if shape is not None else None
-    imgs = np.load(img_path, mmap_mode="r+") if keep_images else None
-    ok = np.load(ok_path, mmap_mode="r+")
+    feats = np.load(paths["features"], mmap_mode="r+")
+    flipped = np.load(paths["flipped"], mmap_mode="r+") if flips else None
+    ok = np.load(paths["ok"], mmap_mode="r+")
     mine = list(range(rank, n, world))
     started = time.perf_counter()
     with progress(transient=True, disable=None if (show and rank == 0) else True) as bar:
-        task = bar.add_task(f"{tag}: encode" if backbone is not None else f"{tag}: load", total=len(mine), info="")
+        task = bar.add_task(f"{tag}: encode", total=len(mine), info="")
         for start in range(0, len(mine), batch_size):
             rows = mine[start:start + batch_size]
             batch, good = [], []
@@ -113,54 +111,54 @@ def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: t
                 except ImageDecodeError as exc:
                     log.warning("skipping undecodable image: %s", exc)
             if good:
-                arr = np.stack(batch)
+                images = torch.from_numpy(np.stack(batch)).to(device)
                 ok[good] = True
-                if imgs is not None:
-                    imgs[good] = arr
-                if feats is not None:
-                    with torch.no_grad():
-                        x = normalize(torch.from_numpy(arr).to(device))
-                        feats[good] = backbone(x).float().cpu().numpy().astype(np.float16)
+                with torch.no_grad():
+                    feats[good] = backbone(normalize(images)).float().cpu().numpy().astype(np.float16)
+                    if flipped is not None:
+                        mirrored = backbone(normalize(images.flip(2))).float().cpu().numpy()
+                        flipped[good] = mirrored.astype(np.float16)
             bar.update(task, advance=len(rows))
-    for arr in (feats, imgs, ok):
+    for arr in (feats, flipped, ok):
         if arr is not None:
             arr.flush()
     if rank == 0:
         seconds = time.perf_counter() - started
-        log.info("%s: %s %d images in %.1f s (%.1f img/s per process)", tag,
-                 "encoded" if feats is not None else "loaded", len(mine), seconds, len(mine) / max(seconds, 1e-9))
+        log.info("%s: encoded %d images%s in %.1f s (%.1f img/s per process)", tag, len(mine),
+                 " and their mirror images" if flips else "", seconds, len(mine) / max(seconds, 1e-9))
     barrier()
     if rank == 0:
-        atomic_write_text(done, json.dumps({"key": key, **what, "count": n}))
+        atomic_write_text(done, json.dumps({"key": key, **what, "flips": flips, "count": n}))
     barrier()
-    return _open(feat_path if shape is not None else None, img_path if keep_images else None, ok_path, samples, key)
+    return _open(paths, flips, samples, key)
 
 
-def _open(feat_path: Path | None, img_path: Path | None, ok_path: Path, samples: list[Sample], key: str) -> SplitCache:
-    ok = np.array(np.load(ok_path), dtype=bool)
-    feats = np.load(feat_path, mmap_mode="r") if feat_path is not None else None
-    imgs = np.load(img_path, mmap_mode="r") if img_path is not None else None
+def _open(paths: dict[str, Path], flips: bool, samples: list[Sample], key: str) -> SplitCache:
+    ok = np.array(np.load(paths["ok"]), dtype=bool)
+    feats = np.load(paths["features"], mmap_mode="r")
+    flipped = np.load(paths["flipped"], mmap_mode="r") if flips else None
     skipped = [s.image_id for s, good in zip(samples, ok) if not good]
-    return SplitCache(feats, imgs, ok, skipped, key)
+    return SplitCache(feats, flipped, ok, skipped, key)
 
 
 class RowDataset(Dataset):
-    """Items (row index, label, features or uint8 image) over the decodable rows of a split cache."""
+    """Items (row index, label, features) over the decodable rows of a split cache; with the flipped view
+    cached, features are (2, C, gh, gw): [original, mirrored]."""
 
-    def __init__(self, cache: SplitCache, labels: np.ndarray, use_images: bool = False):
+    def __init__(self, cache: SplitCache, labels: np.ndarray):
         self.rows = np.flatnonzero(cache.ok)
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.source = cache.images if use_images else cache.features
-        if self.source is None:
-            raise ValueError("the cache holds no " + ("images" if use_images else "features"))
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[int, int, torch.Tensor]:
         row = int(self.rows[i])
-        x = torch.from_numpy(np.array(self.source[row]))
-        return row, int(self.labels[row]), (x.float() if x.dtype == torch.float16 else x)
+        x = np.asarray(self.cache.features[row], dtype=np.float32)
+        if self.cache.flipped is not None:
+            x = np.stack([x, np.asarray(self.cache.flipped[row], dtype=np.float32)])
+        return row, int(self.labels[row]), torch.from_numpy(x)
 
 
 def features_tensor(cache: SplitCache, rows: np.ndarray | None = None) -> torch.Tensor:

@@ -81,7 +81,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     # -- features once per image (frozen encoder), cues, sampling regions -----------------------------
     cache = dict(normalize=model.normalize, input_size=cfg.input_size, batch_size=cfg.feature_batch, device=device,
                  rank=dist.rank, world=dist.world, barrier=dist.barrier)
-    train_cache = D.build_cache(split.samples, run / "cache", "train", backbone=backbone, keep_images=cfg.augment, **cache)
+    train_cache = D.build_cache(split.samples, run / "cache", "train", backbone=backbone, flips=cfg.augment, **cache)
     val_cache = D.build_cache(val_split.samples, run / "cache", "val", backbone=backbone, **cache) if val_split else None
     skipped = {"train": train_cache.skipped, **({"val": val_cache.skipped} if val_cache else {})}
     labels = np.array([s.label for s in split.samples])
@@ -93,7 +93,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
         if dist.is_main:
             log.info("cues: %d of %d training images give fg/bg patches (the rest have flat cue maps)",
                      int(regions.valid.sum()), len(cues))
-    dataset = D.RowDataset(train_cache, labels, use_images=cfg.augment)
+    dataset = D.RowDataset(train_cache, labels)
     sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=False)
 
@@ -140,9 +140,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
             for rows, y, x in loader:
                 y, x = y.to(device), x.to(device)
                 flip = torch.rand(len(rows), generator=gen) < 0.5 if cfg.augment else None
-                if cfg.augment:  # backbone on flipped uint8 images, every step
-                    with torch.no_grad():
-                        x = backbone(model.normalize(torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(2), x)))
+                if flip is not None:  # x holds [original, mirrored] features: pick one view per image
+                    x = torch.where(flip.to(device).view(-1, 1, 1, 1), x[:, 1], x[:, 0])
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = trained(x)
                     if regions is not None:

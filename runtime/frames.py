@@ -58,6 +58,7 @@ class ThreadedSource(abc.ABC):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._closed = False
 
     @abc.abstractmethod
     def _produce(self, emit: Callable[[Frame], bool]) -> None:
@@ -158,6 +159,10 @@ class ThreadedSource(abc.ABC):
         self._stop.set()
 
     def close(self) -> None:
+        """Stop the reader thread and release the input (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._thread is not None:
             deadline = time.monotonic() + 5.0

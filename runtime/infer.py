@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -142,20 +142,18 @@ def run_infer(opts: InferOptions) -> InferSummary:
         raise UserError("--batch and --stride must be at least 1")
     if opts.max_frames is not None and opts.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
-    loc, batch_errors = open_localizer(opts)
-    loc.warmup()
-    source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout)
-    summary = InferSummary(source=str(opts.source), model=str(opts.triton or opts.model), backend=loc.backend)
-    totals = dict.fromkeys(STAGES, 0.0)
-    try:
+    with ExitStack() as cleanup:  # closes, in reverse: outputs (then the summary), source, model
+        loc, batch_errors = open_localizer(opts)
+        cleanup.callback(loc.close)
+        loc.warmup()
+        source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout)
+        cleanup.callback(source.close)
         outputs = Outputs(Path(opts.out), source, opts.exist_ok, opts.video, opts.heatmap)
-    except BaseException:
-        source.close()
-        loc.close()
-        raise
-    summary.outputs = outputs.paths()
-    started = time.perf_counter()
-    try:
+        summary = InferSummary(source=str(opts.source), model=str(opts.triton or opts.model), backend=loc.backend,
+                               outputs=outputs.paths())
+        totals = dict.fromkeys(STAGES, 0.0)
+        started = time.perf_counter()
+        cleanup.callback(_finish, summary, source, outputs, totals, started)
         with graceful_stop(source.interrupt) as stop, _progress_bar(source, opts) as advance:
             for batch in source.batches(loc.max_batch):
                 if opts.max_frames is not None:
@@ -170,16 +168,20 @@ def run_infer(opts: InferOptions) -> InferSummary:
                 if stop.event.is_set() or summary.frames_processed == opts.max_frames:
                     break
             summary.interrupted = stop.event.is_set()
-    finally:
-        source.close()
-        loc.close()
-        outputs.close()
-        _fill(summary, source, totals, time.perf_counter() - started)
-        outputs.write_summary(summary.to_dict())
     if summary.frames_processed == 0 and summary.decode_errors:
         first = source.stats.errors[0] if source.stats.errors else "decode error"
         raise UserError(f"{opts.source}: no frame could be decoded ({first}); check that the file is a readable video or image")
     return summary
+
+
+def _finish(summary: InferSummary, source: ThreadedSource, outputs: Outputs, totals: dict[str, float], started: float) -> None:
+    """Stop the reader, close every output (the mp4's flush included), then write the summary."""
+    source.close()
+    try:
+        outputs.close()
+    finally:
+        _fill(summary, source, totals, time.perf_counter() - started)  # wall time includes the outputs' flush
+        outputs.write_summary(summary.to_dict())
 
 
 @contextmanager

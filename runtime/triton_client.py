@@ -112,7 +112,8 @@ class _Connection:
         if not self.client.is_model_ready(self.target.model, **kw):
             raise LookupError(f"model '{self.target.model}' is not ready on the server")
 
-    def meta(self) -> BundleMeta:
+    def meta(self) -> tuple[BundleMeta, int]:
+        """The bundle from the model's config parameters, and the model's max_batch_size."""
         if self.target.protocol == "http":
             config = self.client.get_model_config(self.target.model)
         else:
@@ -124,7 +125,7 @@ class _Connection:
                 f"{self.target}: the model's config.pbtxt has no '{METADATA_KEY}' parameter; "
                 "serve the repository written by `tedloc-edge export RUN --format triton`"
             )
-        return BundleMeta.from_json(text, f"{self.target} config.pbtxt")
+        return BundleMeta.from_json(text, f"{self.target} config.pbtxt"), int(config.get("max_batch_size", 0) or 0)
 
     def infer(self, images: np.ndarray, frame_size: np.ndarray, params: dict[str, Any] | None) -> dict[str, np.ndarray]:
         mod = self.mod
@@ -188,7 +189,7 @@ class TritonLocalizer:
         self._next_try = 0.0
         try:
             self._local.conn = self._connect()
-            self.meta: BundleMeta = self._local.conn.meta()
+            self.meta, server_batch = self._local.conn.meta()
         except UserError:
             self.close()
             raise
@@ -209,7 +210,7 @@ class TritonLocalizer:
         if min_box_area:
             self._params["min_box_area"] = int(min_box_area)
         self.allowed = resolve_classes(classes, self.meta.class_names)
-        self.max_batch = max(1, int(max_batch))
+        self.max_batch = max(1, min(int(max_batch), server_batch or int(max_batch)))  # never above the server's
         interpolation = str(self.meta.extra.get("resize_interpolation", "bilinear"))
         self._pre = Preprocessor(self.meta.input_size, self.max_batch, interpolation)
         logger.debug("TritonLocalizer(%s): %d classes, input %s", self.url, self.meta.num_classes, self.meta.input_size)

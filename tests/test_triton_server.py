@@ -122,7 +122,7 @@ def test_same_results_as_local_localizer(server, local, photos, protocol, model_
         assert remote.stats["errors"] == 0
 
 
-def test_request_overrides_and_class_subset(server, model, photos):
+def test_request_overrides_and_class_subset(server, model, local, photos):
     from tedloc_edge.runtime import Localizer
     from tedloc_edge.runtime.triton_client import TritonLocalizer
 
@@ -130,6 +130,12 @@ def test_request_overrides_and_class_subset(server, model, photos):
     with Localizer(model, **kw) as loc, TritonLocalizer(url(server, "http", "tedloc_python"), timeout=10, **kw) as remote:
         for frame in photos:
             assert_same(loc(frame), remote(frame))
+    # a client batch larger than the server's max_batch_size is split into requests the server takes
+    with TritonLocalizer(url(server, "grpc", "tedloc_python"), timeout=10, max_batch=64) as remote:
+        assert remote.max_batch == 8
+        many = (photos * 3)[:13]
+        for a, b in zip(local(many), remote(many)):
+            assert_same(a, b)
 
 
 def test_decode_alone_equals_runtime_decoder(server, local, photos):

@@ -91,13 +91,14 @@ def test_head_is_a_small_part_and_the_only_class_cue():
 def test_generate_refuses_bad_arguments_and_existing_output(bench, tmp_path):
     with pytest.raises(UserError, match="already exists"):
         generate(bench, seed=5, **SMALL)
-    for bad in (dict(classes=1), dict(classes=99), dict(classes=4, train=3), dict(image_size=(32, 40))):
+    for bad in (dict(classes=1), dict(classes=99), dict(classes=4, train=3), dict(test=-1), dict(image_size=(32, 40))):
         with pytest.raises(UserError):
             generate(tmp_path / "x", **{**SMALL, **bad})
     assert not (tmp_path / "x").exists()
     out = generate(tmp_path / "y", seed=1, **{**SMALL, "val": 0, "test": 0})
     generate(out, seed=2, exist_ok=True, **{**SMALL, "val": 0, "test": 0})
     assert not (out / "metadata" / "test").exists() and len(open_split(out, "train")) == 8
+    assert out.stat().st_mode & 0o755 == 0o755  # readable by others, not mkdtemp's private mode
 
 
 def test_video_frames_and_ground_truth(tmp_path):

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -277,10 +278,11 @@ def generate(
     `out` and renamed into place, so `out` is never half-written. Same arguments -> byte-identical files.
     """
     out = Path(out).expanduser().resolve()
-    _check_args(out, classes, train, image_size, exist_ok)
     counts = {"train": train, "val": val, "test": test}
+    _check_args(out, classes, counts, image_size, exist_ok)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the finished dataset is an ordinary folder
     try:
         (tmp / "classes.txt").write_text("".join(f"{n}\n" for n in class_names(classes)), encoding="utf-8")
         with progress(disable=None if show_progress else True) as bar:
@@ -297,11 +299,14 @@ def generate(
     return out
 
 
-def _check_args(out: Path, classes: int, train: int, image_size: tuple[int, int], exist_ok: bool) -> None:
+def _check_args(out: Path, classes: int, counts: dict[str, int], image_size: tuple[int, int], exist_ok: bool) -> None:
     if not 2 <= classes <= MAX_CLASSES:
         raise UserError(f"--classes {classes}: the benchmark has 2 to {MAX_CLASSES} classes (head colour x pattern)")
-    if train < classes:
-        raise UserError(f"--train {train}: every class needs a training image; pass --train {classes} or more")
+    if counts["train"] < classes:
+        raise UserError(f"--train {counts['train']}: every class needs a training image; pass --train {classes} or more")
+    for split, count in counts.items():
+        if count < 0:
+            raise UserError(f"--{split} {count}: image counts cannot be negative (0 leaves the split out)")
     lo, hi = image_size
     if not 64 <= lo <= hi:
         raise UserError(f"image sides {lo}..{hi} (--min-size/--max-size): need 64 <= min-size <= max-size")
@@ -321,7 +326,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def _write_split(root: Path, split: str, split_index: int, count: int, classes: int, seed: int,
-                 image_size: tuple[int, int], advance) -> None:
+                 image_size: tuple[int, int], advance: Callable[[], None]) -> None:
     # Balanced labels in a seeded order; each image has its own generator, so images don't depend on each other.
     labels = np.random.default_rng([seed, split_index]).permutation(np.arange(count) % classes)
     rows: dict[str, list[str]] = {"image_ids": [], "class_labels": [], "image_sizes": [], "localization": []}

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from tedloc_edge.export.exporter import ExportOptions, ExportResult, export
     from tedloc_edge.export.onnx_export import export_onnx
     from tedloc_edge.export.tensorrt_build import EngineSpec, build_engine
-    from tedloc_edge.export.triton import write_repository
+    from tedloc_edge.export.triton_repo import write_repository
     from tedloc_edge.export.verify import verify_export
 
 __all__ = ["export", "ExportOptions", "ExportResult", "export_onnx", "build_engine", "EngineSpec", "verify_export", "write_repository"]
@@ -31,7 +31,7 @@ _WHERE = {
     "build_engine": "tedloc_edge.export.tensorrt_build",
     "EngineSpec": "tedloc_edge.export.tensorrt_build",
     "verify_export": "tedloc_edge.export.verify",
-    "write_repository": "tedloc_edge.export.triton",
+    "write_repository": "tedloc_edge.export.triton_repo",
 }
 
 

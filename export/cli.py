@@ -29,8 +29,9 @@ def export(
     batch_max: Optional[int] = typer.Option(None, help="engine/triton: largest batch (8); Triton's max_batch_size."),
     workspace_gib: Optional[float] = typer.Option(None, help="engine: TensorRT workspace limit in GiB (2)."),
     timing_cache: Optional[Path] = typer.Option(None, help="engine: persistent timing cache file (default beside the plan)."),
-    triton_backend: Optional[str] = typer.Option(None, help="triton: onnxruntime (default) | tensorrt."),
-    model_name: Optional[str] = typer.Option(None, help="triton: model folder name (tedloc)."),
+    triton_backend: Optional[str] = typer.Option(None, help="triton: what tedloc_model runs on: onnxruntime (default) | tensorrt."),
+    triton_variant: Optional[List[str]] = typer.Option(None, "--triton-variant", help="triton: model | decode | ensemble | python (repeat; default all). See docs/triton.md."),
+    exist_ok: Optional[bool] = typer.Option(None, "--exist-ok", help="triton: replace existing model folders in the repository."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Export a trained run: verified ONNX (fp32/fp16/int8), a TensorRT engine, or a Triton repository."""
@@ -45,7 +46,8 @@ def export(
             images=tuple(images or ()), verify_images=verify_images, calib_images=calib_images,
             calib_dir=tuple(calib_dir or ()), int8_max_drop=int8_max_drop, int8_allow_drop=int8_allow_drop,
             batch_min=batch_min, batch_opt=batch_opt, batch_max=batch_max, workspace_gib=workspace_gib,
-            timing_cache=timing_cache, triton_backend=triton_backend, model_name=model_name,
+            timing_cache=timing_cache, triton_backend=triton_backend,
+            triton_variants=tuple(triton_variant) if triton_variant else None, exist_ok=exist_ok,
         )
         result = run_export(source, opts)
         print_result(result, console)

@@ -53,11 +53,12 @@ class ExportOptions:
     batch_max: int | None = None
     workspace_gib: float | None = None
     timing_cache: Path | None = None
-    triton_backend: str | None = None
-    model_name: str | None = None
+    triton_backend: str | None = None  # onnxruntime (default) or tensorrt: what tedloc_model runs on
+    triton_variants: tuple[str, ...] | None = None  # triton_repo variants; None: all
+    exist_ok: bool | None = None  # replace existing Triton model folders
 
     def format_options(self) -> dict[str, object]:
-        keys = ("batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "triton_backend", "model_name")
+        keys = ("batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "triton_backend", "triton_variants", "exist_ok")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -231,6 +232,20 @@ def engine_stage(
     return plan
 
 
+def triton_stage(model_path: Path, onnx_path: Path, backend: str, opts: ExportOptions, result: ExportResult) -> Path:
+    """The model repository of `tedloc_edge.export.triton_repo` (docs/triton.md) around the exported model."""
+    from tedloc_edge.export.triton_repo import TritonOptions, write_repository
+
+    repo_dir = Path(opts.output) if opts.output is not None else result.source.default_output_dir() / "triton"
+    options = TritonOptions(max_batch_size=opts.batch_max or 8, instance_kind="KIND_GPU" if backend == "tensorrt" else "KIND_AUTO")
+    start = time.perf_counter()
+    repo = write_repository(repo_dir, model_path, result.meta, variants=opts.triton_variants, options=options,
+                            onnx=onnx_path, exist_ok=bool(opts.exist_ok))
+    logger.info("Triton repository %s: %s", repo.root, ", ".join(repo.models))
+    result.artifacts.append(Artifact("triton", result.meta.precision, repo.root, time.perf_counter() - start, "-"))
+    return repo.root
+
+
 def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> ExportResult:
     """Run one export; returns what was written (the last artifact is the requested product)."""
     fmt = fmts.get_format(opts.format)
@@ -239,6 +254,10 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
     backend = opts.triton_backend or "onnxruntime"
     if fmt.name == "triton" and backend not in fmts.TRITON_BACKENDS:
         raise UserError(f"unknown --triton-backend '{backend}': {fmts.close_match_hint(backend, fmts.TRITON_BACKENDS)}")
+    if fmt.name == "triton" and opts.triton_variants:
+        from tedloc_edge.export.triton_repo import check_variants
+
+        check_variants(opts.triton_variants)  # before any export work
     needs_trt = fmt.name == "engine" or (fmt.name == "triton" and backend == "tensorrt")
     if needs_trt:
         from tedloc_edge.export.tensorrt_build import preflight
@@ -265,10 +284,5 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
         plan = Path(opts.output) if (opts.output is not None and fmt.name == "engine") else onnx_path.with_suffix(".plan")
         model_path = engine_stage(onnx_path, plan, precision, opts, result, model)
     if fmt.name == "triton":
-        from tedloc_edge.export.triton import write_repository
-
-        repo = Path(opts.output) if opts.output is not None else source.default_output_dir() / "triton"
-        start = time.perf_counter()
-        folder = write_repository(model_path, repo, result.meta, backend, opts.model_name or "tedloc", opts.batch_max or 8)
-        result.artifacts.append(Artifact("triton", precision, folder, time.perf_counter() - start, "-"))
+        triton_stage(model_path, onnx_path, backend, opts, result)
     return result

@@ -44,8 +44,8 @@ FORMATS: dict[str, ExportFormat] = {
         ),
         ExportFormat(
             "triton", "/", False, PRECISIONS,
-            frozenset({"triton_backend", "batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "model_name"}),
-            "Triton model repository REPO/<name>/1/model.onnx|model.plan + config.pbtxt",
+            frozenset({"triton_backend", "triton_variants", "exist_ok", "batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache"}),
+            "Triton model repository (tedloc_model, tedloc_decode, tedloc ensemble, tedloc_python; docs/triton.md)",
         ),
     )
 }

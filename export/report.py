@@ -34,10 +34,9 @@ def next_steps(result: ExportResult) -> list[str]:
     final = result.final
     model = final.path
     if final.kind == "triton":
-        repo = final.path.parent
         return [
-            f"docker run --gpus all --rm -p8000:8000 -p8001:8001 -v {repo.resolve()}:/models "
-            "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models",
+            f"docker run --gpus all --rm -p8000:8000 -p8001:8001 -v {final.path.resolve()}:/models "
+            "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models   # then query 'tedloc' (docs/triton.md)",
         ]
     data = ""
     if result.source.run_dir is not None:

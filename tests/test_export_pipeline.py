@@ -67,8 +67,8 @@ def test_cli_exports_verified_onnx_and_prints_table_and_next_commands(run):
 def test_fp16_and_triton(run, tmp_path):
     res = export(run, ExportOptions(format="triton", precision="fp16", output=tmp_path / "repo", batch_max=4))
     assert [a.kind for a in res.artifacts] == ["onnx", "triton"]
-    assert (tmp_path / "repo" / "tedloc" / "1" / "model.onnx").is_file()
-    assert "max_batch_size: 4" in (tmp_path / "repo" / "tedloc" / "config.pbtxt").read_text()
+    assert (tmp_path / "repo" / "tedloc_model" / "1" / "model.onnx").is_file()
+    assert "max_batch_size: 4" in (tmp_path / "repo" / "tedloc_model" / "config.pbtxt").read_text()
     assert res.verify is not None and res.verify.precision == "fp16" and res.verify.passed
 
 

@@ -1,9 +1,10 @@
-"""The Triton repository: config.pbtxt parsed with Triton's own ModelConfig protobuf (tritonclient), layout,
-and the bundle recoverable from the config alone."""
+"""`tedloc-edge export --format triton`: the repository around the exported model, every config.pbtxt parsed
+with Triton's own ModelConfig protobuf (tritonclient), the exported model's config checked against the ONNX
+itself, and the bundle recoverable from the config alone. (The repository writer's own tests, ensemble wiring
+and a real server: tests/test_triton_repo.py, tests/test_triton_server.py.)"""
 
 from __future__ import annotations
 
-import json
 
 import onnxruntime as ort
 import pytest
@@ -11,52 +12,64 @@ from exportkit import TinyTedLoc, tiny_meta
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.bundle import METADATA_KEY, BundleMeta
 from tedloc_edge.console import UserError
-from tedloc_edge.export.onnx_export import export_onnx
-from tedloc_edge.export.triton import config_pbtxt, write_repository
+from tedloc_edge.export import exporter
+from tedloc_edge.export.exporter import ExportOptions, export
+
+TYPES = {"TYPE_UINT8": "tensor(uint8)", "TYPE_FP32": "tensor(float)"}
 
 
-def parse(text: str) -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig())
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.setattr(exporter, "load_model", lambda source: (TinyTedLoc().eval(), tiny_meta()))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    return tmp_path / "run"
 
 
-def test_config_is_a_valid_model_config():
-    meta = tiny_meta()
-    cfg = parse(config_pbtxt(meta, "tedloc", "onnxruntime", 16, (1, 4, 8)))
-    assert cfg.name == "tedloc" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 16
-    (inp,) = cfg.input
-    assert inp.name == "images" and inp.data_type == mc.TYPE_UINT8 and list(inp.dims) == [64, 64, 3]
-    outs = {o.name: o for o in cfg.output}
-    assert list(outs["fg_map"].dims) == [8, 8] and outs["fg_map"].data_type == mc.TYPE_FP32
-    assert list(outs["logits"].dims) == [4] and outs["logits"].data_type == mc.TYPE_FP32
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [1, 4, 8]
-    assert BundleMeta.from_json(cfg.parameters["tedloc"].string_value) == meta
-    assert json.loads(cfg.parameters["class_names"].string_value) == list(meta.class_names)
-    assert float(cfg.parameters["threshold"].string_value) == meta.threshold
+def parse(path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
 
 
-def test_tensorrt_platform_and_awkward_names():
+def test_repository_configs_parse_and_match_the_model(run, tmp_path):
+    repo = tmp_path / "repo"
+    res = export(run, ExportOptions(format="triton", output=repo, batch_max=16, verify=False))
+    assert res.final.kind == "triton" and res.final.path == repo
+    configs = {p.parent.name: parse(p) for p in repo.glob("*/config.pbtxt")}
+    assert set(configs) == {"tedloc_model", "tedloc_decode", "tedloc", "tedloc_python"}
+    for name, cfg in configs.items():
+        assert cfg.name == name and cfg.max_batch_size == 16
+        assert BundleMeta.from_json(cfg.parameters[METADATA_KEY].string_value) == tiny_meta().replace(precision="fp32")
+
+    cfg = configs["tedloc_model"]
+    assert cfg.platform == "onnxruntime_onnx" and cfg.HasField("dynamic_batching")
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_AUTO
+    session = ort.InferenceSession(str(repo / "tedloc_model" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for declared, actual in ((cfg.input, session.get_inputs()), (cfg.output, session.get_outputs())):
+        assert [t.name for t in declared] == [t.name for t in actual]
+        for t, a in zip(declared, actual):
+            assert list(t.dims) == list(a.shape[1:]) and TYPES[mc.DataType.Name(t.data_type)] == a.type
+    ensemble = configs["tedloc"]
+    assert ensemble.platform == "ensemble" and [s.model_name for s in ensemble.ensemble_scheduling.step] == ["tedloc_model", "tedloc_decode"]
+
+
+def test_variants_and_existing_folders(run, tmp_path):
+    repo = tmp_path / "repo"
+    export(run, ExportOptions(format="triton", output=repo, triton_variants=("model",), verify=False))
+    assert sorted(p.name for p in repo.iterdir()) == ["tedloc_model"]
+    with pytest.raises(UserError, match="exists; pass --exist-ok"):
+        export(run, ExportOptions(format="triton", output=repo, triton_variants=("model",), verify=False))
+    export(run, ExportOptions(format="triton", output=repo, triton_variants=("model",), verify=False, exist_ok=True))
+    with pytest.raises(UserError, match="unknown Triton variant 'ensemblee'"):
+        export(run, ExportOptions(format="triton", output=repo, triton_variants=("ensemblee",)))
+    with pytest.raises(UserError, match="unknown --triton-backend 'onnxrt'.*did you mean 'onnxruntime'"):
+        export(run, ExportOptions(format="triton", triton_backend="onnxrt"))
+
+
+def test_metadata_parameter_survives_awkward_class_names(run, tmp_path, monkeypatch):
     meta = tiny_meta().replace(class_names=('say "hi"', "back\\slash", "é,comma", "new\nline"))
-    cfg = parse(config_pbtxt(meta, "tedloc_trt", "tensorrt", 8))
-    assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
-    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
-    assert BundleMeta.from_json(cfg.parameters["tedloc"].string_value) == meta
-
-
-def test_repository_layout(tmp_path):
-    onnx_path = export_onnx(TinyTedLoc().eval(), tiny_meta(), tmp_path / "model.onnx")
-    folder = write_repository(onnx_path, tmp_path / "repo", tiny_meta(), max_batch=4)
-    assert folder == tmp_path / "repo" / "tedloc"
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["1", "1/model.onnx", "config.pbtxt"]
-    cfg = parse((folder / "config.pbtxt").read_text(encoding="utf-8"))
-    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == [i.name for i in cfg.input]
-    assert [o.name for o in session.get_outputs()] == [o.name for o in cfg.output]
-
-
-def test_bad_name_and_backend(tmp_path):
-    with pytest.raises(UserError, match="plain folder name"):
-        write_repository(tmp_path / "m.onnx", tmp_path / "repo", tiny_meta(), name="a/b")
-    with pytest.raises(UserError, match="unknown Triton backend"):
-        write_repository(tmp_path / "m.onnx", tmp_path / "repo", tiny_meta(), backend="pytorch")
+    monkeypatch.setattr(exporter, "load_model", lambda source: (TinyTedLoc().eval(), meta))
+    export(run, ExportOptions(format="triton", output=tmp_path / "repo", triton_variants=("model",), verify=False))
+    cfg = parse(tmp_path / "repo" / "tedloc_model" / "config.pbtxt")
+    got = BundleMeta.from_json(cfg.parameters[METADATA_KEY].string_value)
+    assert got.class_names == meta.class_names

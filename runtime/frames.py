@@ -36,6 +36,7 @@ class Frame:
 class SourceStats:
     frames_read: int = 0  # frames handed to the pipeline
     decode_errors: int = 0  # packets or images that failed to decode (skipped, counted)
+    frames_missing: int = 0  # frames a video's container declares that never decoded (truncated or corrupt file)
     dropped: int = 0  # stale live frames dropped because inference was behind
     skipped_stride: int = 0
     stream_error: str | None = None  # why a stream ended early, if it did

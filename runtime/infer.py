@@ -56,6 +56,7 @@ class InferSummary:
     frames_read: int = 0
     frames_processed: int = 0
     decode_errors: int = 0
+    frames_missing: int = 0
     dropped_stale: int = 0
     skipped_stride: int = 0
     frame_errors: int = 0  # frames whose inference failed and were skipped (a Triton server restarting)
@@ -103,6 +104,7 @@ def _fill(summary: InferSummary, source: ThreadedSource, totals: dict[str, float
     stats = source.stats
     summary.frames_read = stats.frames_read
     summary.decode_errors = stats.decode_errors
+    summary.frames_missing = stats.frames_missing
     summary.dropped_stale = stats.dropped
     summary.skipped_stride = stats.skipped_stride
     summary.stream_error = stats.stream_error

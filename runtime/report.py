@@ -31,6 +31,8 @@ def print_summary(summary: "InferSummary") -> None:
         f"{summary.decode_errors}, stale frames dropped {summary.dropped_stale}; {summary.fps:.1f} frames/s overall "
         f"({summary.backend}, {summary.wall_s:.1f} s)"
     )
+    if summary.frames_missing:
+        console.print(f"[yellow]frames missing[/]: {summary.frames_missing} declared by the container never decoded (truncated or corrupt input)")
     if summary.frame_errors:
         console.print(f"[yellow]frames lost to inference errors[/]: {summary.frame_errors} (skipped, not in the outputs)")
     if summary.stream_error:

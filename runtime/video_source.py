@@ -78,6 +78,14 @@ class VideoSource(ThreadedSource):
         logger.debug("%s: decode error %s", self.label, exc)
 
     def _produce(self, emit: Callable[[Frame], bool]) -> None:
+        decoded_all = self._decode(emit)
+        if decoded_all is not None and self.frames_expected and decoded_all < self.frames_expected:
+            self.stats.frames_missing = self.frames_expected - decoded_all
+            logger.warning("%s: %d of the %d frames the container declares could not be read (truncated or corrupt)",
+                           self.label, self.stats.frames_missing, self.frames_expected)
+
+    def _decode(self, emit: Callable[[Frame], bool]) -> int | None:
+        """Decode to the end; the number of frames decoded, or None when the consumer stopped first."""
         index = 0
         packets = self.container.demux(self.stream)
         while True:
@@ -85,11 +93,11 @@ class VideoSource(ThreadedSource):
             try:
                 packet = next(packets)
             except StopIteration:
-                return
+                return index
             except (av.FFmpegError, OSError) as exc:  # a truncated file or a dead stream: keep what we have
                 self.stats.stream_error = _first_line(exc)
                 logger.warning("%s: input ended early (%s); %d frames read", self.label, self.stats.stream_error, index)
-                return
+                return index
             try:
                 decoded = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
@@ -104,7 +112,7 @@ class VideoSource(ThreadedSource):
                 image = video_frame.to_ndarray(format="rgb24")
                 ms = packet_ms + (time.perf_counter() - t1) * 1e3  # demux + decode share + RGB conversion
                 if not emit(Frame(index=index, image=image, time=video_frame.time, decode_ms=ms)):
-                    return
+                    return None
                 index += 1
 
     def _release(self) -> None:

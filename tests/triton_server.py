@@ -17,6 +17,7 @@ fixtures turn into a skip.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -249,6 +250,7 @@ class TritonServer:
             )
         finally:
             log.close()
+        atexit.register(self.stop)  # also stopped if the test process exits without teardown
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -153,7 +153,14 @@ def test_empty_class_is_an_error_before_training(data, tmp_path):
     labels.write_text("\n".join(lines) + "\n")
     with pytest.raises(UserError, match="class"):
         make_tiny_run(tmp_path, data=str(broken), out=str(tmp_path / "run"))
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # nothing written: the user fixes the data and reruns as is
+
+
+def test_missing_val_split_says_how_to_go_without(data, tmp_path):
+    partial = shutil.copytree(data, tmp_path / "data")
+    shutil.rmtree(partial / "metadata" / "val")
+    with pytest.raises(UserError, match="--val-split ''"):
+        make_tiny_run(tmp_path, data=str(partial), out=str(tmp_path / "run"))
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ on CUDA). Ranks share the feature cache, DistributedSampler splits the images, o
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -52,20 +53,20 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_float32_matmul_precision("high")
-    run = Path(cfg.out)
-    cfg = prepare_run_dir(cfg, run, dist)
-    device = dist.device
     t_start = time.perf_counter()
 
-    # -- data --------------------------------------------------------------------------------------------
+    # -- data (checked before anything is written) ----------------------------------------------------
     split = D.load_train_split(cfg.data, cfg.train_split)
-    val_split = D.open_split(cfg.data, cfg.val_split) if cfg.val_split else None
+    val_split = load_val_split(cfg)
     class_names = list(split.class_names)
     if val_split is not None and list(val_split.class_names) != class_names:
         raise UserError(f"{cfg.data}: splits {cfg.train_split!r} and {cfg.val_split!r} list different classes")
     if cfg.embed_dim < len(class_names):
         raise UserError(f"--embed-dim {cfg.embed_dim} is smaller than the {len(class_names)} classes; "
                         f"use --embed-dim {max(128, len(class_names))}")
+    run = Path(cfg.out)
+    cfg = prepare_run_dir(cfg, run, dist)
+    device = dist.device
     if dist.is_main:
         atomic_write_text(run / "classes.txt", "".join(f"{n}\n" for n in class_names))
 
@@ -124,7 +125,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
 
     # -- the loop -----------------------------------------------------------------------------------------
     ckpt_common = dict(model_args=args_to_dict(args), config=cfg.to_dict(), class_names=class_names,
-                       anchor_info=None if anchor_info is None else anchor_info.__dict__, run_id=cfg.run_id,
+                       anchor_info=None if anchor_info is None else dataclasses.asdict(anchor_info), run_id=cfg.run_id,
                        backbone_weights=backbone.weights, skipped={k: len(v) for k, v in skipped.items()})
     if dist.is_main:
         console.print(f"[bold]training[/] {cfg.method} on {len(dataset)} images x {cfg.epochs} epochs "
@@ -208,6 +209,15 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def load_val_split(cfg: TrainConfig):
+    if not cfg.val_split:
+        return None
+    try:
+        return D.open_split(cfg.data, cfg.val_split)
+    except UserError as exc:
+        raise UserError(f"{exc} (or train without validation: --val-split '')") from None
 
 
 def prepare_run_dir(cfg: TrainConfig, run: Path, dist: Dist) -> TrainConfig:

@@ -177,3 +177,31 @@ def test_torchrun_two_gloo_processes_give_one_checkpoint(data, tmp_path):
     assert ckpt["epoch"] == 1 and ckpt["step"] == 3  # 24 images / 2 processes / batch 4
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # only rank 0 writes
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_cli_train_resume_and_one_line_errors(data, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from tedloc_edge.train.cli import synth, train
+
+    app = typer.Typer()
+    app.command("train")(train)
+    app.command("synth")(synth)
+    runner = CliRunner()
+    out = tmp_path / "run"
+    tiny = ["--input-size", "64", "--embed-dim", "16", "--decoder-hidden", "32", "--clip-model", "ViT-S-32"]
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "1", *tiny])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(out / "checkpoints/last.pt")["epoch"] == 2
+    assert json.loads((out / "config.json").read_text())["input_size"] == 64  # the run's own settings
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *tiny])
+    assert result.exit_code == 2 and "run folder exists" in result.output
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"), "--method", "dino"])
+    assert result.exit_code == 2 and "--method 'dino': choose one of tedloc, cam" in result.output
+    result = runner.invoke(app, ["synth", str(tmp_path / "syn"), "--classes", "2", "--train", "4", "--val", "2",
+                                 "--test", "0", "--min-size", "64", "--max-size", "72"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "syn" / "metadata" / "val" / "localization.txt").is_file()

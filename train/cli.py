@@ -29,11 +29,9 @@ def synth(
     """Generate the synthetic WSOL benchmark: boxes and masks for every split, hard the way WSOL is hard."""
     with user_errors():
         setup_logging(verbose)
-        from tedloc_edge.console import UserError, next_commands
+        from tedloc_edge.console import next_commands
         from tedloc_edge.train.synth import generate
 
-        if not 8 <= min_size <= max_size:
-            raise UserError(f"--min-size {min_size} / --max-size {max_size}: need 8 <= min-size <= max-size")
         root = generate(out, classes=classes, train=train, val=val, test=test, seed=seed,
                         image_size=(min_size, max_size), exist_ok=exist_ok)
         next_commands("Next:", [f"tedloc-edge train --data {root} --out runs/tedloc",

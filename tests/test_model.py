@@ -94,3 +94,16 @@ def test_offline_default_weights_come_from_the_pip_package():
 def test_unknown_backbone_lists_close_names():
     with pytest.raises(UserError, match="resnet50"):
         create_backbone("resnt50")
+
+
+def test_local_weight_file_by_name_and_a_wrong_file(tmp_path, cnn):
+    import timm
+
+    donor = timm.create_model("tf_efficientnet_lite0")
+    torch.save({"state_dict": donor.state_dict()}, tmp_path / "w.pt")  # a training-script style wrapper
+    backbone = create_backbone("tf_efficientnet_lite0", str(tmp_path / "w.pt"))
+    torch.testing.assert_close(backbone.model.blocks[6][0].conv_pw.weight, donor.blocks[6][0].conv_pw.weight)
+    assert backbone.weights == str((tmp_path / "w.pt").resolve())
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="bad.pt: weights do not fit this backbone"):
+        create_backbone("tf_efficientnet_lite0", str(tmp_path / "bad.pt"))

@@ -32,6 +32,11 @@ class UserError(Exception):
 
 def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.INFO
+    top = logging.getLogger()
+    if not top.handlers:
+        # Libraries that call logging.warning() (open_clip does) would otherwise install a second, plain
+        # handler on the root logger, and every tedloc_edge line would print twice.
+        top.addHandler(logging.NullHandler())
     root = logging.getLogger("tedloc_edge")
     if not root.handlers:
         root.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))

@@ -46,6 +46,7 @@ def load_runner(
     device: str = "auto",
     providers: Sequence[str] | None = None,
     max_batch: int = 8,
+    threads: int = 0,
 ) -> Runner:
     """Load a model for inference; every problem is a one-line UserError naming the file and the fix."""
     path = Path(path)
@@ -69,4 +70,4 @@ def load_runner(
         return TensorRTRunner(path, max_batch=max_batch)
     from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, device=device, providers=providers, max_batch=max_batch)
+    return OnnxRuntimeRunner(path, device=device, providers=providers, max_batch=max_batch, threads=threads)

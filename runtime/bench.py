@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class BenchOptions:
     run: Path | None = None
     device: str = "auto"
     frame_size: str = "1280x720"
+    threads: int = 0  # intra-op threads for every backend, torch included, so ratios compare like with like
 
 
 def synthetic_frames(n: int, size: str) -> list[np.ndarray]:
@@ -113,12 +115,14 @@ def bench_localizer(loc: Localizer, frames: list[np.ndarray], batch: int, second
     return measure(call, seconds)
 
 
-def bench_torch(run: Path, frames: list[np.ndarray], batches: list[int], seconds: float) -> list[dict[str, Any]]:
+def bench_torch(run: Path, frames: list[np.ndarray], batches: list[int], seconds: float, threads: int = 0) -> list[dict[str, Any]]:
     try:
         predict = importlib.import_module("tedloc_edge.train.predict")
+        torch = importlib.import_module("torch")
     except ImportError as exc:
         logger.warning("--run given but torch eager is not available here (%s); skipping the torch rows", exc)
         return []
+    torch.set_num_threads(threads or os.cpu_count() or 1)  # ONNX Runtime's default too: one thread per core
     predictor = predict.TorchPredictor(run, device="cpu")
     meta: BundleMeta = predictor.meta
     decode = DecodeConfig(threshold=meta.threshold, contour_mode=meta.contour_mode)
@@ -159,7 +163,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for model in opts.models:
         for device in _devices(Path(model), opts.device):
-            with Localizer(model, device=device, max_batch=max(opts.batches)) as loc:
+            with Localizer(model, device=device, max_batch=max(opts.batches), threads=opts.threads) as loc:
                 for batch in opts.batches:
                     if loc.runner.fixed_batch is not None and batch != loc.runner.fixed_batch:
                         logger.warning("%s takes batches of exactly %d; batch %d skipped", model, loc.runner.fixed_batch, batch)
@@ -167,12 +171,13 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                     samples, wall = bench_localizer(loc, frames, batch, opts.seconds)
                     rows.append(_row(str(model), loc.backend, loc.meta, batch, samples, wall))
     if opts.run is not None:
-        rows.extend(bench_torch(opts.run, frames, opts.batches, opts.seconds))
+        rows.extend(bench_torch(opts.run, frames, opts.batches, opts.seconds, opts.threads))
     add_ratios(rows)
     return {
         "rows": rows,
         "frame_size": opts.frame_size,
         "seconds": opts.seconds,
+        "threads": opts.threads or os.cpu_count(),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
     }
 

@@ -66,6 +66,7 @@ def bench(
     run: Optional[Path] = typer.Option(None, "--run", help="Training run: add torch eager fp32 of the same model (needs torch)."),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
     frame_size: str = typer.Option("1280x720", help="WIDTHxHEIGHT of the synthetic frames (the resize is part of preprocess)."),
+    threads: int = typer.Option(0, help="CPU threads for every backend, torch included (0: one per core)."),
     triton: Optional[str] = typer.Option(None, "--triton", help="Load-test a Triton server (URL as for infer); MODEL, if given, runs in-process beside it."),
     streams: str = typer.Option("4", help="--triton: simulated cameras, a count or a list like 1,4,16."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -83,7 +84,7 @@ def bench(
         from tedloc_edge.runtime.bench import BenchOptions, run_bench, write_json
         from tedloc_edge.runtime.report import print_table
 
-        opts = BenchOptions(models=list(models), batches=_batches(batch), seconds=seconds, run=run, device=device, frame_size=frame_size)
+        opts = BenchOptions(models=list(models), batches=_batches(batch), seconds=seconds, run=run, device=device, frame_size=frame_size, threads=threads)
         report = run_bench(opts)
         print_table(report)
         if json_out is not None:

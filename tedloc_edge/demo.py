@@ -23,7 +23,8 @@ from tedloc_edge.demo_report import write_report
 
 @dataclass(frozen=True)
 class DemoSize:
-    """Dataset and schedule sizes; `tiny` is what the CI end-to-end test runs."""
+    """Dataset and schedule sizes (image counts are per split, all classes together); `tiny` is what the CI
+    end-to-end test runs."""
 
     classes: int
     train: int
@@ -33,11 +34,14 @@ class DemoSize:
     input_size: int
     calib_images: int
     video_frames: int
+    bench_seconds: float
 
 
 SIZES = {
-    "default": DemoSize(classes=8, train=40, val=10, test=15, epochs=12, input_size=224, calib_images=64, video_frames=90),
-    "tiny": DemoSize(classes=3, train=8, val=4, test=4, epochs=2, input_size=64, calib_images=8, video_frames=12),
+    "default": DemoSize(classes=8, train=400, val=80, test=160, epochs=10, input_size=224, calib_images=128,
+                        video_frames=90, bench_seconds=2.0),
+    "tiny": DemoSize(classes=3, train=12, val=6, test=6, epochs=2, input_size=64, calib_images=8,
+                     video_frames=12, bench_seconds=0.3),
 }
 
 
@@ -95,7 +99,7 @@ def plan_stages(out: Path, size: DemoSize, seed: int) -> list[Stage]:
               ["infer", str(video), "--model", str(int8), "--out", str(out / "infer"), "--exist-ok"],
               [out / "infer" / "predictions.jsonl"]),
         Stage("Bench fp32 vs INT8 (ONNX Runtime) beside torch eager",
-              ["bench", str(fp32), str(int8), "--run", str(tedloc), "--batch", "1,8", "--seconds", "2",
+              ["bench", str(fp32), str(int8), "--run", str(tedloc), "--batch", "1,8", "--seconds", str(size.bench_seconds),
                "--json", str(out / "bench.json")], [out / "bench.json"]),
     ]
 

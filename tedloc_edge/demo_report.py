@@ -53,11 +53,20 @@ def bench_table(bench: Any) -> str:
     rows = bench.get("rows", []) if isinstance(bench, dict) else []
     if not rows:
         return "_no bench results_"
-    keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))]
-    lines = ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{row.get(k):.2f}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys) + " |")
-    return "\n".join(lines)
+    lines = [
+        "| model | backend | precision | batch | images/s | p50 ms | p99 ms | vs torch eager fp32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r.get("ratio")
+        lines.append(
+            f"| {Path(str(r.get('model', ''))).name} | {r.get('backend')} | {r.get('precision')} | {r.get('batch')} "
+            f"| {_fmt(r.get('images_per_s'))} | {_fmt(r.get('latency_p50_ms'))} | {_fmt(r.get('latency_p99_ms'))} "
+            f"| {f'{ratio:.2f}x' if isinstance(ratio, (int, float)) else '–'} |"
+        )
+    threads = bench.get("threads")
+    note = f"\n\nSame {threads} CPU thread(s) for every backend; frames {bench.get('frame_size')} (the resize is timed)." if threads else ""
+    return "\n".join(lines) + note
 
 
 def infer_summary(out: Path) -> str:

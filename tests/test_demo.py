@@ -1,0 +1,36 @@
+"""The reduced demo, end to end, as a newcomer runs it: every stage through the real CLI, then a second run
+that reuses every stage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end_then_reused(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "tedloc_edge.cli", "demo", "--size", "tiny", "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for row in ("TeD-Loc (torch fp32)", "CAM baseline (torch fp32)", "TeD-Loc ONNX fp32", "TeD-Loc ONNX INT8"):
+        line = next(l for l in report.splitlines() if l.startswith(f"| {row}"))
+        assert "–" not in line, f"missing metrics in report row: {line}"
+    assert "tedloc-edge train --data" in report and "tedloc-edge export" in report
+    assert (out / "models" / "tedloc_fp32.onnx").stat().st_size > 0
+    assert (out / "models" / "tedloc_int8.onnx").stat().st_size > 0
+    assert (out / "eval" / "tedloc_torch.png").stat().st_size > 0
+    lines = (out / "infer" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and all(json.loads(l)["frame"] >= 0 for l in lines)
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["precision"] for r in bench["rows"]} >= {"fp32", "int8"}
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    stages = json.loads((out / "stages.json").read_text())
+    assert all(s["reused"] for s in stages)

@@ -13,22 +13,11 @@ classes (n, 1) INT32, probs (n, C) FP32, logits (n, C) FP32. Request parameters 
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tedloc_edge.bundle import METADATA_KEY, BundleMeta
-from tedloc_edge.runtime.postprocess import DecodeConfig, decode_one
-
-
-def config_from(meta, params, base=None):
-    """DecodeConfig from the bundle, overridden by config / request parameters."""
-    base = base or DecodeConfig(threshold=meta.threshold, contour_mode=meta.contour_mode)
-    return DecodeConfig(
-        threshold=float(params.get("threshold", base.threshold)),
-        contour_mode=str(params.get("contour_mode", base.contour_mode)),
-        min_box_area=int(params.get("min_box_area", base.min_box_area)),
-        topk=1,
-    )
+from tedloc_edge.runtime.postprocess import decode_one
+from tedloc_edge.runtime.triton_backend import BadInput, check_frame_size, decode_config, pack_outputs, request_params
 
 
 def error(message, bad_input):
@@ -39,43 +28,8 @@ def error(message, bad_input):
     return pb_utils.TritonError(message, code)
 
 
-class BadInput(ValueError):
-    """The request's tensors do not fit the model (shape, values)."""
-
-
-def request_params(request):
-    try:
-        return json.loads(request.parameters() or "{}")
-    except (AttributeError, ValueError):
-        return {}
-
-
-def pack(decoded, logits):
-    """Padded output tensors of one request's decoded images."""
-    n = len(decoded)
-    k = max([len(d.boxes) for d in decoded] + [0])
-    boxes = np.zeros((n, k, 4), dtype=np.float32)
-    scores = np.full((n, k), -1.0, dtype=np.float32)
-    counts = np.zeros((n, 1), dtype=np.int32)
-    classes = np.zeros((n, 1), dtype=np.int32)
-    probs = np.zeros((n, logits.shape[1]), dtype=np.float32)
-    for i, d in enumerate(decoded):
-        m = len(d.boxes)
-        boxes[i, :m] = d.boxes
-        scores[i, :m] = d.box_scores
-        counts[i, 0] = m
-        classes[i, 0] = int(d.topk[0])
-        probs[i] = d.probs
-    return [
-        pb_utils.Tensor("boxes", boxes), pb_utils.Tensor("scores", scores), pb_utils.Tensor("num_boxes", counts),
-        pb_utils.Tensor("classes", classes), pb_utils.Tensor("probs", probs),
-        pb_utils.Tensor("logits", np.ascontiguousarray(logits, dtype=np.float32)),
-    ]
-
-
-def check_frame_size(frame_size, n):
-    if frame_size.shape != (n, 2) or (frame_size < 1).any():
-        raise BadInput(f"frame_size must be (n, 2) positive (height, width), got {frame_size.tolist()}")
+def tensors(decoded, logits):
+    return [pb_utils.Tensor(name, array) for name, array in pack_outputs(decoded, logits).items()]
 
 
 class TritonPythonModel:
@@ -83,7 +37,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.meta = BundleMeta.from_json(params[METADATA_KEY], f"{args['model_name']} config.pbtxt")
-        self.decode = config_from(self.meta, params)
+        self.decode = decode_config(self.meta, params)
 
     def execute(self, requests):
         responses = []
@@ -96,13 +50,10 @@ class TritonPythonModel:
                 check_frame_size(frame_size, n)
                 if logits.shape != (n, self.meta.num_classes):
                     raise BadInput(f"logits must be ({n}, {self.meta.num_classes}), got {logits.shape}")
-                try:
-                    cfg = config_from(self.meta, request_params(request), self.decode)
-                except Exception as exc:
-                    raise BadInput(f"bad request parameters: {exc}") from None
+                cfg = decode_config(self.meta, request_params(request), self.decode)
                 size = tuple(self.meta.input_size)
                 decoded = [decode_one(fg_map[i], logits[i], tuple(int(v) for v in frame_size[i]), size, cfg) for i in range(n)]
-                responses.append(pb_utils.InferenceResponse(output_tensors=pack(decoded, logits)))
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors(decoded, logits)))
             except Exception as exc:  # one bad request gets an error; the others and the server go on
                 responses.append(pb_utils.InferenceResponse(error=error(f"tedloc_decode: {exc}", isinstance(exc, BadInput))))
         return responses

@@ -19,17 +19,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
-from tedloc_edge.runtime.postprocess import DecodeConfig, decode_one
-
-
-def config_from(meta, params, base=None):
-    base = base or DecodeConfig(threshold=meta.threshold, contour_mode=meta.contour_mode)
-    return DecodeConfig(
-        threshold=float(params.get("threshold", base.threshold)),
-        contour_mode=str(params.get("contour_mode", base.contour_mode)),
-        min_box_area=int(params.get("min_box_area", base.min_box_area)),
-        topk=1,
-    )
+from tedloc_edge.runtime.postprocess import decode_one
+from tedloc_edge.runtime.triton_backend import BadInput, check_frame_size, decode_config, pack_outputs, request_params
 
 
 def error(message, bad_input):
@@ -40,37 +31,8 @@ def error(message, bad_input):
     return pb_utils.TritonError(message, code)
 
 
-class BadInput(ValueError):
-    """The request's tensors do not fit the model (shape, values)."""
-
-
-def request_params(request):
-    try:
-        return json.loads(request.parameters() or "{}")
-    except (AttributeError, ValueError):
-        return {}
-
-
-def pack(decoded, logits):
-    n = len(decoded)
-    k = max([len(d.boxes) for d in decoded] + [0])
-    boxes = np.zeros((n, k, 4), dtype=np.float32)
-    scores = np.full((n, k), -1.0, dtype=np.float32)
-    counts = np.zeros((n, 1), dtype=np.int32)
-    classes = np.zeros((n, 1), dtype=np.int32)
-    probs = np.zeros((n, logits.shape[1]), dtype=np.float32)
-    for i, d in enumerate(decoded):
-        m = len(d.boxes)
-        boxes[i, :m] = d.boxes
-        scores[i, :m] = d.box_scores
-        counts[i, 0] = m
-        classes[i, 0] = int(d.topk[0])
-        probs[i] = d.probs
-    return [
-        pb_utils.Tensor("boxes", boxes), pb_utils.Tensor("scores", scores), pb_utils.Tensor("num_boxes", counts),
-        pb_utils.Tensor("classes", classes), pb_utils.Tensor("probs", probs),
-        pb_utils.Tensor("logits", np.ascontiguousarray(logits, dtype=np.float32)),
-    ]
+def tensors(decoded, logits):
+    return [pb_utils.Tensor(name, array) for name, array in pack_outputs(decoded, logits).items()]
 
 
 class TritonPythonModel:
@@ -82,7 +44,7 @@ class TritonPythonModel:
         self.runner = OnnxRuntimeRunner(path, device="cpu", max_batch=self.max_batch,
                                         threads=int(params.get("intra_op_threads", "0") or 0))
         self.meta = self.runner.meta
-        self.decode = config_from(self.meta, params)
+        self.decode = decode_config(self.meta, params)
 
     def _read(self, request):
         images = pb_utils.get_input_tensor_by_name(request, "images").as_numpy()
@@ -91,12 +53,8 @@ class TritonPythonModel:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
             raise BadInput(f"images must be uint8 (n, {h}, {w}, 3) RGB at the model input size, got {images.dtype} {images.shape}")
         n = images.shape[0]
-        if frame_size.shape != (n, 2) or (frame_size < 1).any():
-            raise BadInput(f"frame_size must be (n, 2) positive (height, width), got {frame_size.tolist()}")
-        try:
-            cfg = config_from(self.meta, request_params(request), self.decode)
-        except Exception as exc:
-            raise BadInput(f"bad request parameters: {exc}") from None
+        check_frame_size(frame_size, n)
+        cfg = decode_config(self.meta, request_params(request), self.decode)
         return images, frame_size, cfg
 
     def execute(self, requests):
@@ -128,7 +86,7 @@ class TritonPythonModel:
                 try:
                     fg, lg = fg_all[offset:offset + m], logits_all[offset:offset + m]
                     decoded = [decode_one(fg[j], lg[j], tuple(int(v) for v in frame_size[j]), size, cfg) for j in range(m)]
-                    responses[idx] = pb_utils.InferenceResponse(output_tensors=pack(decoded, lg))
+                    responses[idx] = pb_utils.InferenceResponse(output_tensors=tensors(decoded, lg))
                 except Exception as exc:
                     responses[idx] = pb_utils.InferenceResponse(error=error(f"tedloc_python: {exc}", False))
                 offset += m

@@ -24,6 +24,7 @@ def export(
     calib_dir: Optional[List[str]] = typer.Option(None, "--calib-dir", help="int8: calibration images (files, folders, globs). Default: the run's train split."),
     int8_max_drop: float = typer.Option(1.0, help="int8: largest allowed drop of MaxBoxAcc and of Top-1 Loc on val, in points."),
     int8_allow_drop: bool = typer.Option(False, "--int8-allow-drop", help="int8: keep the model even when the drop is larger (still printed)."),
+    int8_mode: Optional[str] = typer.Option(None, "--int8-mode", help="int8: cpu (uint8 activations, fast in ONNX Runtime on a CPU) | tensorrt (symmetric, zero point 0, for engines). Default: tensorrt when an engine is built, else cpu."),
     batch_min: Optional[int] = typer.Option(None, help="engine/triton: smallest batch of the TensorRT profile (1)."),
     batch_opt: Optional[int] = typer.Option(None, help="engine/triton: batch TensorRT tunes for (1)."),
     batch_max: Optional[int] = typer.Option(None, help="engine/triton: largest batch (8); Triton's max_batch_size."),
@@ -44,7 +45,7 @@ def export(
         opts = ExportOptions(
             format=format, precision=precision, output=output, checkpoint=checkpoint, opset=opset, verify=verify,
             images=tuple(images or ()), verify_images=verify_images, calib_images=calib_images,
-            calib_dir=tuple(calib_dir or ()), int8_max_drop=int8_max_drop, int8_allow_drop=int8_allow_drop,
+            calib_dir=tuple(calib_dir or ()), int8_max_drop=int8_max_drop, int8_allow_drop=int8_allow_drop, int8_mode=int8_mode,
             batch_min=batch_min, batch_opt=batch_opt, batch_max=batch_max, workspace_gib=workspace_gib,
             timing_cache=timing_cache, triton_backend=triton_backend,
             triton_variants=tuple(triton_variant) if triton_variant else None, exist_ok=exist_ok,

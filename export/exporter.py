@@ -48,6 +48,7 @@ class ExportOptions:
     calib_dir: tuple[str, ...] = ()  # calibration images (default: the run's train split)
     int8_max_drop: float = 1.0
     int8_allow_drop: bool = False
+    int8_mode: str | None = None  # cpu | tensorrt (export/int8.py); None: tensorrt when an engine is built, else cpu
     batch_min: int | None = None
     batch_opt: int | None = None
     batch_max: int | None = None
@@ -148,7 +149,7 @@ def export_onnx_stage(
         from tedloc_edge.export.int8 import quantize_int8
 
         calib, names = load_images(opts.calib_dir, source, "train", opts.calib_images, "calibration images", meta)
-        proto = quantize_int8(fp32, meta, calib, batch_hash(calib, names))
+        proto = quantize_int8(fp32, meta, calib, batch_hash(calib, names), mode=opts.int8_mode or "cpu")
     verified = "skipped (--no-verify)"
     with staged(out) as tmp:
         save_model(proto, tmp)
@@ -246,6 +247,20 @@ def triton_stage(model_path: Path, onnx_path: Path, backend: str, opts: ExportOp
     return repo.root
 
 
+def _resolve_int8_mode(opts: ExportOptions, needs_trt: bool) -> ExportOptions:
+    """--int8-mode: cpu (fast in ONNX Runtime on a CPU) unless the export builds a TensorRT engine."""
+    from dataclasses import replace
+
+    from tedloc_edge.export.int8 import check_mode
+
+    if opts.int8_mode is None:
+        return replace(opts, int8_mode="tensorrt" if needs_trt else "cpu")
+    if check_mode(opts.int8_mode) == "cpu" and needs_trt:
+        raise UserError("--int8-mode cpu makes uint8 activations with zero points, which TensorRT cannot build; "
+                        "use --int8-mode tensorrt (the default for engines)")
+    return opts
+
+
 def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> ExportResult:
     """Run one export; returns what was written (the last artifact is the requested product)."""
     fmt = fmts.get_format(opts.format)
@@ -259,6 +274,7 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
 
         check_variants(opts.triton_variants)  # before any export work
     needs_trt = fmt.name == "engine" or (fmt.name == "triton" and backend == "tensorrt")
+    opts = _resolve_int8_mode(opts, needs_trt)
     if needs_trt:
         from tedloc_edge.export.tensorrt_build import preflight
 
@@ -272,6 +288,11 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
             raise UserError(
                 f"{source.path} is already a {meta.precision} ONNX; export the run folder for another ONNX precision, "
                 "or use it with --format engine / triton"
+            )
+        if needs_trt and meta.precision == "int8" and meta.extra.get("int8_mode") == "cpu":
+            raise UserError(
+                f"{source.path} is a cpu-mode int8 ONNX (uint8 activations with zero points TensorRT cannot build); "
+                "export the run with --precision int8 --int8-mode tensorrt for an engine"
             )
         result = ExportResult(meta, source)
         onnx_path, model = source.path, None

@@ -14,7 +14,7 @@ from tedloc_edge.bundle import read_onnx_meta
 from tedloc_edge.console import UserError
 from tedloc_edge.export.fp16 import convert_fp16
 from tedloc_edge.export.head_nodes import head_node_names
-from tedloc_edge.export.int8 import quantize_int8
+from tedloc_edge.export.int8 import check_mode, data_path_nodes, quantize_int8
 from tedloc_edge.export.onnx_export import export_onnx, export_to_proto, save_model
 from tedloc_edge.export.verify import VerificationError, compare, onnxruntime_runner, require_passed, run_batched, torch_runner, verify_export
 from tedloc_edge.runtime.preprocess import Preprocessor
@@ -80,23 +80,82 @@ def test_fp16_keeps_io_and_head_float32(model, fp32, photos, tmp_path):
     assert read_onnx_meta(path).precision == "fp16"
 
 
-def test_int8_is_symmetric_qdq_with_a_float_head(model, fp32, photos, tmp_path):
-    proto = quantize_int8(onnx.load(str(fp32)), tiny_meta(), photos, calibration_hash="c0ffee")
+def _float_head_checks(proto):
+    """The anchor product and the sigmoid read float tensors, never a DequantizeLinear output."""
+    dq_out = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    anchor_product = next(n for n in proto.graph.node if n.op_type == "MatMul" and n.output[0].startswith("/MatMul"))
+    sigmoid = next(n for n in proto.graph.node if n.op_type == "Sigmoid")
+    assert not (set(anchor_product.input) | set(sigmoid.input)) & dq_out
+
+
+def _optimized_ops(path, tmp_path):
+    """Op types of the graph ONNX Runtime's CPU session actually runs (after its QDQ fusions)."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no hardware-specific layouts
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_int8_tensorrt_mode_is_symmetric_qdq_on_inputs_with_a_float_head(model, fp32, photos, tmp_path):
+    proto = quantize_int8(onnx.load(str(fp32)), tiny_meta(), photos, calibration_hash="c0ffee", mode="tensorrt")
     inits = {t.name: t for t in proto.graph.initializer}
     dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
     assert dq, "nothing was quantized"
     for node in dq:
         if len(node.input) > 2:
             assert not onnx.numpy_helper.to_array(inits[node.input[2]]).any(), "zero point must be 0 (TensorRT)"
-    dq_out = {o for n in dq for o in n.output}
+            if node.input[0] not in inits:  # an activation
+                assert inits[node.input[2]].data_type == onnx.TensorProto.INT8
     conv_out = {n.output[0] for n in proto.graph.node if n.op_type in ("Conv", "MatMul")}
     assert not any(n.input[0] in conv_out for n in proto.graph.node if n.op_type == "QuantizeLinear"), "Q/DQ on inputs only"
-    anchor_product = next(n for n in proto.graph.node if n.op_type == "MatMul" and n.output[0].startswith("/MatMul"))
-    assert not set(anchor_product.input) & dq_out
+    _float_head_checks(proto)
     meta = read_onnx_meta(save_model(proto, tmp_path / "m8.onnx"))
-    assert meta.precision == "int8" and meta.calibration_hash == "c0ffee"
+    assert meta.precision == "int8" and meta.calibration_hash == "c0ffee" and meta.extra["int8_mode"] == "tensorrt"
     report = verify_export(model, tmp_path / "m8.onnx", tiny_meta(), photos, "int8")
     assert report.passed and report.top1_agree >= 3
+
+
+def test_int8_cpu_mode_fuses_into_int8_kernels_with_a_float_head(model, fp32, photos, tmp_path):
+    """The default mode: uint8 activations quantized at Conv outputs (ReLU folded), int8 symmetric
+    per-channel weights; ONNX Runtime turns every backbone Conv into a QLinearConv."""
+    proto = quantize_int8(onnx.load(str(fp32)), tiny_meta(), photos, calibration_hash="c0ffee")
+    inits = {t.name: t for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    backbone_convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(backbone_convs) == 3 and "Relu" not in [n.op_type for n in proto.graph.node]  # folded into the Conv outputs
+    for conv in backbone_convs:
+        x, w = (producer[t] for t in conv.input[:2])
+        assert x.op_type == w.op_type == "DequantizeLinear"
+        assert inits[x.input[2]].data_type == onnx.TensorProto.UINT8  # activation
+        assert inits[w.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[w.input[1]].dims) == 1  # per channel
+        assert not onnx.numpy_helper.to_array(inits[w.input[2]]).any()  # symmetric weights
+        assert any(n.op_type == "QuantizeLinear" and n.input[0] == conv.output[0] for n in proto.graph.node), "output quantized"
+    _float_head_checks(proto)
+    path = save_model(proto, tmp_path / "m8.onnx")
+    assert read_onnx_meta(path).extra["int8_mode"] == "cpu"
+    ops = _optimized_ops(path, tmp_path)
+    assert ops.count("QLinearConv") == 3 and "Conv" not in ops
+    report = verify_export(model, path, tiny_meta(), photos, "int8")
+    assert report.passed and report.top1_agree >= 3 and report.outputs[0].max_abs < 0.1
+
+
+def test_int8_mode_is_checked():
+    with pytest.raises(UserError, match="unknown --int8-mode 'gpu'"):
+        check_mode("gpu")
+
+
+def test_int8_leaves_shape_arithmetic_float():
+    """Only data-path nodes are quantized: a Concat of padding sizes (timm's "same" padding) stays float."""
+    x = onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["n", 3, 8, 8])
+    nodes = [
+        onnx.helper.make_node("Shape", ["images"], ["s"], name="shape"),
+        onnx.helper.make_node("Cast", ["s"], ["sf"], name="cast", to=onnx.TensorProto.FLOAT),
+        onnx.helper.make_node("Concat", ["sf", "sf"], ["pads_f"], name="pads", axis=0),
+        onnx.helper.make_node("Concat", ["images", "images"], ["y"], name="features", axis=1),
+    ]
+    graph = onnx.helper.make_graph(nodes, "g", [x], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    assert data_path_nodes(onnx.helper.make_model(graph), ["Concat"], []) == ["features"]
 
 
 def test_int8_without_images_is_one_line(fp32):

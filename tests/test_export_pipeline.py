@@ -75,7 +75,7 @@ def test_fp16_and_triton(run, tmp_path):
 def test_int8_gate_passes_and_records_calibration(run):
     res = export(run, ExportOptions(precision="int8", calib_images=8, int8_max_drop=100.0))
     meta = read_onnx_meta(res.final.path)
-    assert meta.precision == "int8" and len(meta.calibration_hash or "") == 64
+    assert meta.precision == "int8" and len(meta.calibration_hash or "") == 64 and meta.extra["int8_mode"] == "cpu"
     assert res.gate is not None and res.gate.passed and set(res.gate.fp32) == {"maxboxacc", "top1_loc"}
 
 
@@ -84,6 +84,11 @@ def test_int8_gate_refuses_and_writes_nothing(run):
         export(run, ExportOptions(precision="int8", calib_images=4, int8_max_drop=-100.0))
     assert "\n" not in str(err.value)
     assert not (run / "export" / "model_int8.onnx").exists() and not list((run / "export").glob(".*"))
+
+
+def test_int8_cpu_mode_is_refused_for_engines_before_any_work(run):
+    with pytest.raises(UserError, match="--int8-mode cpu makes uint8 activations .* use --int8-mode tensorrt"):
+        export(run, ExportOptions(format="engine", precision="int8", int8_mode="cpu"))
 
 
 def test_int8_allow_drop_keeps_it(run):

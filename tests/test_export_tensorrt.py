@@ -91,7 +91,7 @@ def test_engine_build_on_gpu(precision, tmp_path):
         path = save_model(convert_fp16(onnx.load(str(path)), meta), tmp_path / "model_fp16.onnx")
     elif precision == "int8":
         photos = Preprocessor(meta.input_size, 4)(real_photos()).copy()
-        path = save_model(quantize_int8(onnx.load(str(path)), meta, photos, "h"), tmp_path / "model_int8.onnx")
+        path = save_model(quantize_int8(onnx.load(str(path)), meta, photos, "h", mode="tensorrt"), tmp_path / "model_int8.onnx")
     plan = tb.build_engine(path, tmp_path / f"model_{precision}.plan", tb.EngineSpec(1, 2, 4, 1.0, tmp_path / "timing.cache"))
     meta2, record = read_plan_sidecar(plan)
     assert meta2.precision == precision and record["precision"] == precision

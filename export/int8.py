@@ -30,6 +30,7 @@ the bundle metadata (``extra["int8_mode"]``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -82,9 +83,12 @@ def make_reader(images: np.ndarray, on_step: Callable[[], None] | None = None) -
 
 def _pre_process(quant_pre_process: Callable[..., None], src: Path, pre: Path) -> None:
     """ORT's recommended pre-processing; its symbolic shape inference gives up on some graphs (timm's
-    padding arithmetic), then ONNX shape inference alone is used, which quantize_static also accepts."""
+    padding arithmetic), then ONNX shape inference alone is used, which quantize_static also accepts.
+    When it gives up, ORT dumps `sym_shape_infer_temp.onnx` (+ a uuid .data file) into the CURRENT folder;
+    running it from the temporary folder keeps the user's folder clean."""
     try:
-        quant_pre_process(str(src), str(pre))
+        with contextlib.chdir(src.parent):
+            quant_pre_process(str(src), str(pre))
     except Exception as exc:  # noqa: BLE001 - ORT raises a bare Exception("Incomplete symbolic shape inference")
         logger.info("int8 pre-processing without symbolic shape inference (%s)", str(exc).splitlines()[0])
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)

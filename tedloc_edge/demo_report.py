@@ -128,7 +128,7 @@ Annotated video: `{os.path.relpath(out / 'infer', out)}/`.
 ## The same pipeline on CUB with real CLIP weights
 
 ```
-tedloc-edge train --data /data/CUB_200_2011 --clip-model ViT-B-16 --clip-pretrained openai --out runs/cub
+tedloc-edge train --data /data/CUB_200_2011 --clip-model ViT-B-16 --clip-pretrained openai --cue clip-es --out runs/cub
 tedloc-edge eval runs/cub --data /data/CUB_200_2011 --split val --calibrate
 tedloc-edge export runs/cub --format onnx --precision int8
 tedloc-edge eval runs/cub/export/model_int8.onnx --data /data/CUB_200_2011 --split test --plot cub.png

@@ -92,11 +92,13 @@ def train(
                                 device=device, workers=workers)
         else:
             cfg = TrainConfig(
-                data=str(data) if data else "", out=str(out), train_split=train_split, val_split=val_split,
+                # absolute, so eval/export find the dataset from any working folder
+                data=str(data.resolve()) if data else "", out=str(out), train_split=train_split, val_split=val_split,
                 method=method, backbone=backbone, backbone_weights=backbone_weights, input_size=input_size,
                 embed_dim=embed_dim, decoder_hidden=decoder_hidden, temperature=temperature, clip_model=clip_model,
                 clip_pretrained=clip_pretrained, prompt_template=prompt_template,
-                anchors_file=str(anchors) if anchors else None, cue=cue, cue_dir=str(cue_dir) if cue_dir else None,
+                anchors_file=str(anchors.resolve()) if anchors else None, cue=cue,
+                cue_dir=str(cue_dir.resolve()) if cue_dir else None,
                 k_fg=k_fg, k_bg=k_bg, bg_fraction=bg_fraction, w_kd=w_kd, w_pcl=w_pcl, w_icl=w_icl, epochs=epochs or 10,
                 batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                 warmup_epochs=warmup_epochs, grad_clip=grad_clip, augment=augment, seed=seed, device=device,

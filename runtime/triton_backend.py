@@ -63,3 +63,13 @@ def pack_outputs(decoded: Sequence[Any], logits: np.ndarray) -> dict[str, np.nda
         out["classes"][i, 0] = int(d.topk[0])
         out["probs"][i] = d.probs
     return out
+
+
+def triton_error(pb_utils: Any, message: str, bad_input: bool) -> Any:
+    """A Triton error response: INVALID_ARG (HTTP 400) for the caller's input, INTERNAL (500) otherwise."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG" if bad_input else "INTERNAL", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
+def output_tensors(pb_utils: Any, decoded: Sequence[Any], logits: np.ndarray) -> list[Any]:
+    return [pb_utils.Tensor(name, array) for name, array in pack_outputs(decoded, logits).items()]

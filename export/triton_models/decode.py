@@ -17,19 +17,9 @@ import triton_python_backend_utils as pb_utils
 
 from tedloc_edge.bundle import METADATA_KEY, BundleMeta
 from tedloc_edge.runtime.postprocess import decode_one
-from tedloc_edge.runtime.triton_backend import BadInput, check_frame_size, decode_config, pack_outputs, request_params
-
-
-def error(message, bad_input):
-    """A Triton error response: INVALID_ARG (HTTP 400) for the caller's input, INTERNAL (500) otherwise."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG" if bad_input else "INTERNAL", None)
-    if code is None:
-        return pb_utils.TritonError(message)
-    return pb_utils.TritonError(message, code)
-
-
-def tensors(decoded, logits):
-    return [pb_utils.Tensor(name, array) for name, array in pack_outputs(decoded, logits).items()]
+from tedloc_edge.runtime.triton_backend import (
+    BadInput, check_frame_size, decode_config, output_tensors, request_params, triton_error,
+)
 
 
 class TritonPythonModel:
@@ -53,7 +43,7 @@ class TritonPythonModel:
                 cfg = decode_config(self.meta, request_params(request), self.decode)
                 size = tuple(self.meta.input_size)
                 decoded = [decode_one(fg_map[i], logits[i], tuple(int(v) for v in frame_size[i]), size, cfg) for i in range(n)]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors(decoded, logits)))
+                responses.append(pb_utils.InferenceResponse(output_tensors=output_tensors(pb_utils, decoded, logits)))
             except Exception as exc:  # one bad request gets an error; the others and the server go on
-                responses.append(pb_utils.InferenceResponse(error=error(f"tedloc_decode: {exc}", isinstance(exc, BadInput))))
+                responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, f"tedloc_decode: {exc}", isinstance(exc, BadInput))))
         return responses

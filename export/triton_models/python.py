@@ -20,19 +20,9 @@ import triton_python_backend_utils as pb_utils
 
 from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
 from tedloc_edge.runtime.postprocess import decode_one
-from tedloc_edge.runtime.triton_backend import BadInput, check_frame_size, decode_config, pack_outputs, request_params
-
-
-def error(message, bad_input):
-    """A Triton error response: INVALID_ARG (HTTP 400) for the caller's input, INTERNAL (500) otherwise."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG" if bad_input else "INTERNAL", None)
-    if code is None:
-        return pb_utils.TritonError(message)
-    return pb_utils.TritonError(message, code)
-
-
-def tensors(decoded, logits):
-    return [pb_utils.Tensor(name, array) for name, array in pack_outputs(decoded, logits).items()]
+from tedloc_edge.runtime.triton_backend import (
+    BadInput, check_frame_size, decode_config, output_tensors, request_params, triton_error,
+)
 
 
 class TritonPythonModel:
@@ -64,7 +54,7 @@ class TritonPythonModel:
             try:
                 good.append((i, *self._read(request)))
             except Exception as exc:
-                responses[i] = pb_utils.InferenceResponse(error=error(f"tedloc_python: {exc}", isinstance(exc, BadInput)))
+                responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, f"tedloc_python: {exc}", isinstance(exc, BadInput)))
         start = 0
         while start < len(good):  # one ONNX Runtime batch per max_batch images
             chunk, n = [], 0
@@ -77,7 +67,7 @@ class TritonPythonModel:
                 fg_all, logits_all = (a.copy() for a in self.runner.infer(batch))
             except Exception as exc:
                 for c in chunk:
-                    responses[c[0]] = pb_utils.InferenceResponse(error=error(f"tedloc_python: {exc}", False))
+                    responses[c[0]] = pb_utils.InferenceResponse(error=triton_error(pb_utils, f"tedloc_python: {exc}", False))
                 continue
             offset = 0
             size = tuple(self.meta.input_size)
@@ -86,9 +76,9 @@ class TritonPythonModel:
                 try:
                     fg, lg = fg_all[offset:offset + m], logits_all[offset:offset + m]
                     decoded = [decode_one(fg[j], lg[j], tuple(int(v) for v in frame_size[j]), size, cfg) for j in range(m)]
-                    responses[idx] = pb_utils.InferenceResponse(output_tensors=tensors(decoded, lg))
+                    responses[idx] = pb_utils.InferenceResponse(output_tensors=output_tensors(pb_utils, decoded, lg))
                 except Exception as exc:
-                    responses[idx] = pb_utils.InferenceResponse(error=error(f"tedloc_python: {exc}", False))
+                    responses[idx] = pb_utils.InferenceResponse(error=triton_error(pb_utils, f"tedloc_python: {exc}", False))
                 offset += m
         return responses
 

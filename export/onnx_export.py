@@ -14,6 +14,7 @@ import onnx
 
 from tedloc_edge.bundle import METADATA_KEY, BundleMeta, atomic_write_bytes
 from tedloc_edge.console import UserError
+from tedloc_edge.export.graph_opt import optimize_graph
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +73,7 @@ def export_to_proto(model: "torch.nn.Module", meta: BundleMeta, opset: int = DEF
         )
         proto = onnx.load(str(traced))
     check_graph_contract(proto, meta)
+    proto, _ = optimize_graph(proto)  # exact: static "same" padding, normalization folded into the first Conv
     return set_metadata(proto, meta)
 
 

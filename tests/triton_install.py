@@ -15,8 +15,6 @@ reason, which the fixtures turn into a skip.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -26,7 +24,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
+
+from cache_lock import locked as _locked
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 # What the server's Python backend imports (kept apart from the project's own numpy 2 environment).
@@ -68,18 +68,6 @@ class TritonInstall:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TEDLOC_TRITON_CACHE", Path.home() / ".cache" / "tedloc-edge" / "triton"))
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One set-up at a time across processes (parallel pytest runs share the cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _run(cmd: Sequence[str], what: str, timeout: float = PIP_TIMEOUT_S) -> None:

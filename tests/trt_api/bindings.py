@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import platform
@@ -10,12 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cache_lock import locked as _locked
 
 HERE = Path(__file__).resolve().parent
 STUB_C = HERE / "stub.c"
@@ -103,17 +102,6 @@ def _cache_key(release: TrtRelease) -> str:
         digest.update(path.read_bytes())
     tag = f"py{sys.version_info.major}{sys.version_info.minor}"
     return f"{release.label}-{tag}-{digest.hexdigest()[:12]}"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _run(cmd: list[str], *, env: Mapping[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

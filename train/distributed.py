@@ -6,6 +6,7 @@ collective is the identity, so the loop reads the same either way.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -65,7 +66,11 @@ class Dist:
 
     def close(self) -> None:
         if self.active and tdist.is_initialized():
+            # DDP's reducer keeps the group alive through reference cycles; free it now, while the interpreter
+            # is whole, so gloo's threads never outlive it (they abort the process at exit otherwise).
+            gc.collect()
             tdist.destroy_process_group()
+            gc.collect()
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -140,6 +140,25 @@ def test_int8_cpu_mode_fuses_into_int8_kernels_with_a_float_head(model, fp32, ph
     assert report.passed and report.top1_agree >= 3 and report.outputs[0].max_abs < 0.1
 
 
+def _first_conv_output_scale(proto: onnx.ModelProto) -> float:
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == conv.output[0])
+    return float(onnx.numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == q.input[1])))
+
+
+def test_int8_calibration_ranges_are_a_moving_average(fp32, photos):
+    """One extreme image among many barely moves a range (plain MinMax would take the extreme's range)."""
+    dim = (photos.astype(np.float32) * 0.1 + 115).astype(np.uint8)  # low contrast: small activations
+    extreme = np.full_like(photos[:1], 255)
+    calib = np.concatenate([np.repeat(dim, 10, axis=0), extreme])
+    proto = onnx.load(str(fp32))
+    normal = _first_conv_output_scale(quantize_int8(proto, tiny_meta(), calib[:-1], "a"))
+    alone = _first_conv_output_scale(quantize_int8(proto, tiny_meta(), extreme, "b"))
+    mixed = _first_conv_output_scale(quantize_int8(proto, tiny_meta(), calib, "c"))
+    assert alone > 1.5 * normal  # the extreme image really is one
+    assert mixed < normal + 0.05 * (alone - normal)
+
+
 def test_int8_mode_is_checked():
     with pytest.raises(UserError, match="unknown --int8-mode 'gpu'"):
         check_mode("gpu")

@@ -25,6 +25,7 @@ class GateResult:
     fp32: dict[str, float]
     int8: dict[str, float]
     max_drop: float
+    images: int = 0  # how many val images scored both: one image is 100 / images points
 
     @property
     def drops(self) -> dict[str, float]:
@@ -36,19 +37,20 @@ class GateResult:
 
     def summary(self) -> str:
         parts = [f"{k} fp32 {self.fp32[k]:.2f} int8 {self.int8[k]:.2f} (drop {self.drops[k]:+.2f})" for k in GATED_METRICS]
-        return "; ".join(parts) + f"; allowed drop {self.max_drop:g} points"
+        scale = f" ({self.images} images: one image is {100 / self.images:.2f} points)" if self.images else ""
+        return "; ".join(parts) + f"; allowed drop {self.max_drop:g} points{scale}"
 
 
 class Int8AccuracyError(UserError):
     """The int8 model loses more accuracy than allowed."""
 
 
-def gate(fp32: dict[str, Any], int8: dict[str, Any], max_drop: float) -> GateResult:
+def gate(fp32: dict[str, Any], int8: dict[str, Any], max_drop: float, images: int = 0) -> GateResult:
     missing = [k for k in GATED_METRICS if k not in fp32 or k not in int8]
     if missing:
         raise KeyError(f"evaluation report lacks {', '.join(missing)}")
     pick = lambda doc: {k: float(doc[k]) for k in GATED_METRICS}  # noqa: E731
-    return GateResult(pick(fp32), pick(int8), float(max_drop))
+    return GateResult(pick(fp32), pick(int8), float(max_drop), int(images))
 
 
 def enforce(result: GateResult, allow_drop: bool, path: str | Path) -> None:
@@ -77,6 +79,6 @@ def evaluate_model(path: str | Path, split: Any) -> dict[str, float]:
 
 def run_gate(fp32_path: Path, int8_path: Path, split: Any, max_drop: float, allow_drop: bool) -> GateResult:
     logger.info("int8 gate: scoring fp32 and int8 on %d %s images", len(split), getattr(split, "name", "val"))
-    result = gate(evaluate_model(fp32_path, split), evaluate_model(int8_path, split), max_drop)
+    result = gate(evaluate_model(fp32_path, split), evaluate_model(int8_path, split), max_drop, len(split))
     enforce(result, allow_drop, int8_path)
     return result

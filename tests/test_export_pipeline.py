@@ -80,7 +80,7 @@ def test_int8_gate_passes_and_records_calibration(run):
 
 
 def test_int8_gate_refuses_and_writes_nothing(run):
-    with pytest.raises(Int8AccuracyError, match=r"int8 loses too much accuracy \(maxboxacc fp32 .* int8 .*allowed drop -100") as err:
+    with pytest.raises(Int8AccuracyError, match=r"int8 loses too much accuracy \(maxboxacc fp32 .* int8 .*allowed drop -100 points \(8 images: one image is 12.50 points\)") as err:
         export(run, ExportOptions(precision="int8", calib_images=4, int8_max_drop=-100.0))
     assert "\n" not in str(err.value)
     assert not (run / "export" / "model_int8.onnx").exists() and not list((run / "export").glob(".*"))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -101,9 +102,14 @@ def test_outputs_are_never_overwritten_without_exist_ok(model, tmp_path):
 def test_bad_sources_are_one_line_errors(model, tmp_path):
     with pytest.raises(UserError, match="no such file"):
         run_infer(InferOptions(source=str(tmp_path / "missing.mp4"), model=model, out=tmp_path / "o1"))
-    (tmp_path / "noise.mp4").write_bytes(os.urandom(4096))
+    # seeded: about 1 in 150 random 4 KiB files probes as lyrics (lrc), which then "holds no video stream"
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(UserError, match="cannot open as video"):
         run_infer(InferOptions(source=str(tmp_path / "noise.mp4"), model=model, out=tmp_path / "o2"))
+    with wave.open(str(tmp_path / "sound.mp4"), "wb") as audio:  # a real container with no video in it
+        audio.setnchannels(1), audio.setsampwidth(2), audio.setframerate(8000), audio.writeframes(bytes(1600))
+    with pytest.raises(UserError, match="holds no video stream; pass a video file"):
+        run_infer(InferOptions(source=str(tmp_path / "sound.mp4"), model=model, out=tmp_path / "o2b"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no images found"):
         run_infer(InferOptions(source=str(tmp_path / "empty"), model=model, out=tmp_path / "o3"))

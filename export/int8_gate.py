@@ -38,7 +38,8 @@ class GateResult:
     def summary(self) -> str:
         parts = [f"{k} fp32 {self.fp32[k]:.2f} int8 {self.int8[k]:.2f} (drop {self.drops[k]:+.2f})" for k in GATED_METRICS]
         scale = f" ({self.images} images: one image is {100 / self.images:.2f} points)" if self.images else ""
-        return "; ".join(parts) + f"; allowed drop {self.max_drop:g} points{scale}"
+        unit = "point" if self.max_drop == 1 else "points"
+        return "; ".join(parts) + f"; allowed drop {self.max_drop:g} {unit}{scale}"
 
 
 class Int8AccuracyError(UserError):

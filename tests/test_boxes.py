@@ -1,8 +1,19 @@
 """The decoder itself: protocol details worked out by hand (the metrics tests cover the sweep)."""
 
+import cv2
 import numpy as np
+import pytest
 
-from tedloc_edge.boxes import box_iou, decode_boxes, map_to_uint8, normalize_map, scale_boxes, threshold_level
+from tedloc_edge.boxes import (
+    box_iou,
+    boxes_at_level,
+    boxes_from_mask,
+    decode_boxes,
+    map_to_uint8,
+    normalize_map,
+    scale_boxes,
+    threshold_level,
+)
 
 
 def test_normalize_constant_and_nan_maps_become_zero():
@@ -51,3 +62,24 @@ def test_iou_is_inclusive_and_exact_half():
 def test_scale_boxes_maps_inclusive_edges():
     out = scale_boxes(np.array([[0, 0, 223, 111]]), (224, 224), (448, 896))
     assert out.tolist() == [[0.0, 0.0, 895.0, 223.0]]
+
+
+def _reference_uint8(fg_map: np.ndarray, size: int) -> np.ndarray:
+    """wsolevaluation's normalize_scoremap after a bicubic resize, written out as the reference does it."""
+    cam = cv2.resize(fg_map.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    if np.isnan(cam).any() or cam.min() == cam.max():
+        return np.zeros((size, size), np.uint8)
+    cam -= cam.min()
+    cam /= cam.max()
+    return (cam * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_decoder_is_bit_identical_to_the_reference_formulation(seed):
+    rng = np.random.default_rng(seed)
+    fg_map = (rng.random((14, 14)) ** rng.uniform(0.2, 5) * 10.0 ** rng.uniform(-6, 6)).astype(np.float32)
+    u = map_to_uint8(fg_map, (224, 224))
+    np.testing.assert_array_equal(u, _reference_uint8(fg_map, 224))
+    for level in (0, int(rng.integers(1, 255)), 254, 255):
+        mask = np.where(u > level, np.uint8(255), np.uint8(0))
+        np.testing.assert_array_equal(boxes_at_level(u, level), boxes_from_mask(mask))

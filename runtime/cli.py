@@ -26,6 +26,7 @@ def infer(
     queue: bool = typer.Option(False, "--queue", help="Live sources: queue every frame instead of dropping stale ones."),
     device: str = typer.Option("auto", help="cpu | cuda | auto (cuda when onnxruntime-gpu or TensorRT can use it)."),
     backend: str = typer.Option("auto", help="auto | onnxruntime | tensorrt."),
+    threads: int = typer.Option(0, help="ONNX Runtime CPU threads (0: one per core); fewer leave cores to decoding and other work."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for a URL or camera to answer (open and each read)."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write the annotated mp4 for video sources."),
     triton: Optional[str] = typer.Option(None, "--triton", help="Run the model on a Triton server instead: http://HOST:8000/MODEL or grpc://HOST:8001/MODEL."),
@@ -40,7 +41,7 @@ def infer(
         opts = InferOptions(
             source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
             classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
-            timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
+            threads=threads, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
         )
         summary = run_infer(opts)
         print_summary(summary)

@@ -42,6 +42,7 @@ class InferOptions:
     queue: bool = False
     device: str = "auto"
     backend: str = "auto"
+    threads: int = 0  # ONNX Runtime intra-op threads (0: one per core); fewer leave cores to decoding and other work
     timeout: float = 10.0
     video: bool = True
     show_progress: bool = True
@@ -123,7 +124,9 @@ def open_localizer(opts: InferOptions) -> tuple[Any, tuple[type[Exception], ...]
         return TritonLocalizer(opts.triton, timeout=opts.timeout, **kwargs), (TritonFrameError,)
     if opts.model is None:
         raise UserError("infer needs --model MODEL.onnx (or .plan), or --triton URL of a server that runs it")
-    return Localizer(opts.model, backend=opts.backend, device=opts.device, **kwargs), ()
+    if opts.threads < 0:
+        raise UserError(f"--threads must be 0 (one per core) or more, not {opts.threads}")
+    return Localizer(opts.model, backend=opts.backend, device=opts.device, threads=opts.threads, **kwargs), ()
 
 
 def _run_batch(loc: Any, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:

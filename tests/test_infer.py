@@ -17,7 +17,7 @@ from runtime_media import count_frames, make_clip, read_jsonl, truncate, write_p
 from runtime_models import write_model
 
 from tedloc_edge.console import UserError
-from tedloc_edge.runtime.infer import InferOptions, run_infer
+from tedloc_edge.runtime.infer import InferOptions, open_localizer, run_infer
 from tedloc_edge.runtime.sinks import VideoSink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +85,20 @@ def test_stride_batch_and_max_frames(model, tmp_path):
     assert summary.frames_processed == 7
     lines = check_outputs(tmp_path / "out", "clip.mp4", 7)
     assert [line["frame"] for line in lines] == [0, 3, 6, 9, 12, 15, 18]
+
+
+def test_threads_option_reaches_the_session_and_changes_no_result(model, tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", frames=6)
+    opts = InferOptions(source=str(clip), model=model, out=tmp_path / "one", threads=1, show_progress=False)
+    loc, _ = open_localizer(opts)
+    with loc:
+        assert loc.runner.session.get_session_options().intra_op_num_threads == 1
+    run_infer(opts)
+    run_infer(InferOptions(source=str(clip), model=model, out=tmp_path / "all", show_progress=False))
+    strip = lambda lines: [{k: v for k, v in line.items() if k != "speed"} for line in lines]  # noqa: E731
+    assert strip(check_outputs(tmp_path / "one", "clip.mp4", 6)) == strip(check_outputs(tmp_path / "all", "clip.mp4", 6))
+    with pytest.raises(UserError, match="--threads must be 0"):
+        run_infer(InferOptions(source=str(clip), model=model, out=tmp_path / "bad", threads=-1, show_progress=False))
 
 
 def test_outputs_are_never_overwritten_without_exist_ok(model, tmp_path):

@@ -40,11 +40,11 @@ def decode_only(video: str, frames: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def model_only(model: str, frames: list[np.ndarray]) -> tuple[float, float, dict[str, float]]:
+def model_only(model: str, frames: list[np.ndarray], threads: int) -> tuple[float, float, dict[str, float]]:
     """(inference-only fps, Localizer fps, mean ms per stage) on frames already in memory, batch 1."""
     from tedloc_edge.runtime import Localizer
 
-    with Localizer(model, device="cpu", max_batch=1) as loc:
+    with Localizer(model, device="cpu", max_batch=1, threads=threads) as loc:
         for frame in frames[:3]:
             loc(frame)
         speeds = [loc(frame).speed for frame in frames]
@@ -52,10 +52,11 @@ def model_only(model: str, frames: list[np.ndarray]) -> tuple[float, float, dict
     return 1000.0 / mean["inference"], 1000.0 / sum(mean.values()), mean
 
 
-def pipeline(model: str, video: str, out: Path, with_video: bool, frames: int) -> dict:
+def pipeline(model: str, video: str, out: Path, with_video: bool, frames: int, threads: int) -> dict:
     from tedloc_edge.runtime.infer import InferOptions, run_infer
 
-    opts = InferOptions(source=video, model=Path(model), out=out, exist_ok=True, video=with_video, max_frames=frames, show_progress=False)
+    opts = InferOptions(source=video, model=Path(model), out=out, exist_ok=True, video=with_video, max_frames=frames,
+                        show_progress=False, threads=threads)
     return run_infer(opts).to_dict()
 
 
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (medians are reported)")
     parser.add_argument("--frames", type=int, default=120,
                         help="frames per pipeline run in each round (long enough that start-up and the final flush do not dominate)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads for model-only and the pipeline (0: one per core; 1 leaves a core to decoding)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
@@ -93,14 +96,14 @@ def main() -> None:
     for r in range(args.rounds):
         rounds["decode"].append(decode_only(args.video, len(frames)))
         segment = frames[(r * args.frames) % len(frames) :][: args.frames]
-        inf, loc, stages = model_only(model, segment)
+        inf, loc, stages = model_only(model, segment, args.threads)
         rounds["inference"].append(inf)
         rounds["localizer"].append(loc)
         rounds["stages"].append(stages)
-        rounds["jsonl"].append(pipeline(model, args.video, work / f"jsonl{r}", False, args.frames))
-        rounds["mp4"].append(pipeline(model, args.video, work / f"mp4{r}", True, args.frames))
+        rounds["jsonl"].append(pipeline(model, args.video, work / f"jsonl{r}", False, args.frames, args.threads))
+        rounds["mp4"].append(pipeline(model, args.video, work / f"mp4{r}", True, args.frames, args.threads))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-    report = summarize(rounds, model, args.video)
+    report = summarize(rounds, model, args.video, args.threads)
     print(render(report))
     if args.json:
         from tedloc_edge.bundle import atomic_write_text
@@ -108,12 +111,13 @@ def main() -> None:
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
 
 
-def summarize(rounds: dict[str, list], model: str, video: str) -> dict:
+def summarize(rounds: dict[str, list], model: str, video: str, threads: int) -> dict:
     med = statistics.median
     decode, inference, localizer = med(rounds["decode"]), med(rounds["inference"]), med(rounds["localizer"])
     stages = {k: med(s[k] for s in rounds["stages"]) for k in rounds["stages"][0]}
     jsonl_fps, mp4_fps = med(r["fps"] for r in rounds["jsonl"]), med(r["fps"] for r in rounds["mp4"])
     post_jsonl = med(r["mean_ms"]["postprocess"] for r in rounds["jsonl"])
+    pipeline_stages = {k: med(r["mean_ms"][k] for r in rounds["jsonl"]) for k in rounds["jsonl"][0]["mean_ms"]}
     bound = min(decode, inference)
     return {
         "model": model,
@@ -122,7 +126,12 @@ def summarize(rounds: dict[str, list], model: str, video: str) -> dict:
         "decode_only_fps": round(decode, 1),
         "model_only_fps_inference": round(inference, 1),
         "model_only_fps_localizer": round(localizer, 1),
+        "threads": threads,
         "localizer_stage_ms": {k: round(v, 3) for k, v in stages.items()},
+        # per-frame stage means inside the JSONL pipeline; decode runs in the reader thread, the rest in the
+        # main thread, whose sum bounds the pipeline's fps (the reader never starves it when that sum ~ 1000/fps)
+        "pipeline_stage_ms_jsonl": {k: round(v, 3) for k, v in pipeline_stages.items()},
+        "inference_slowdown_in_pipeline": round(pipeline_stages["inference"] / stages["inference"] - 1, 3),
         "pipeline_fps_jsonl": round(jsonl_fps, 1),
         "pipeline_fps_mp4": round(mp4_fps, 1),
         "pipeline_vs_bound_jsonl": round(jsonl_fps / bound, 3),
@@ -141,14 +150,19 @@ def summarize(rounds: dict[str, list], model: str, video: str) -> dict:
 
 
 def render(r: dict) -> str:
-    s = r["localizer_stage_ms"]
+    s, p = r["localizer_stage_ms"], r["pipeline_stage_ms_jsonl"]
+    main = sum(v for k, v in p.items() if k != "decode")
     return "\n".join([
-        f"model {r['model']}  video {r['video']}  ({r['rounds']} rounds, medians; load average {r['load_average'][0]:.1f})",
+        f"model {r['model']}  video {r['video']}  ({r['rounds']} rounds, medians; intra-op threads {r['threads'] or 'one per core'}; "
+        f"load average {r['load_average'][0]:.1f})",
         f"min..max over rounds       {json.dumps(r['spread'])}",
         f"decode-only fps            {r['decode_only_fps']}",
         f"model-only fps (inference) {r['model_only_fps_inference']}   (Localizer pre+inf+post: {r['model_only_fps_localizer']})",
         f"Localizer ms/frame         preprocess {s['preprocess']:.2f}  inference {s['inference']:.2f}  postprocess {s['postprocess']:.3f}",
         f"pipeline fps, JSONL only   {r['pipeline_fps_jsonl']}  -> {100 * r['pipeline_vs_bound_jsonl']:.1f}% of min(decode, model)",
+        f"  its ms/frame             decode (reader thread) {p['decode']:.2f} | main thread: preprocess {p['preprocess']:.2f}  "
+        f"inference {p['inference']:.2f} ({100 * r['inference_slowdown_in_pipeline']:+.0f}% vs model-only)  postprocess {p['postprocess']:.3f}  "
+        f"write {p['annotate_write']:.2f}  = {main:.2f} -> at most {1000 / main:.1f} fps",
         f"pipeline fps, JSONL + mp4  {r['pipeline_fps_mp4']}  -> {100 * r['pipeline_vs_bound_mp4']:.1f}% of min(decode, model)",
         f"scoring + decoding share   {100 * r['postprocess_share_localizer']:.2f}% of Localizer time, "
         f"{100 * r['postprocess_share_pipeline']:.2f}% of pipeline time per frame",

@@ -66,6 +66,7 @@ class EvalReport:
     source: str
     warnings: dict[str, int] = field(default_factory=dict)
     examples: list[Example] = field(default_factory=list)
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)  # hits at each metric's optimum (per_image=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class EvalReport:
             "warnings": self.warnings,
             "thresholds": self.thresholds.tolist(),
             "curves": {name: curve.tolist() for name, curve in self.curves.items()},
+            **({"per_image": {name: hits.tolist() for name, hits in self.per_image.items()}} if self.per_image else {}),
         }
 
     def to_json(self) -> str:
@@ -112,15 +114,19 @@ def evaluate_predictor(
     progress: bool = True,
     examples: int = 0,
     source: str = "",
+    per_image: bool = False,
 ) -> EvalReport:
-    """Score `predictor` on `split`. `threshold` defaults to the model's stored one (``meta.threshold``)."""
+    """Score `predictor` on `split`. `threshold` defaults to the model's stored one (``meta.threshold``).
+
+    `per_image` also keeps each image's hit at each metric's optimal threshold (`EvalReport.per_image`).
+    """
     meta = predictor.meta
     source = source or f"{type(predictor).__name__}({meta.run_id or meta.backbone or meta.method})"
     check_classes(meta.class_names, split, source)
     tau = float(meta.threshold if threshold is None else threshold)
     tau_source = meta.threshold_source if threshold is None else "given"
     items = _predictor_items(predictor, split, max(int(batch), 1), source)
-    return _score(items, split, tau, tau_source, source, progress, examples, meta.contour_mode)
+    return _score(items, split, tau, tau_source, source, progress, examples, meta.contour_mode, per_image)
 
 
 def evaluate_maps(
@@ -246,8 +252,9 @@ def _score(
     show_progress: bool,
     examples: int,
     contour_mode: str,
+    per_image: bool = False,
 ) -> EvalReport:
-    loc = LocAccumulator(deploy_threshold=threshold)
+    loc = LocAccumulator(deploy_threshold=threshold, keep_per_image=per_image)
     pixels = PixelAccumulator()
     keep = set(np.linspace(0, len(split) - 1, num=min(examples, len(split))).round().astype(int).tolist()) if examples else set()
     kept: list[Example] = []
@@ -304,6 +311,7 @@ def _report(loc: LocAccumulator, pixels: PixelAccumulator, split: Split, thresho
         source=source,
         warnings=warnings,
         examples=kept,
+        per_image=loc.per_image_hits() if loc.keep_per_image else {},
     )
 
 

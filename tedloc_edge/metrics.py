@@ -162,6 +162,7 @@ class LocAccumulator:
     deploy_threshold: float | None = None
     thresholds: np.ndarray = field(default_factory=lambda: CAM_THRESHOLDS.copy())
     deltas: tuple[float, ...] = IOU_DELTAS
+    keep_per_image: bool = False  # also keep each image's box / Top-1 Loc hits per threshold (for paired comparisons)
 
     def __post_init__(self) -> None:
         self._taus = self.thresholds if self.deploy_threshold is None else np.append(self.thresholds, self.deploy_threshold)
@@ -173,6 +174,8 @@ class LocAccumulator:
         self.cls_count = 0
         self.top1_cls = 0
         self.top5_cls = 0
+        self._box_hits: list[np.ndarray] = []  # per image, IoU >= LOC_DELTA per threshold (keep_per_image)
+        self._top1_hits: list[np.ndarray] = []
 
     def add(self, u: np.ndarray, gt_boxes: np.ndarray, label: int,
             ranking: Sequence[int] | np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -182,14 +185,18 @@ class LocAccumulator:
             for d, delta in enumerate(self.deltas):
                 self.box_correct[mode][d] += iou >= delta
         self.count += 1
+        hit = ious["largest"] >= LOC_DELTA
+        if self.keep_per_image:
+            self._box_hits.append(hit)
         if ranking is not None:
             top1, top5 = topk_hits(ranking, label)
-            hit = ious["largest"] >= LOC_DELTA
             self.top1_correct += hit & top1
             self.top5_correct += hit & top5
             self.cls_count += 1
             self.top1_cls += top1
             self.top5_cls += top5
+            if self.keep_per_image:
+                self._top1_hits.append(hit & top1)
         return ious
 
     def merge(self, other: "LocAccumulator") -> None:
@@ -202,6 +209,8 @@ class LocAccumulator:
         self.top5_correct += other.top5_correct
         for name in ("count", "cls_count", "top1_cls", "top5_cls"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self._box_hits += other._box_hits
+        self._top1_hits += other._top1_hits
 
     def _pct(self, correct: np.ndarray, total: int) -> np.ndarray:
         return correct * 100.0 / max(total, 1)
@@ -260,6 +269,22 @@ class LocAccumulator:
         for name in ("top1_loc", "top5_loc"):
             if name in curves:
                 out[name] = self._argmax_tau(curves[name])
+        return out
+
+    def per_image_hits(self) -> dict[str, np.ndarray]:
+        """Each image's hit (bool, in the order added) at the threshold that maximizes each metric.
+
+        Their means are exactly MaxBoxAcc and Top-1 Loc, so two models scored on the same images can be
+        compared image by image (which images one gets right and the other not). Needs keep_per_image.
+        """
+        if not self.keep_per_image:
+            raise ValueError("per-image hits need LocAccumulator(keep_per_image=True)")
+        curves = self.curves()  # the argmax is the lowest optimal threshold, as optimal_thresholds() reports
+        best = int(np.argmax(curves[self._loc_key()]))
+        out = {"maxboxacc": np.array([h[best] for h in self._box_hits], dtype=bool)}
+        if self._top1_hits:
+            best = int(np.argmax(curves["top1_loc"]))
+            out["top1_loc"] = np.array([h[best] for h in self._top1_hits], dtype=bool)
         return out
 
     def _argmax_tau(self, curve: np.ndarray) -> float:

@@ -237,3 +237,23 @@ def test_streaming_equals_batch_and_merge():
     assert got["maxboxacc_v2"] == pytest.approx(np.mean([(ious_all >= d).mean(0).max() * 100 for d in (0.3, 0.5, 0.7)]))
     assert got["top1_loc"] == pytest.approx(((ious >= 0.5) & top1[:, None]).mean(0).max() * 100)
     assert whole.box_correct["largest"].shape == (3, T)  # memory: counts per threshold, not per image
+
+
+def test_per_image_hits_average_to_the_metrics_and_survive_a_merge():
+    rng = np.random.default_rng(3)
+    accs = [LocAccumulator(keep_per_image=True) for _ in range(2)]
+    for i in range(12):
+        x0, y0 = (int(v) for v in rng.integers(0, 120, 2))
+        fg_map = blob_map((x0, y0, x0 + 60, y0 + 50, 1.0), (int(rng.integers(0, 200)), 10, 223, 30, float(rng.uniform(0.2, 0.9))))
+        gt = [[x0 + int(rng.integers(-20, 20)), y0, x0 + 60, y0 + 50]]
+        ranking = np.array([i % 3, (i + 1) % 3])  # top-1 right for a third of the images
+        accs[i % 2].add(protocol_scoremap(fg_map)[1], np.asarray(gt).clip(0, 223), 0, ranking)
+    acc = accs[0]
+    acc.merge(accs[1])
+    hits, metrics = acc.per_image_hits(), acc.metrics()
+    assert len(hits["maxboxacc"]) == len(hits["top1_loc"]) == 12
+    assert hits["maxboxacc"].mean() * 100 == pytest.approx(metrics["maxboxacc"])
+    assert hits["top1_loc"].mean() * 100 == pytest.approx(metrics["top1_loc"])
+    assert 0 < hits["maxboxacc"].sum() < 12  # the case is not trivial
+    with pytest.raises(ValueError, match="keep_per_image"):
+        LocAccumulator().per_image_hits()

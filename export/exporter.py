@@ -156,7 +156,7 @@ def export_onnx_stage(
         if opts.verify:
             verified = _verify(model, tmp, out, meta, precision, source, opts, result)
         if precision == "int8":
-            _int8_gate(fp32, tmp, source, opts, result)
+            _int8_gate(fp32, tmp, out, source, opts, result)
             if result.gate is not None:  # int8 tensors are reported, not bounded: the gate is the check
                 verified = f"gate {'passed' if result.gate.passed else 'drop accepted'}" + ("" if opts.verify else ", tensors not compared")
     result.meta = meta.replace(precision=precision)
@@ -176,7 +176,9 @@ def _verify(
     return "yes"
 
 
-def _int8_gate(fp32_proto: "onnx.ModelProto", int8_path: Path, source: Source, opts: ExportOptions, result: ExportResult) -> None:
+def _int8_gate(
+    fp32_proto: "onnx.ModelProto", int8_path: Path, final: Path, source: Source, opts: ExportOptions, result: ExportResult
+) -> None:
     from tedloc_edge.datasets import open_split
     from tedloc_edge.export.int8_gate import run_gate
     from tedloc_edge.export.onnx_export import save_model
@@ -194,7 +196,7 @@ def _int8_gate(fp32_proto: "onnx.ModelProto", int8_path: Path, source: Source, o
     with tempfile.TemporaryDirectory(prefix="tedloc-gate-") as tmp:
         fp32_path = Path(tmp, "fp32.onnx")
         save_model(fp32_proto, fp32_path)
-        result.gate = run_gate(fp32_path, int8_path, split, opts.int8_max_drop, opts.int8_allow_drop)
+        result.gate = run_gate(fp32_path, int8_path, split, opts.int8_max_drop, opts.int8_allow_drop, label=final)
 
 
 def engine_stage(

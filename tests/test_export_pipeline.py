@@ -77,12 +77,15 @@ def test_int8_gate_passes_and_records_calibration(run):
     meta = read_onnx_meta(res.final.path)
     assert meta.precision == "int8" and len(meta.calibration_hash or "") == 64 and meta.extra["int8_mode"] == "cpu"
     assert res.gate is not None and res.gate.passed and set(res.gate.fp32) == {"maxboxacc", "top1_loc"}
+    for metric, (lost, gained) in res.gate.flips.items():  # the per-image hits explain the drop exactly
+        assert res.gate.drops[metric] == pytest.approx((lost - gained) * 100 / res.gate.images)
+    assert set(res.gate.flips) == {"maxboxacc", "top1_loc"} and "McNemar p" in res.gate.summary()
 
 
 def test_int8_gate_refuses_and_writes_nothing(run):
     with pytest.raises(Int8AccuracyError, match=r"int8 loses too much accuracy \(maxboxacc fp32 .* int8 .*allowed drop -100 points \(8 images: one image is 12.50 points\)") as err:
         export(run, ExportOptions(precision="int8", calib_images=4, int8_max_drop=-100.0))
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(run / "export" / "model_int8.onnx"))
     assert not (run / "export" / "model_int8.onnx").exists() and not list((run / "export").glob(".*"))
 
 

@@ -3,7 +3,7 @@
 1. scoring + decoding (the runtime's postprocess) as a share of per-frame time;
 2. the video pipeline's fps against min(decode-only fps, model-only fps).
 
-    python benchmarks/bench_runtime.py [--model M.onnx] [--video CLIP] [--rounds 6] [--frames 120] [--json OUT]
+    python benchmarks/bench_runtime.py [--model M.onnx] [--video CLIP] [--rounds 6] [--frames 120] [--threads N] [--batch N] [--json OUT]
 
 Without --model, a ViT-S-cost fixture (224x224 input, 14x14 grid, 12 MLP blocks of width 384, about 3.5 GFLOPs;
 tests/runtime_models.py) is built, so the ratios are taken against a model that costs what a deployed
@@ -40,23 +40,23 @@ def decode_only(video: str, frames: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def model_only(model: str, frames: list[np.ndarray], threads: int) -> tuple[float, float, dict[str, float]]:
-    """(inference-only fps, Localizer fps, mean ms per stage) on frames already in memory, batch 1."""
+def model_only(model: str, frames: list[np.ndarray], threads: int, batch: int) -> tuple[float, float, dict[str, float]]:
+    """(inference-only fps, Localizer fps, mean ms per frame and stage) on frames already in memory."""
     from tedloc_edge.runtime import Localizer
 
-    with Localizer(model, device="cpu", max_batch=1, threads=threads) as loc:
-        for frame in frames[:3]:
-            loc(frame)
-        speeds = [loc(frame).speed for frame in frames]
+    with Localizer(model, device="cpu", max_batch=batch, threads=threads) as loc:
+        for _ in range(3):
+            loc(frames[:batch])
+        speeds = [r.speed for i in range(0, len(frames), batch) for r in loc(frames[i : i + batch])]
     mean = {k: statistics.fmean(s[k] for s in speeds) for k in speeds[0]}
     return 1000.0 / mean["inference"], 1000.0 / sum(mean.values()), mean
 
 
-def pipeline(model: str, video: str, out: Path, with_video: bool, frames: int, threads: int) -> dict:
+def pipeline(model: str, video: str, out: Path, with_video: bool, frames: int, threads: int, batch: int) -> dict:
     from tedloc_edge.runtime.infer import InferOptions, run_infer
 
     opts = InferOptions(source=video, model=Path(model), out=out, exist_ok=True, video=with_video, max_frames=frames,
-                        show_progress=False, threads=threads)
+                        show_progress=False, threads=threads, batch=batch)
     return run_infer(opts).to_dict()
 
 
@@ -83,6 +83,7 @@ def main() -> None:
                         help="frames per pipeline run in each round (long enough that start-up and the final flush do not dominate)")
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads for model-only and the pipeline (0: one per core; 1 leaves a core to decoding)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per model call, for model-only and the pipeline")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
@@ -96,14 +97,14 @@ def main() -> None:
     for r in range(args.rounds):
         rounds["decode"].append(decode_only(args.video, len(frames)))
         segment = frames[(r * args.frames) % len(frames) :][: args.frames]
-        inf, loc, stages = model_only(model, segment, args.threads)
+        inf, loc, stages = model_only(model, segment, args.threads, args.batch)
         rounds["inference"].append(inf)
         rounds["localizer"].append(loc)
         rounds["stages"].append(stages)
-        rounds["jsonl"].append(pipeline(model, args.video, work / f"jsonl{r}", False, args.frames, args.threads))
-        rounds["mp4"].append(pipeline(model, args.video, work / f"mp4{r}", True, args.frames, args.threads))
+        rounds["jsonl"].append(pipeline(model, args.video, work / f"jsonl{r}", False, args.frames, args.threads, args.batch))
+        rounds["mp4"].append(pipeline(model, args.video, work / f"mp4{r}", True, args.frames, args.threads, args.batch))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-    report = summarize(rounds, model, args.video, args.threads)
+    report = summarize(rounds, model, args.video, args.threads, args.batch)
     print(render(report))
     if args.json:
         from tedloc_edge.bundle import atomic_write_text
@@ -111,7 +112,7 @@ def main() -> None:
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
 
 
-def summarize(rounds: dict[str, list], model: str, video: str, threads: int) -> dict:
+def summarize(rounds: dict[str, list], model: str, video: str, threads: int, batch: int) -> dict:
     med = statistics.median
     decode, inference, localizer = med(rounds["decode"]), med(rounds["inference"]), med(rounds["localizer"])
     stages = {k: med(s[k] for s in rounds["stages"]) for k in rounds["stages"][0]}
@@ -127,6 +128,7 @@ def summarize(rounds: dict[str, list], model: str, video: str, threads: int) -> 
         "model_only_fps_inference": round(inference, 1),
         "model_only_fps_localizer": round(localizer, 1),
         "threads": threads,
+        "batch": batch,
         "localizer_stage_ms": {k: round(v, 3) for k, v in stages.items()},
         # per-frame stage means inside the JSONL pipeline; decode runs in the reader thread, the rest in the
         # main thread, whose sum bounds the pipeline's fps (the reader never starves it when that sum ~ 1000/fps)
@@ -153,7 +155,7 @@ def render(r: dict) -> str:
     s, p = r["localizer_stage_ms"], r["pipeline_stage_ms_jsonl"]
     main = sum(v for k, v in p.items() if k != "decode")
     return "\n".join([
-        f"model {r['model']}  video {r['video']}  ({r['rounds']} rounds, medians; intra-op threads {r['threads'] or 'one per core'}; "
+        f"model {r['model']}  video {r['video']}  ({r['rounds']} rounds, medians; batch {r['batch']}; intra-op threads {r['threads'] or 'one per core'}; "
         f"load average {r['load_average'][0]:.1f})",
         f"min..max over rounds       {json.dumps(r['spread'])}",
         f"decode-only fps            {r['decode_only_fps']}",

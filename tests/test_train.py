@@ -15,7 +15,7 @@ import torch
 
 from tedloc_edge.console import UserError
 from tedloc_edge.train import loop
-from tedloc_edge.train.predict import TorchPredictor, load_run, read_checkpoint, save_checkpoint
+from tedloc_edge.train.predict import TorchPredictor, load_run, read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tinyrun import make_tiny_data, make_tiny_run  # noqa: E402

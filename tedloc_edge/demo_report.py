@@ -49,6 +49,26 @@ def metrics_table(eval_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def int8_gate_note(model: Path) -> str:
+    """The INT8 accuracy gate's val figures, as the export stored them in the model, in one paragraph."""
+    from tedloc_edge.bundle import BundleError, read_onnx_meta
+
+    try:
+        gate = read_onnx_meta(model).extra.get("int8_gate")
+    except BundleError:  # a missing or unreadable model only loses this paragraph
+        gate = None
+    if not isinstance(gate, dict):
+        return ""
+    parts = []
+    for key, title in (("maxboxacc", "MaxBoxAcc"), ("top1_loc", "Top-1 Loc")):
+        flips = gate.get("flips", {}).get(key, {})
+        detail = f" (int8 lost {flips['lost']} images, gained {flips['gained']}; McNemar p {flips['mcnemar_p']:.2f})" if flips else ""
+        parts.append(f"{title} {gate['fp32'][key]:.2f} → {gate['int8'][key]:.2f}{detail}")
+    verdict = ("within the allowed drop" if gate.get("passed") else
+               f"over the allowed {gate.get('max_drop', 0):g}-point drop, so the demo exports with `--int8-allow-drop`")
+    return f"INT8 accuracy gate on {gate.get('images', '?')} val images: " + "; ".join(parts) + f"; {verdict}."
+
+
 def bench_table(bench: Any) -> str:
     rows = bench.get("rows", []) if isinstance(bench, dict) else []
     if not rows:
@@ -96,6 +116,8 @@ a small head); the CLIP text tower had random weights offline, so the class anch
 ## Accuracy on the test split (percent)
 
 {metrics_table(eval_dir)}
+
+{int8_gate_note(out / 'models' / 'tedloc_int8.onnx')}
 
 MaxBoxAcc: IoU 0.5, largest contour; MaxBoxAccV2: mean over IoU 0.3/0.5/0.7, all contours; each Loc metric is
 maximized over the threshold on its own curve (wsolevaluation protocol); "@ stored τ" uses the threshold

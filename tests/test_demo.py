@@ -22,6 +22,7 @@ def test_tiny_demo_end_to_end_then_reused(tmp_path):
         line = next(l for l in report.splitlines() if l.startswith(f"| {row}"))
         assert "–" not in line, f"missing metrics in report row: {line}"
     assert "tedloc-edge train --data" in report and "tedloc-edge export" in report
+    assert "INT8 accuracy gate on" in report and "McNemar p" in report  # the gate's val figures, from the model
     assert (out / "models" / "tedloc_fp32.onnx").stat().st_size > 0
     assert (out / "models" / "tedloc_int8.onnx").stat().st_size > 0
     assert (out / "eval" / "tedloc_torch.png").stat().st_size > 0

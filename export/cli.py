@@ -33,6 +33,7 @@ def export(
     triton_backend: Optional[str] = typer.Option(None, help="triton: what tedloc_model runs on: onnxruntime (default) | tensorrt."),
     triton_variant: Optional[List[str]] = typer.Option(None, "--triton-variant", help="triton: model | decode | ensemble | python (repeat; default all). See docs/triton.md."),
     exist_ok: Optional[bool] = typer.Option(None, "--exist-ok", help="triton: replace existing model folders in the repository."),
+    static_batch: Optional[int] = typer.Option(None, help="onnx: also write <model>_b<N>.onnx with a fixed batch of N (what ONNX Runtime's CUDA graphs need; `infer --cuda-graph`)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Export a trained run: verified ONNX (fp32/fp16/int8), a TensorRT engine, or a Triton repository."""
@@ -48,7 +49,7 @@ def export(
             calib_dir=tuple(calib_dir or ()), int8_max_drop=int8_max_drop, int8_allow_drop=int8_allow_drop, int8_mode=int8_mode,
             batch_min=batch_min, batch_opt=batch_opt, batch_max=batch_max, workspace_gib=workspace_gib,
             timing_cache=timing_cache, triton_backend=triton_backend,
-            triton_variants=tuple(triton_variant) if triton_variant else None, exist_ok=exist_ok,
+            triton_variants=tuple(triton_variant) if triton_variant else None, exist_ok=exist_ok, static_batch=static_batch,
         )
         result = run_export(source, opts)
         print_result(result, console)

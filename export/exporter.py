@@ -57,9 +57,11 @@ class ExportOptions:
     triton_backend: str | None = None  # onnxruntime (default) or tensorrt: what tedloc_model runs on
     triton_variants: tuple[str, ...] | None = None  # triton_repo variants; None: all
     exist_ok: bool | None = None  # replace existing Triton model folders
+    static_batch: int | None = None  # onnx: also write <model>_b<N>.onnx with a fixed batch (CUDA graphs)
 
     def format_options(self) -> dict[str, object]:
-        keys = ("batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "triton_backend", "triton_variants", "exist_ok")
+        keys = ("batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "triton_backend", "triton_variants", "exist_ok",
+                "static_batch")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -244,6 +246,26 @@ def engine_stage(
     return plan
 
 
+def static_batch_stage(onnx_path: Path, batch: int, result: ExportResult) -> Path:
+    """<model>_b<N>.onnx beside the dynamic model: the same graph at a fixed batch, compared with it."""
+    import onnx
+
+    from tedloc_edge.export.onnx_export import save_model
+    from tedloc_edge.export.static_batch import compare_with_dynamic, make_static_batch
+
+    out = onnx_path.with_name(f"{onnx_path.stem}_b{batch}.onnx")
+    start = time.perf_counter()
+    fixed = make_static_batch(onnx.load(str(onnx_path)), batch)
+    with staged(out) as tmp:
+        save_model(fixed, tmp)
+        diffs = compare_with_dynamic(onnx_path, tmp, batch, result.meta)
+    logger.info("%s: batch %d, max abs difference from the dynamic model %s", out, batch,
+                ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))
+    result.meta = result.meta.replace(extra={**result.meta.extra, "static_batch": batch})
+    result.artifacts.append(Artifact("onnx", result.meta.precision, out, time.perf_counter() - start, "= dynamic"))
+    return out
+
+
 def triton_stage(model_path: Path, onnx_path: Path, backend: str, opts: ExportOptions, result: ExportResult) -> Path:
     """The model repository of `tedloc_edge.export.triton_repo` (docs/triton.md) around the exported model."""
     from tedloc_edge.export.triton_repo import TritonOptions, write_repository
@@ -290,15 +312,19 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
         from tedloc_edge.export.tensorrt_build import preflight
 
         preflight()
+    if opts.static_batch is not None:
+        from tedloc_edge.export.static_batch import check_static_batch
+
+        check_static_batch(opts.static_batch)
     if opts.calib_images < 1:
         raise UserError(f"--calib-images {opts.calib_images} must be >= 1")
     if source.is_onnx:
         meta = onnx_meta(source)
         precision = fmts.check_precision(fmt, opts.precision or meta.precision)
-        if fmt.name == "onnx" or precision != meta.precision:
+        if (fmt.name == "onnx" and opts.static_batch is None) or precision != meta.precision:
             raise UserError(
                 f"{source.path} is already a {meta.precision} ONNX; export the run folder for another ONNX precision, "
-                "or use it with --format engine / triton"
+                "or use it with --format engine / triton (or --static-batch N)"
             )
         if needs_trt and meta.precision == "int8" and meta.extra.get("int8_mode") == "cpu":
             raise UserError(
@@ -311,6 +337,8 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
         precision = fmts.check_precision(fmt, opts.precision or "fp32")
         result = ExportResult(BundleMeta(class_names=(), input_size=(0, 0), patch_grid=(0, 0)), source)
         onnx_path, model = export_onnx_stage(source, opts, fmt, precision, result)
+    if opts.static_batch is not None:
+        onnx_path = static_batch_stage(onnx_path, opts.static_batch, result)
     model_path = onnx_path
     if needs_trt:
         plan = Path(opts.output) if (opts.output is not None and fmt.name == "engine") else onnx_path.with_suffix(".plan")

@@ -34,7 +34,7 @@ FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
         ExportFormat(
-            "onnx", ".onnx", False, PRECISIONS, frozenset(),
+            "onnx", ".onnx", False, PRECISIONS, frozenset({"static_batch"}),
             "ONNX with the bundle metadata; runs in ONNX Runtime anywhere",
         ),
         ExportFormat(

@@ -44,6 +44,13 @@ def next_steps(result: ExportResult) -> list[str]:
 
         root = run_data_root(result.source.run_dir)
         data = f" --data {root}" if root is not None else " --data DATASET"
+    static = result.meta.extra.get("static_batch") if final.kind == "onnx" else None
+    if static:  # a fixed-batch model is for CUDA graphs: the commands that use them
+        gpu = f"--batch {static} --device cuda --cuda-graph"
+        return [
+            f"tedloc-edge infer VIDEO_OR_IMAGES --model {model} {gpu} --out runs/infer",
+            f"tedloc-edge bench {model} {gpu}",
+        ]
     commands = [
         f"tedloc-edge infer VIDEO_OR_IMAGES --model {model} --out runs/infer",
         f"tedloc-edge eval {model}{data or ' --data DATASET'} --split test",

@@ -93,9 +93,10 @@ def _partial_value(node: onnx.NodeProto, known: dict, partial: dict, shapes: dic
     return None
 
 
-def fold_shape_arithmetic(model: onnx.ModelProto) -> int:
+def fold_shape_arithmetic(model: onnx.ModelProto, keep_ops: frozenset[str] = frozenset()) -> int:
     """Replace every node whose outputs are constant at the static input size by initializers; returns
-    how many nodes were folded. Shape entries that are symbolic (the batch) are never folded."""
+    how many nodes were folded. Shape entries that are symbolic (the batch) are never folded, nor are
+    nodes of `keep_ops` (an int8 graph's weight DequantizeLinear must stay: TensorRT builds int8 from it)."""
     graph = model.graph
     shapes = _static_shapes(model)
     known = constants(graph)
@@ -105,7 +106,8 @@ def fold_shape_arithmetic(model: onnx.ModelProto) -> int:
     new_inits: list[onnx.TensorProto] = []
     for node in graph.node:
         values: list[np.ndarray] | None = None
-        foldable = node.domain in ("", "ai.onnx") and not has_subgraph(node) and node.op_type not in _NON_DETERMINISTIC
+        foldable = (node.domain in ("", "ai.onnx") and not has_subgraph(node) and node.op_type not in _NON_DETERMINISTIC
+                    and node.op_type not in keep_ops)
         if foldable and node.op_type != "Constant":
             vec = _partial_value(node, known, partial, shapes)
             if isinstance(vec, np.ndarray):

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
+import onnx
 import pytest
 import typer
 from exportkit import TinyTedLoc, real_photos, tiny_meta
@@ -23,6 +25,7 @@ from tedloc_edge.export.cli import export as export_command
 from tedloc_edge.export.exporter import ExportOptions, export
 from tedloc_edge.export.int8_gate import Int8AccuracyError
 from tedloc_edge.export.tensorrt_build import tensorrt_available
+from tedloc_edge.runtime import Localizer
 from tedloc_edge.train.synth import generate
 
 
@@ -130,6 +133,8 @@ def test_user_images_when_the_dataset_is_elsewhere(tmp_path, monkeypatch):
     (["--precision", "fp61"], "unknown precision 'fp61' for --format onnx"),
     (["--batch-max", "4"], "--batch-max does not apply to --format onnx"),
     (["--opset", "12"], "--opset 12 is outside 17..20"),
+    (["--static-batch", "0"], "--static-batch 0 must be between 1 and 4096"),
+    (["--format", "triton", "--static-batch", "2"], "--static-batch does not apply to --format triton (it applies to --format onnx)"),
 ])
 def test_cli_errors_are_one_line(run, args, message):
     result = cli(str(run), *args)
@@ -150,6 +155,33 @@ def test_onnx_source_cannot_become_another_onnx(run):
     model = export(run, ExportOptions(verify=False)).final.path
     with pytest.raises(UserError, match="already a fp32 ONNX"):
         export(model, ExportOptions(format="onnx"))
+
+
+def test_static_batch_writes_a_second_model_that_equals_the_dynamic_one(run):
+    result = cli(str(run), "--static-batch", "4")
+    assert result.exit_code == 0, result.output
+    dynamic, static = run / "export" / "model.onnx", run / "export" / "model_b4.onnx"
+    assert dynamic.is_file() and static.is_file() and "= dynamic" in result.output
+    assert f"tedloc-edge bench {static} --batch 4 --device cuda --cuda-graph" in result.output.replace("\n", "")
+    assert read_onnx_meta(static).extra["static_batch"] == 4
+    graph = onnx.load(str(static)).graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [4, 64, 64, 3]
+    assert not any(n.op_type == "Shape" for n in graph.node)  # nothing computed from the batch at run time
+    with Localizer(static, device="cpu") as fixed, Localizer(dynamic, device="cpu") as free:
+        assert fixed.runner.fixed_batch == 4 and free.runner.fixed_batch is None
+        frames = real_photos()[:3]  # fewer frames than the batch: the runtime pads, keeps the first 3
+        for a, b in zip(fixed(frames), free(frames)):
+            assert a.class_id == b.class_id and np.allclose(a.boxes, b.boxes, atol=1.0)
+
+
+def test_static_batch_of_an_onnx_source_and_of_an_int8_model_keeps_its_qdq(run, tmp_path):
+    int8 = export(run, ExportOptions(precision="int8", int8_mode="tensorrt", int8_allow_drop=True, verify=False)).final.path
+    res = export(int8, ExportOptions(format="onnx", static_batch=2))
+    assert [a.path.name for a in res.artifacts] == ["model_int8_b2.onnx"] and res.final.precision == "int8"
+    count = lambda path, op: sum(n.op_type == op for n in onnx.load(str(path)).graph.node)  # noqa: E731
+    assert count(res.final.path, "DequantizeLinear") == count(int8, "DequantizeLinear") > 0
+    with pytest.raises(UserError, match="already has a fixed batch of 2"):
+        export(res.final.path, ExportOptions(format="onnx", static_batch=3))
 
 
 def test_unwritable_output(run, tmp_path):

@@ -3,6 +3,12 @@
 Inputs and outputs go through IO binding: the input is bound to the preprocessor's buffer (CPU) or copied
 into a device tensor allocated once per batch size (CUDA), and the outputs land in host arrays allocated
 once at the largest batch, so a steady stream of frames allocates nothing model-sized.
+
+With `cuda_graph=True` (CUDA EP only) ORT captures the whole model as one CUDA graph on its first runs and
+replays it after: one launch per batch instead of one per kernel. A graph replays fixed device addresses
+and shapes, so the model must have a static batch (`tedloc-edge export RUN --static-batch N`), and the
+input and both outputs are device tensors allocated once; each call copies the frame batch in and the
+small map and logits out.
 """
 
 from __future__ import annotations
@@ -49,6 +55,18 @@ def choose_providers(device: str, providers: Sequence[str] | None, available: Se
     raise UserError(f"device must be 'cpu', 'cuda' or 'auto', not {device!r}")
 
 
+GRAPH_FIX = ("export a fixed-batch model with `tedloc-edge export RUN --static-batch N` and pass that model_b<N>.onnx, "
+             "or drop --cuda-graph")
+
+
+def graph_providers(path: Path, device: str, chosen: Sequence[str]) -> list[Any]:
+    """The CUDA EP with graph capture on, and the CPU EP (which must end up with no node). TensorRT's EP has
+    graphs of its own; a graph here means ORT's CUDA EP runs every node."""
+    if device == "cpu" or CUDA_EP not in chosen:
+        raise UserError(f"{path}: CUDA graphs run on the CUDA execution provider; use --device cuda with onnxruntime-gpu, or drop --cuda-graph")
+    return [(CUDA_EP, {"enable_cuda_graph": "1"}), CPU_EP]
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs the exported ``.onnx``; reads its bundle from the session's metadata (one parse of the file)."""
 
@@ -60,11 +78,15 @@ class OnnxRuntimeRunner(Runner):
         max_batch: int = 8,
         threads: int = 0,
         spin: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
-        chosen = choose_providers(device, providers, ort.get_available_providers())
+        chosen: list[Any] = choose_providers(device, providers, ort.get_available_providers())
+        self.cuda_graph = bool(cuda_graph)
+        if self.cuda_graph:
+            chosen = graph_providers(self.path, device, chosen)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(threads)
@@ -76,13 +98,16 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         except Exception as exc:  # noqa: BLE001 - ORT raises Fail / InvalidProtobuf / RuntimeException
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{self.path}: onnxruntime cannot load this model ({first}); re-export it with `tedloc-edge export RUN`") from None
+            fix = GRAPH_FIX if self.cuda_graph else "re-export it with `tedloc-edge export RUN`"
+            raise UserError(f"{self.path}: onnxruntime cannot load this model ({first}); {fix}") from None
         self.meta: BundleMeta = read_onnx_meta(self.path, self.session.get_modelmeta().custom_metadata_map)
         self.providers = self.session.get_providers()
         self.on_cuda = any(p in (CUDA_EP, TRT_EP) for p in self.providers)
         self.device_id = 0
-        self.name = f"onnxruntime-{'cuda' if self.on_cuda else 'cpu'}"
+        self.name = f"onnxruntime-{'cuda' if self.on_cuda else 'cpu'}{'-graph' if self.cuda_graph else ''}"
         self.fixed_batch = self._check_io()
+        if self.cuda_graph and self.fixed_batch is None:
+            raise UserError(f"{self.path}: CUDA graphs need a model with a fixed batch; {GRAPH_FIX}")
         self.max_batch = self.fixed_batch or max(1, int(max_batch))
         self._out_dtypes = {o.name: ORT_TYPES.get(o.type, np.float32) for o in self.session.get_outputs()}
         gh, gw = self.meta.patch_grid
@@ -92,6 +117,7 @@ class OnnxRuntimeRunner(Runner):
         }
         self._bindings: dict[int, Any] = {}
         self._device_inputs: dict[int, Any] = {}
+        self._device_outputs: dict[str, Any] = {}
         logger.debug("%s: %s providers=%s max_batch=%d", self.path, self.name, self.providers, self.max_batch)
 
     def _check_io(self) -> int | None:
@@ -124,6 +150,8 @@ class OnnxRuntimeRunner(Runner):
 
     def _binding(self, n: int) -> Any:
         io = self._bindings.get(n)
+        if io is None and self.cuda_graph:
+            io = self._graph_binding(n)
         if io is None:
             io = self.session.io_binding()
             for name, array in self._outputs.items():
@@ -139,6 +167,23 @@ class OnnxRuntimeRunner(Runner):
             self._bindings[n] = io
         return io
 
+    def _graph_binding(self, n: int) -> Any:
+        """Input and outputs as device tensors at fixed addresses: what a captured graph replays."""
+        import onnxruntime as ort
+
+        h, w = self.meta.input_size
+        shapes = {INPUT_NAME: (n, h, w, 3), "fg_map": (n, *self.meta.patch_grid), "logits": (n, self.meta.num_classes)}
+        dtypes = {INPUT_NAME: np.uint8, **self._out_dtypes}
+        values = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtypes[k], "cuda", self.device_id) for k, shape in shapes.items()}
+        io = self.session.io_binding()
+        io.bind_ortvalue_input(INPUT_NAME, values[INPUT_NAME])
+        for name in OUTPUT_NAMES:
+            io.bind_ortvalue_output(name, values[name])
+        self._device_inputs[n] = values[INPUT_NAME]
+        self._device_outputs = {name: values[name] for name in OUTPUT_NAMES}
+        self._bindings[n] = io
+        return io
+
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = images.shape[0]
         io = self._binding(n)
@@ -147,8 +192,11 @@ class OnnxRuntimeRunner(Runner):
         else:
             io.bind_input(INPUT_NAME, "cpu", 0, np.uint8, images.shape, images.ctypes.data)
         self.session.run_with_iobinding(io)
+        if self.cuda_graph:  # the outputs stayed on the device: copy the small map and logits to the host
+            return self._device_outputs["fg_map"].numpy(), self._device_outputs["logits"].numpy()
         return self._outputs["fg_map"][:n], self._outputs["logits"][:n]
 
     def close(self) -> None:
         self._bindings.clear()
         self._device_inputs.clear()
+        self._device_outputs = {}

@@ -47,6 +47,7 @@ def load_runner(
     providers: Sequence[str] | None = None,
     max_batch: int = 8,
     threads: int = 0,
+    cuda_graph: bool = False,
 ) -> Runner:
     """Load a model for inference; every problem is a one-line UserError naming the file and the fix."""
     path = Path(path)
@@ -65,9 +66,11 @@ def load_runner(
     if chosen == "tensorrt":
         if device == "cpu":
             raise UserError(f"{path}: a TensorRT engine runs on the GPU only; use --device cuda, or run the .onnx on CPU")
+        if cuda_graph:
+            raise UserError(f"{path}: --cuda-graph applies to ONNX Runtime's CUDA EP; drop it for a TensorRT engine")
         from tedloc_edge.runtime.backend_tensorrt import TensorRTRunner
 
         return TensorRTRunner(path, max_batch=max_batch)
     from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, device=device, providers=providers, max_batch=max_batch, threads=threads)
+    return OnnxRuntimeRunner(path, device=device, providers=providers, max_batch=max_batch, threads=threads, cuda_graph=cuda_graph)

@@ -42,6 +42,7 @@ class BenchOptions:
     device: str = "auto"
     frame_size: str = "1280x720"
     threads: int = 0  # intra-op threads for every backend, torch included, so ratios compare like with like
+    cuda_graph: bool = False  # static-batch ONNX on the CUDA EP: a second row with CUDA graphs
 
 
 def synthetic_frames(n: int, size: str) -> list[np.ndarray]:
@@ -105,6 +106,14 @@ def _devices(model: Path, device: str) -> list[str]:
     return ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
 
 
+def _variants(model: Path, device: str, graphs: bool) -> list[tuple[str, bool]]:
+    """(device, cuda_graph) pairs to time: with --cuda-graph, each CUDA session also with graphs."""
+    pairs = [(d, False) for d in _devices(model, device)]
+    if graphs and model.suffix.lower() == ".onnx":  # TensorRT engines: no ORT graph to capture
+        pairs += [(d, True) for d, _ in pairs if d == "cuda"]
+    return pairs
+
+
 def bench_localizer(loc: Localizer, frames: list[np.ndarray], batch: int, seconds: float) -> tuple[list[dict[str, float]], float]:
     chunk = frames[:batch]
 
@@ -162,8 +171,15 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     frames = synthetic_frames(max(opts.batches), opts.frame_size)
     rows: list[dict[str, Any]] = []
     for model in opts.models:
-        for device in _devices(Path(model), opts.device):
-            with Localizer(model, device=device, max_batch=max(opts.batches), threads=opts.threads) as loc:
+        for device, graph in _variants(Path(model), opts.device, opts.cuda_graph):
+            try:
+                loc = Localizer(model, device=device, max_batch=max(opts.batches), threads=opts.threads, cuda_graph=graph)
+            except UserError as exc:
+                if not graph:
+                    raise
+                logger.warning("no CUDA-graph row: %s", exc)  # a dynamic-batch model: its plain CUDA row stands
+                continue
+            with loc:
                 for batch in opts.batches:
                     if loc.runner.fixed_batch is not None and batch != loc.runner.fixed_batch:
                         logger.warning("%s takes batches of exactly %d; batch %d skipped", model, loc.runner.fixed_batch, batch)

@@ -27,6 +27,7 @@ def infer(
     device: str = typer.Option("auto", help="cpu | cuda | auto (cuda when onnxruntime-gpu or TensorRT can use it)."),
     backend: str = typer.Option("auto", help="auto | onnxruntime | tensorrt."),
     threads: int = typer.Option(0, help="ONNX Runtime CPU threads (0: one per core); fewer leave cores to decoding and other work."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Replay the model as one CUDA graph (CUDA EP; a model from `export --static-batch N`)."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for a URL or camera to answer (open and each read)."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write the annotated mp4 for video sources."),
     triton: Optional[str] = typer.Option(None, "--triton", help="Run the model on a Triton server instead: http://HOST:8000/MODEL or grpc://HOST:8001/MODEL."),
@@ -41,7 +42,7 @@ def infer(
         opts = InferOptions(
             source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
             classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
-            threads=threads, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
+            threads=threads, cuda_graph=cuda_graph, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
         )
         summary = run_infer(opts)
         print_summary(summary)
@@ -68,6 +69,7 @@ def bench(
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
     frame_size: str = typer.Option("1280x720", help="WIDTHxHEIGHT of the synthetic frames (the resize is part of preprocess)."),
     threads: int = typer.Option(0, help="CPU threads for every backend, torch included (0: one per core)."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="ONNX models with a static batch on the CUDA EP: also time them with CUDA graphs."),
     triton: Optional[str] = typer.Option(None, "--triton", help="Load-test a Triton server (URL as for infer); MODEL, if given, runs in-process beside it."),
     streams: str = typer.Option("4", help="--triton: simulated cameras, a count or a list like 1,4,16."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -85,7 +87,8 @@ def bench(
         from tedloc_edge.runtime.bench import BenchOptions, run_bench, write_json
         from tedloc_edge.runtime.report import print_table
 
-        opts = BenchOptions(models=list(models), batches=_batches(batch), seconds=seconds, run=run, device=device, frame_size=frame_size, threads=threads)
+        opts = BenchOptions(models=list(models), batches=_batches(batch), seconds=seconds, run=run, device=device, frame_size=frame_size,
+                            threads=threads, cuda_graph=cuda_graph)
         report = run_bench(opts)
         print_table(report)
         if json_out is not None:

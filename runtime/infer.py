@@ -43,6 +43,7 @@ class InferOptions:
     device: str = "auto"
     backend: str = "auto"
     threads: int = 0  # ONNX Runtime intra-op threads (0: one per core); fewer leave cores to decoding and other work
+    cuda_graph: bool = False  # replay the model as one CUDA graph (CUDA EP, a --static-batch model)
     timeout: float = 10.0
     video: bool = True
     show_progress: bool = True
@@ -126,7 +127,7 @@ def open_localizer(opts: InferOptions) -> tuple[Any, tuple[type[Exception], ...]
         raise UserError("infer needs --model MODEL.onnx (or .plan), or --triton URL of a server that runs it")
     if opts.threads < 0:
         raise UserError(f"--threads must be 0 (one per core) or more, not {opts.threads}")
-    return Localizer(opts.model, backend=opts.backend, device=opts.device, threads=opts.threads, **kwargs), ()
+    return Localizer(opts.model, backend=opts.backend, device=opts.device, threads=opts.threads, cuda_graph=opts.cuda_graph, **kwargs), ()
 
 
 def _run_batch(loc: Any, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:

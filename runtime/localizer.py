@@ -61,7 +61,8 @@ class Localizer:
     threshold / contour_mode default to the bundle's (calibrated) values; min_box_area is an inclusive pixel
     area at the model's input size (as the evaluator's decoder counts it); classes restricts the class choice
     to a subset (names or ids); return_map keeps each frame's (gh, gw) map on its Result; threads sets ONNX
-    Runtime's intra-op threads (0: its default, one per core).
+    Runtime's intra-op threads (0: its default, one per core); cuda_graph replays the model as one CUDA graph
+    (ONNX Runtime's CUDA EP, a model exported with --static-batch).
     """
 
     def __init__(
@@ -78,9 +79,10 @@ class Localizer:
         classes: str | Iterable[str | int] | None = None,
         return_map: bool = False,
         threads: int = 0,
+        cuda_graph: bool = False,
     ) -> None:
         self.model_path = Path(model)
-        self.runner = load_runner(self.model_path, backend, device, providers, max_batch, threads)
+        self.runner = load_runner(self.model_path, backend, device, providers, max_batch, threads, cuda_graph)
         self.meta: BundleMeta = self.runner.meta
         self.decode = DecodeConfig(
             threshold=self.meta.threshold if threshold is None else float(threshold),

@@ -66,3 +66,16 @@ def test_cli_table_and_batch_parsing(models, tmp_path):
     assert json.loads(out.read_text())["rows"][0]["batch"] == 1
     bad = runner.invoke(app, [str(models[0]), "--batch", "one"])
     assert bad.exit_code == 2 and "give batch sizes as integers" in bad.output
+
+
+def test_cuda_graph_rows_are_added_for_cuda_sessions_only(models, tmp_path):
+    from pathlib import Path
+
+    from tedloc_edge.runtime.bench import _variants
+
+    assert _variants(Path("m.onnx"), "cuda", True) == [("cuda", False), ("cuda", True)]
+    assert _variants(Path("m.onnx"), "cuda", False) == [("cuda", False)]
+    assert _variants(Path("m.plan"), "cuda", True) == [("cuda", False)]
+    assert _variants(Path("m.onnx"), "cpu", True) == [("cpu", False)]  # no CUDA here: --cuda-graph adds nothing
+    report = run_bench(BenchOptions(models=[models[0]], batches=[1], seconds=0.05, device="cpu", cuda_graph=True))
+    assert [r["backend"] for r in report["rows"]] == ["onnxruntime-cpu"]

@@ -3,7 +3,8 @@
 1. scoring + decoding (the runtime's postprocess) as a share of per-frame time;
 2. the video pipeline's fps against min(decode-only fps, model-only fps).
 
-    python benchmarks/bench_runtime.py [--model M.onnx] [--video CLIP] [--rounds 6] [--frames 120] [--threads N] [--batch N] [--json OUT]
+    python benchmarks/bench_runtime.py [--model M.onnx] [--video CLIP] [--rounds 6] [--frames 120] [--threads N] [--batch N]
+        [--device cpu|cuda] [--cuda-graph] [--json OUT]
 
 Without --model, a ViT-S-cost fixture (224x224 input, 14x14 grid, 12 MLP blocks of width 384, about 3.5 GFLOPs;
 tests/runtime_models.py) is built, so the ratios are taken against a model that costs what a deployed
@@ -40,11 +41,12 @@ def decode_only(video: str, frames: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def model_only(model: str, frames: list[np.ndarray], threads: int, batch: int) -> tuple[float, float, dict[str, float]]:
+def model_only(model: str, frames: list[np.ndarray], threads: int, batch: int, device: str = "cpu",
+               cuda_graph: bool = False) -> tuple[float, float, dict[str, float]]:
     """(inference-only fps, Localizer fps, mean ms per frame and stage) on frames already in memory."""
     from tedloc_edge.runtime import Localizer
 
-    with Localizer(model, device="cpu", max_batch=batch, threads=threads) as loc:
+    with Localizer(model, device=device, max_batch=batch, threads=threads, cuda_graph=cuda_graph) as loc:
         for _ in range(3):
             loc(frames[:batch])
         speeds = [r.speed for i in range(0, len(frames), batch) for r in loc(frames[i : i + batch])]
@@ -52,11 +54,12 @@ def model_only(model: str, frames: list[np.ndarray], threads: int, batch: int) -
     return 1000.0 / mean["inference"], 1000.0 / sum(mean.values()), mean
 
 
-def pipeline(model: str, video: str, out: Path, with_video: bool, frames: int, threads: int, batch: int) -> dict:
+def pipeline(model: str, video: str, out: Path, with_video: bool, frames: int, threads: int, batch: int,
+             device: str = "cpu", cuda_graph: bool = False) -> dict:
     from tedloc_edge.runtime.infer import InferOptions, run_infer
 
     opts = InferOptions(source=video, model=Path(model), out=out, exist_ok=True, video=with_video, max_frames=frames,
-                        show_progress=False, threads=threads, batch=batch)
+                        show_progress=False, threads=threads, batch=batch, device=device, cuda_graph=cuda_graph)
     return run_infer(opts).to_dict()
 
 
@@ -84,6 +87,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads for model-only and the pipeline (0: one per core; 1 leaves a core to decoding)")
     parser.add_argument("--batch", type=int, default=1, help="frames per model call, for model-only and the pipeline")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (onnxruntime-gpu) for model-only and the pipeline")
+    parser.add_argument("--cuda-graph", action="store_true", help="CUDA graphs (a model from `export --static-batch N` with N = --batch)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
@@ -97,14 +102,16 @@ def main() -> None:
     for r in range(args.rounds):
         rounds["decode"].append(decode_only(args.video, len(frames)))
         segment = frames[(r * args.frames) % len(frames) :][: args.frames]
-        inf, loc, stages = model_only(model, segment, args.threads, args.batch)
+        inf, loc, stages = model_only(model, segment, args.threads, args.batch, args.device, args.cuda_graph)
         rounds["inference"].append(inf)
         rounds["localizer"].append(loc)
         rounds["stages"].append(stages)
-        rounds["jsonl"].append(pipeline(model, args.video, work / f"jsonl{r}", False, args.frames, args.threads, args.batch))
-        rounds["mp4"].append(pipeline(model, args.video, work / f"mp4{r}", True, args.frames, args.threads, args.batch))
+        on = dict(device=args.device, cuda_graph=args.cuda_graph)
+        rounds["jsonl"].append(pipeline(model, args.video, work / f"jsonl{r}", False, args.frames, args.threads, args.batch, **on))
+        rounds["mp4"].append(pipeline(model, args.video, work / f"mp4{r}", True, args.frames, args.threads, args.batch, **on))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     report = summarize(rounds, model, args.video, args.threads, args.batch)
+    report.update(device=args.device, cuda_graph=args.cuda_graph)
     print(render(report))
     if args.json:
         from tedloc_edge.bundle import atomic_write_text
@@ -155,7 +162,8 @@ def render(r: dict) -> str:
     s, p = r["localizer_stage_ms"], r["pipeline_stage_ms_jsonl"]
     main = sum(v for k, v in p.items() if k != "decode")
     return "\n".join([
-        f"model {r['model']}  video {r['video']}  ({r['rounds']} rounds, medians; batch {r['batch']}; intra-op threads {r['threads'] or 'one per core'}; "
+        f"model {r['model']}  video {r['video']}  on {r.get('device', 'cpu')}{' with CUDA graphs' if r.get('cuda_graph') else ''}  "
+        f"({r['rounds']} rounds, medians; batch {r['batch']}; intra-op threads {r['threads'] or 'one per core'}; "
         f"load average {r['load_average'][0]:.1f})",
         f"min..max over rounds       {json.dumps(r['spread'])}",
         f"decode-only fps            {r['decode_only_fps']}",

@@ -98,7 +98,8 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         except Exception as exc:  # noqa: BLE001 - ORT raises Fail / InvalidProtobuf / RuntimeException
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            fix = GRAPH_FIX if self.cuda_graph else "re-export it with `tedloc-edge export RUN`"
+            fix = f"CUDA graphs need every node on the CUDA EP at fixed shapes: {GRAPH_FIX}" if self.cuda_graph \
+                else "re-export it with `tedloc-edge export RUN`"
             raise UserError(f"{self.path}: onnxruntime cannot load this model ({first}); {fix}") from None
         self.meta: BundleMeta = read_onnx_meta(self.path, self.session.get_modelmeta().custom_metadata_map)
         self.providers = self.session.get_providers()

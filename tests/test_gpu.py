@@ -23,7 +23,9 @@ from tedloc_edge.runtime.preprocess import Preprocessor
 
 pytestmark = pytest.mark.gpu
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2e-2}  # max abs error of the map (in [0, 1]) vs the CPU EP
+# Max abs error of the map (in [0, 1]) vs the CPU EP. fp32: the CUDA EP's convolutions and matmuls use TF32
+# by default (its `use_tf32` option), about 1e-3 relative.
+TOLERANCE = {"fp32": 2e-3, "fp16": 2e-2, "int8": 2e-2}
 
 
 def _cuda_ep() -> None:
@@ -88,7 +90,7 @@ def test_cuda_graph_replays_new_frames_like_the_plain_session(models, frames, tm
         for start in range(0, len(frames) - 1, 2):  # every call changes the input the captured graph reads
             pair = frames[start : start + 2]
             for a, b in zip(graph(pair), plain(pair)):
-                np.testing.assert_allclose(a.fg_map, b.fg_map, atol=1e-5)
+                np.testing.assert_allclose(a.fg_map, b.fg_map, atol=1e-4)
                 assert a.class_id == b.class_id and np.allclose(a.boxes, b.boxes, atol=1.0)
 
 

@@ -29,7 +29,27 @@ def convert_fp16(fp32: onnx.ModelProto, meta: BundleMeta) -> onnx.ModelProto:
     model.CopyFrom(fp32)
     head = head_node_names(model)
     fp16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=head)
+    drop_repeated_nodes(fp16.graph)
     topological_sort(fp16.graph)  # the converter appends its Cast nodes at the end
     logger.info("fp16: %d nodes, %d head nodes kept float32", len(fp16.graph.node), len(head))
     extra = dict(meta.extra, fp16_float32_nodes=len(head))
     return set_metadata(fp16, meta.replace(precision="fp16", extra=extra))
+
+
+def drop_repeated_nodes(graph: onnx.GraphProto) -> int:
+    """Remove exact repeats of a node (same op, inputs, outputs and attributes). ONNX Runtime 1.31's
+    converter inserts one identical Cast per float32 consumer of an fp16 tensor, all writing the same name,
+    which breaks the graph's single assignment; 1.32 inserts one. Keeping the first copy is exact."""
+    seen: set[bytes] = set()
+    keep = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    dropped = len(graph.node) - len(keep)
+    if dropped:
+        del graph.node[:]
+        graph.node.extend(keep)
+        logger.debug("fp16: %d repeated nodes dropped", dropped)
+    return dropped

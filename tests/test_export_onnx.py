@@ -12,7 +12,7 @@ from exportkit import TinyTedLoc, real_photos, tiny_meta
 
 from tedloc_edge.bundle import read_onnx_meta
 from tedloc_edge.console import UserError
-from tedloc_edge.export.fp16 import convert_fp16
+from tedloc_edge.export.fp16 import convert_fp16, drop_repeated_nodes
 from tedloc_edge.export.head_nodes import head_node_names
 from tedloc_edge.export.int8 import check_mode, data_path_nodes, quantize_int8
 from tedloc_edge.export.onnx_export import export_onnx, export_to_proto, save_model
@@ -78,6 +78,22 @@ def test_fp16_keeps_io_and_head_float32(model, fp32, photos, tmp_path):
     report = verify_export(model, path, tiny_meta(), photos, "fp16")
     assert report.passed, report.failures
     assert read_onnx_meta(path).precision == "fp16"
+
+
+def test_repeated_casts_from_older_converters_are_dropped():
+    """onnxruntime 1.31's fp16 converter writes one identical Cast per consumer under one name (1.32: one)."""
+    from onnx import TensorProto, helper
+
+    cast = helper.make_node("Cast", ["h"], ["h32"], name="h_cast", to=TensorProto.FLOAT)
+    other = helper.make_node("Cast", ["h"], ["h32b"], name="h_cast_b", to=TensorProto.FLOAT)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), cast, onnx.NodeProto(), other,
+         helper.make_node("Add", ["h32", "h32b"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    graph.node[2].CopyFrom(cast)  # the repeat
+    assert drop_repeated_nodes(graph) == 1
+    assert [n.name for n in graph.node] == ["", "h_cast", "h_cast_b", ""]
+    onnx.checker.check_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
 def _float_head_checks(proto):

@@ -163,7 +163,6 @@ def check_device(device: str) -> None:
 
 def probe_ort_cuda() -> None:
     """A one-node session on the CUDA EP: onnxruntime-gpu falls back to the CPU when its CUDA libraries are missing."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -171,7 +170,7 @@ def probe_ort_cuda() -> None:
     graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+    model.ir_version = 8  # onnx 1.23 writes IR 14 by default, newer than onnxruntime 1.31 reads; opset 17 needs 8
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA_EP, CPU_EP])
         used = session.get_providers()

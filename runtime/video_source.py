@@ -21,6 +21,9 @@ from tedloc_edge.runtime.frames import Frame, ThreadedSource
 logger = logging.getLogger(__name__)
 
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp")
+# PyAV before 19 decodes container metadata strictly unless told otherwise (one bad tag fails the open);
+# PyAV 19 (Python 3.12+) removed the option and no longer fails on it.
+OPEN_OPTIONS: dict[str, str] = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
 MAX_ERRORS_KEPT = 5
 
 
@@ -33,7 +36,7 @@ def open_container(target: str, fmt: str | None, options: dict[str, str], timeou
     """av.open with an open/read timeout; every failure is a one-line UserError naming `label`."""
     started = time.monotonic()
     try:
-        return av.open(target, format=fmt, options=options, timeout=(timeout, timeout), metadata_errors="ignore")
+        return av.open(target, format=fmt, options=options, timeout=(timeout, timeout), **OPEN_OPTIONS)
     except (FileNotFoundError, av.error.FileNotFoundError):
         raise UserError(f"{label}: no such file or device; check the path (or the camera index)") from None
     except (PermissionError, av.error.PermissionError):

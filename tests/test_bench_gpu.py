@@ -104,3 +104,11 @@ def test_cuda_rows_graphs_and_parity(tmp_path):
             par = rows[(engine, "fp32", b)]["parity"]
             assert par["top1_agree_pct"] == 100 and par["boxes_within_1px_pct"] == 100, (engine, b, par)
     assert report["machine"]["gpu"] and [t["batch"] for t in report["targets"]] == [1, 64]
+
+
+def test_cuda_probe_model_loads_in_this_onnxruntime(monkeypatch):
+    """The probe's one-node model must load in any onnxruntime the GPU machine carries (its IR version is
+    pinned: onnx 1.23 writes IR 14, which onnxruntime 1.31 refuses); run on the CPU EP as a stand-in."""
+    bench = load_bench()
+    monkeypatch.setattr(bench, "CUDA_EP", bench.CPU_EP)
+    bench.probe_ort_cuda()

@@ -16,7 +16,8 @@ set -uo pipefail
 step=${1:-}
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# /tmp/site: the carried wheels; the checkout: tedloc_edge for scripts run by path (link_packages adds the stages)
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 extra=.device-extra
 models=/tmp/gpu-models
 

@@ -105,6 +105,7 @@ class OnnxRuntimeRunner(Runner):
         self.providers = self.session.get_providers()
         self.on_cuda = any(p in (CUDA_EP, TRT_EP) for p in self.providers)
         self.device_id = 0
+        self.io_device = "cuda"  # where device-resident I/O lives (OrtValue device type)
         self.name = f"onnxruntime-{'cuda' if self.on_cuda else 'cpu'}{'-graph' if self.cuda_graph else ''}"
         self.fixed_batch = self._check_io()
         if self.cuda_graph and self.fixed_batch is None:
@@ -162,7 +163,7 @@ class OnnxRuntimeRunner(Runner):
                 import onnxruntime as ort
 
                 h, w = self.meta.input_size
-                value = ort.OrtValue.ortvalue_from_shape_and_type((n, h, w, 3), np.uint8, "cuda", self.device_id)
+                value = ort.OrtValue.ortvalue_from_shape_and_type((n, h, w, 3), np.uint8, self.io_device, self.device_id)
                 io.bind_ortvalue_input(INPUT_NAME, value)
                 self._device_inputs[n] = value
             self._bindings[n] = io
@@ -175,7 +176,8 @@ class OnnxRuntimeRunner(Runner):
         h, w = self.meta.input_size
         shapes = {INPUT_NAME: (n, h, w, 3), "fg_map": (n, *self.meta.patch_grid), "logits": (n, self.meta.num_classes)}
         dtypes = {INPUT_NAME: np.uint8, **self._out_dtypes}
-        values = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtypes[k], "cuda", self.device_id) for k, shape in shapes.items()}
+        values = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtypes[k], self.io_device, self.device_id)
+                  for k, shape in shapes.items()}
         io = self.session.io_binding()
         io.bind_ortvalue_input(INPUT_NAME, values[INPUT_NAME])
         for name in OUTPUT_NAMES:
@@ -188,7 +190,7 @@ class OnnxRuntimeRunner(Runner):
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = images.shape[0]
         io = self._binding(n)
-        if self.on_cuda:
+        if self.on_cuda or self.cuda_graph:
             self._device_inputs[n].update_inplace(images)
         else:
             io.bind_input(INPUT_NAME, "cpu", 0, np.uint8, images.shape, images.ctypes.data)

@@ -16,7 +16,7 @@ from tedloc_edge.bundle import BundleError, write_plan_sidecar
 from tedloc_edge.console import UserError
 from tedloc_edge.runtime import Localizer, Result
 from tedloc_edge.runtime import decode_boxes as exported_decoder
-from tedloc_edge.runtime.backend_onnxruntime import choose_providers, graph_providers
+from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner, choose_providers, graph_providers
 from tedloc_edge.runtime.postprocess import box_scores
 from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch
 
@@ -214,6 +214,21 @@ def test_cuda_graph_options_are_checked_before_any_gpu_work(model, tmp_path):
     plan.write_bytes(b"x")
     with pytest.raises(UserError, match="--cuda-graph applies to ONNX Runtime's CUDA EP"):
         Localizer(plan, device="cuda", cuda_graph=True)
+
+
+def test_graph_mode_io_binding_with_cpu_ortvalues_matches_the_plain_session(tmp_path):
+    """The CUDA-graph path's binding (input and outputs as OrtValues allocated once, the input updated in
+    place, outputs copied out) run with real ONNX Runtime, CPU OrtValues standing in for device ones."""
+    path = write_model(tmp_path / "static.onnx", static_batch=2)
+    plain = OnnxRuntimeRunner(path, device="cpu")
+    graph_io = OnnxRuntimeRunner(path, device="cpu")
+    graph_io.cuda_graph, graph_io.io_device = True, "cpu"
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # each call must read the new frames through the same bound input
+        images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+        for a, b in zip(graph_io.infer(images), plain.infer(images)):
+            np.testing.assert_array_equal(a, b)
+    assert list(graph_io._bindings) == [2] and set(graph_io._device_outputs) == {"fg_map", "logits"}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")

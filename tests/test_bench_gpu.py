@@ -106,6 +106,7 @@ def test_cuda_rows_graphs_and_parity(tmp_path):
     assert report["machine"]["gpu"] and [t["batch"] for t in report["targets"]] == [1, 64]
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate provider")  # the CPU EP stands in for the CUDA EP, so it is listed twice
 def test_cuda_probe_model_loads_in_this_onnxruntime(monkeypatch):
     """The probe's one-node model must load in any onnxruntime the GPU machine carries (its IR version is
     pinned: onnx 1.23 writes IR 14, which onnxruntime 1.31 refuses); run on the CPU EP as a stand-in."""

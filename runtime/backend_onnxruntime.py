@@ -13,6 +13,8 @@ small map and logits out.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,8 +33,24 @@ TRT_EP = "TensorrtExecutionProvider"
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def choose_providers(device: str, providers: Sequence[str] | None, available: Sequence[str]) -> list[str]:
-    """Execution providers for `device` ("cpu" or "cuda"), or the caller's explicit list checked against ORT."""
+@functools.lru_cache(maxsize=1)
+def tensorrt_libraries_load() -> bool:
+    """Whether TensorRT's libnvinfer loads here. onnxruntime-gpu lists its TensorRT EP whether or not TensorRT
+    is installed; without it, session creation fails, ORT prints an 'EP Error' banner to stdout and retries
+    on CUDA. Most GPU users have no TensorRT, so the EP is only asked for when its library is there."""
+    for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so", "nvinfer_10.dll", "nvinfer.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def choose_providers(device: str, providers: Sequence[str] | None, available: Sequence[str],
+                     tensorrt_ok: bool | None = None) -> list[str]:
+    """Execution providers for `device` ("cpu" or "cuda"), or the caller's explicit list checked against ORT.
+    `tensorrt_ok` (default: whether libnvinfer loads) says whether "cuda" puts TensorRT's EP first."""
     if providers:
         missing = [p for p in providers if p not in available]
         if missing:
@@ -51,7 +69,9 @@ def choose_providers(device: str, providers: Sequence[str] | None, available: Se
                 "device 'cuda' needs onnxruntime-gpu (this onnxruntime offers "
                 f"{', '.join(available)}); pip uninstall onnxruntime && pip install onnxruntime-gpu, or use --device cpu"
             )
-        return [p for p in (TRT_EP, CUDA_EP, CPU_EP) if p in available]
+        if tensorrt_ok is None:
+            tensorrt_ok = TRT_EP in available and tensorrt_libraries_load()
+        return [p for p in ((TRT_EP,) if tensorrt_ok else ()) + (CUDA_EP, CPU_EP) if p in available]
     raise UserError(f"device must be 'cpu', 'cuda' or 'auto', not {device!r}")
 
 

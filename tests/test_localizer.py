@@ -202,7 +202,10 @@ def test_cuda_without_onnxruntime_gpu_is_one_line():
     with pytest.raises(UserError, match="needs onnxruntime-gpu"):
         choose_providers("cuda", None, ["CPUExecutionProvider"])
     assert choose_providers("auto", None, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert choose_providers("cuda", None, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "TensorrtExecutionProvider"
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cuda", None, gpu, tensorrt_ok=True)[0] == "TensorrtExecutionProvider"
+    # onnxruntime-gpu lists its TensorRT EP even without TensorRT: then it is not asked for (no 'EP Error' retry)
+    assert choose_providers("cuda", None, gpu, tensorrt_ok=False) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_cuda_graph_options_are_checked_before_any_gpu_work(model, tmp_path):

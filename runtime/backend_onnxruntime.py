@@ -13,8 +13,10 @@ small map and logits out.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import io
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,6 +77,26 @@ def choose_providers(device: str, providers: Sequence[str] | None, available: Se
     raise UserError(f"device must be 'cpu', 'cuda' or 'auto', not {device!r}")
 
 
+def provider_names(providers: Sequence[Any]) -> list[str]:
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
+def preload_cuda_libraries(ort: Any) -> str:
+    """Load CUDA and cuDNN the way onnxruntime-gpu (1.21+) offers: from torch's or the nvidia-* pip packages,
+    then the system's library path. Without it, a torch-free process finds pip-installed CUDA libraries
+    nowhere and ORT silently runs on the CPU. Returns what ORT printed (it prints, not raises, failures)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as exc:  # noqa: BLE001 - a bad preload only means ORT searches the default paths
+        return f"preload_dlls: {exc}"
+    return printed.getvalue().strip()
+
+
 GRAPH_FIX = ("export a fixed-batch model with `tedloc-edge export RUN --static-batch N` and pass that model_b<N>.onnx, "
              "or drop --cuda-graph")
 
@@ -107,22 +129,13 @@ class OnnxRuntimeRunner(Runner):
         self.cuda_graph = bool(cuda_graph)
         if self.cuda_graph:
             chosen = graph_providers(self.path, device, chosen)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = int(threads)
-        options.log_severity_level = 3
-        # Idle worker threads sleep instead of spinning: the decoder, encoder and other processes need the
-        # same cores (on a busy 2-core machine this doubled pipeline fps; see docs/performance.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
-        except Exception as exc:  # noqa: BLE001 - ORT raises Fail / InvalidProtobuf / RuntimeException
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            fix = f"CUDA graphs need every node on the CUDA EP at fixed shapes: {GRAPH_FIX}" if self.cuda_graph \
-                else "re-export it with `tedloc-edge export RUN`"
-            raise UserError(f"{self.path}: onnxruntime cannot load this model ({first}); {fix}") from None
+        wants_cuda = CUDA_EP in provider_names(chosen)
+        preload_notes = preload_cuda_libraries(ort) if wants_cuda else ""
+        self.session = self._open_session(ort, chosen, threads, spin)
         self.meta: BundleMeta = read_onnx_meta(self.path, self.session.get_modelmeta().custom_metadata_map)
         self.providers = self.session.get_providers()
+        if wants_cuda and CUDA_EP not in self.providers:
+            self._cuda_did_not_start(device, preload_notes)
         self.on_cuda = any(p in (CUDA_EP, TRT_EP) for p in self.providers)
         self.device_id = 0
         self.io_device = "cuda"  # where device-resident I/O lives (OrtValue device type)
@@ -141,6 +154,34 @@ class OnnxRuntimeRunner(Runner):
         self._device_inputs: dict[int, Any] = {}
         self._device_outputs: dict[str, Any] = {}
         logger.debug("%s: %s providers=%s max_batch=%d", self.path, self.name, self.providers, self.max_batch)
+
+    def _open_session(self, ort: Any, chosen: list[Any], threads: int, spin: bool) -> Any:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3
+        # Idle worker threads sleep instead of spinning: the decoder, encoder and other processes need the
+        # same cores (on a busy 2-core machine this doubled pipeline fps; see docs/performance.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
+        except Exception as exc:  # noqa: BLE001 - ORT raises Fail / InvalidProtobuf / RuntimeException
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fix = f"CUDA graphs need every node on the CUDA EP at fixed shapes: {GRAPH_FIX}" if self.cuda_graph \
+                else "re-export it with `tedloc-edge export RUN`"
+            raise UserError(f"{self.path}: onnxruntime cannot load this model ({first}); {fix}") from None
+
+    def _cuda_did_not_start(self, device: str, preload_notes: str) -> None:
+        """ORT drops a CUDA EP whose CUDA / cuDNN libraries do not load and runs on the CPU without an error:
+        asked for explicitly, that is a one-line error; with --device auto, a warning."""
+        why = f" ({preload_notes.splitlines()[0]})" if preload_notes else ""
+        if device == "cuda" or self.cuda_graph:
+            raise UserError(
+                f"{self.path}: onnxruntime-gpu could not start its CUDA execution provider{why}; it needs the CUDA and "
+                "cuDNN 9 libraries it was built for (from torch with CUDA, the nvidia-* pip packages, or the system's "
+                "library path; `python -c 'import onnxruntime; onnxruntime.print_debug_info()'` says which), or use --device cpu"
+            )
+        logger.warning("%s: onnxruntime-gpu's CUDA execution provider did not start%s; running on the CPU", self.path, why)
 
     def _check_io(self) -> int | None:
         """Check the graph against the contract (docs/architecture.md); returns its static batch, if any."""

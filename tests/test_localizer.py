@@ -208,6 +208,23 @@ def test_cuda_without_onnxruntime_gpu_is_one_line():
     assert choose_providers("cuda", None, gpu, tensorrt_ok=False) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_a_cuda_ep_that_does_not_start_is_an_error_not_a_silent_cpu_run(model, monkeypatch, caplog):
+    """onnxruntime-gpu without its CUDA / cuDNN libraries drops the CUDA EP and runs on the CPU, silently;
+    here the CPU build stands in for it (it lists CUDA, then drops it as ORT does)."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: print("Failed to load libcudnn.so.9: cannot open shared object file"),
+                        raising=False)
+    with pytest.raises(UserError, match=r"could not start its CUDA execution provider \(Failed to load libcudnn.so.9"):
+        Localizer(model, device="cuda")
+    with caplog.at_level("WARNING"):
+        loc = Localizer(model, device="auto")
+    assert loc.runner.name == "onnxruntime-cpu" and "did not start" in caplog.text
+    assert loc(scene()).class_name == "red"
+
+
 def test_cuda_graph_options_are_checked_before_any_gpu_work(model, tmp_path):
     with pytest.raises(UserError, match="CUDA graphs run on the CUDA execution provider; use --device cuda"):
         Localizer(model, device="cpu", cuda_graph=True)

@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parity-images", type=int, default=16, help="images of the parity check")
     parser.add_argument("--int8-mode", choices=("auto", "cpu", "tensorrt"), default="auto",
                         help="Q/DQ placement (export/int8.py); auto: tensorrt on cuda, cpu on cpu")
+    parser.add_argument("--ort-cuda-options", default="", metavar="K=V,...",
+                        help="ONNX Runtime CUDA EP provider options for the ort-cuda rows, e.g. prefer_nhwc=1")
     parser.add_argument("--out", type=Path, default=None, help="folder for the ONNX files (default: a temporary folder, removed)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table as markdown (for docs/performance.md)")
@@ -99,7 +101,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.embed_dim = args.embed_dim or max(128, args.classes)
     if args.int8_mode == "auto":
         args.int8_mode = "tensorrt" if args.device == "cuda" else "cpu"
+    args.cuda_options = parse_options(parser, args.ort_cuda_options)
     return args
+
+
+def parse_options(parser: argparse.ArgumentParser, text: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        parser.error(f"--ort-cuda-options {text!r}: give KEY=VALUE pairs separated by commas, e.g. prefer_nhwc=1")
+    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def parse_batches(parser: argparse.ArgumentParser, text: str) -> list[int]:
@@ -118,6 +128,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
              "--seconds", f"{args.seconds:g}", "--device", args.device, "--classes", str(args.classes),
              "--input-size", str(args.input_size), "--embed-dim", str(args.embed_dim), "--calib-images", str(args.calib_images),
              "--parity-images", str(args.parity_images), "--int8-mode", args.int8_mode]
+    if args.cuda_options:
+        parts += ["--ort-cuda-options", ",".join(f"{k}={v}" for k, v in args.cuda_options.items())]
     for flag, value in (("--out", args.out), ("--json", args.json), ("--markdown", args.markdown)):
         if value is not None:
             parts += [flag, str(value)]
@@ -413,8 +425,9 @@ class OrtEngine:
     """The runtime's ONNX Runtime runner: dynamic-batch model (one session, every batch) or, with graphs, the
     static-batch model of each batch (one session per batch)."""
 
-    def __init__(self, built: Built, device: str, precision: str, graph: bool, max_batch: int):
+    def __init__(self, built: Built, device: str, precision: str, graph: bool, max_batch: int, cuda_options: dict[str, str]):
         self.built, self.device, self.precision, self.graph, self.max_batch = built, device, precision, graph, max_batch
+        self.cuda_options = cuda_options
         self.name = "ort-cpu" if device == "cpu" else ("ort-cuda-graph" if graph else "ort-cuda")
         self.loc: Any = None
 
@@ -427,7 +440,8 @@ class OrtEngine:
             raise RuntimeError(f"no {self.precision} model{f' with static batch {batch}' if self.graph else ''} (export failed)")
         if self.loc is None or self.graph:
             self.close()
-            self.loc = open_localizer(self.built.files[key], self.device, batch if self.graph else self.max_batch, self.graph)
+            self.loc = open_localizer(self.built.files[key], self.device, batch if self.graph else self.max_batch, self.graph,
+                                      self.cuda_options)
         return self.loc.runner.infer
 
     def close(self) -> None:
@@ -436,12 +450,13 @@ class OrtEngine:
             self.loc = None
 
 
-def open_localizer(path: Path, device: str, max_batch: int, graph: bool) -> Any:
+def open_localizer(path: Path, device: str, max_batch: int, graph: bool, cuda_options: dict[str, str] | None = None) -> Any:
     """A runtime Localizer on exactly the CUDA EP (+ CPU), never silently on the CPU only."""
     from tedloc_edge.runtime.localizer import Localizer
 
     providers = [CUDA_EP, CPU_EP] if device == "cuda" else [CPU_EP]
-    loc = Localizer(path, backend="onnxruntime", device=device, providers=providers, max_batch=max_batch, cuda_graph=graph)
+    loc = Localizer(path, backend="onnxruntime", device=device, providers=providers, max_batch=max_batch, cuda_graph=graph,
+                    cuda_options=cuda_options if device == "cuda" else None)
     if device == "cuda" and CUDA_EP not in loc.runner.providers:
         loc.close()
         raise RuntimeError(f"the session fell back to {loc.runner.providers}: the CUDA EP did not load")
@@ -457,7 +472,7 @@ def engines_for(built: Built, args: argparse.Namespace) -> list[tuple[str, str, 
                  ("torch-cudagraph", "fp16", partial(TorchEngine, built.model, dev, "fp16", True))]
     ort_kinds = [("ort-cpu", False)] if dev == "cpu" else [("ort-cuda", False), ("ort-cuda-graph", True)]
     for name, graph in ort_kinds:
-        plan += [(name, precision, partial(OrtEngine, built, dev, precision, graph, top)) for precision in PRECISIONS]
+        plan += [(name, precision, partial(OrtEngine, built, dev, precision, graph, top, args.cuda_options)) for precision in PRECISIONS]
     return plan
 
 
@@ -655,7 +670,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def settings(args: argparse.Namespace, image_source: str) -> dict[str, Any]:
     return {
         "backbones": args.backbone_list, "batches": args.batch_list, "seconds": args.seconds, "classes": args.classes,
-        "input_size": args.input_size, "embed_dim": args.embed_dim, "int8_mode": args.int8_mode,
+        "input_size": args.input_size, "embed_dim": args.embed_dim, "int8_mode": args.int8_mode, "ort_cuda_options": args.cuda_options,
         "calib_images": args.calib_images, "parity_images": args.parity_images, "images": image_source,
         "warmup_calls": WARMUP[args.device], "min_calls": MIN_CALLS,
         "timed": TIMED[args.device],
@@ -682,7 +697,8 @@ def header_lines(report: dict) -> list[str]:
     m, s = report["machine"], report["settings"]
     where = m.get("gpu", f"CPU ({m['cpu_count']} cores)")
     lines = [f"{where} | torch {m['torch']} | onnxruntime {m['onnxruntime']} | timm {m['timm']} | {s['classes']} classes, "
-             f"{s['input_size']}x{s['input_size']}, int8 mode {s['int8_mode']} | {s['seconds']:g} s per row",
+             f"{s['input_size']}x{s['input_size']}, int8 mode {s['int8_mode']} | {s['seconds']:g} s per row"
+             + (f" | ORT CUDA EP options {s['ort_cuda_options']}" if s["ort_cuda_options"] else ""),
              f"timed: {s['timed']}",
              f"parity: vs {s['parity_reference']}, on {s['parity_images']} {s['images']}; ratio = images/s over "
              f"{report['rows'][0]['baseline'] if report['rows'] else 'the baseline'} at the same backbone and batch"]

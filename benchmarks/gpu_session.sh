@@ -6,8 +6,10 @@
 #   bash benchmarks/gpu_session.sh setup   unpack the carried wheels into /tmp/site, print what is there (env.txt)
 #   bash benchmarks/gpu_session.sh pycuda  build pycuda from its sdist (nvcc and the driver are there), a few minutes
 #   bash benchmarks/gpu_session.sh tests   the gpu-marked tests (tests/test_gpu.py and the others marked gpu)
-#   bash benchmarks/gpu_session.sh bench [BACKBONE]    benchmarks/bench_gpu.py on one backbone (default
-#                                          tf_efficientnet_lite0; then vit_small_patch16_224 in a second call)
+#   bash benchmarks/gpu_session.sh bench [BACKBONE [BENCH_GPU ARGS...]]   benchmarks/bench_gpu.py on one backbone
+#                                          (default tf_efficientnet_lite0; then vit_small_patch16_224 in a second
+#                                          call); TAG=nhwc ... bench tf_efficientnet_lite0 --ort-cuda-options prefer_nhwc=1
+#                                          names a variant's outputs
 #   bash benchmarks/gpu_session.sh video   the 720p clip end to end on the GPU (bench_runtime.py), with and
 #                                          without CUDA graphs, beside decode-only fps
 #
@@ -84,8 +86,9 @@ tests() {
 bench() {  # one backbone per call keeps each call well inside the 10-minute cap (about 5 minutes each)
   link_packages
   local backbone=${1:-tf_efficientnet_lite0}
+  local name=bench_gpu_$backbone${TAG:+_$TAG}
   python3 benchmarks/bench_gpu.py --device cuda --backbones "$backbone" --batches 1,8,64 --seconds 3 --out "$models" \
-    --json "$out/bench_gpu_$backbone.json" --markdown "$out/bench_gpu_$backbone.md" 2>&1 | tee "$out/bench_gpu_$backbone.log"
+    --json "$out/$name.json" --markdown "$out/$name.md" "${@:2}" 2>&1 | tee "$out/$name.log"
 }
 
 video() {
@@ -112,7 +115,7 @@ case "$step" in
   setup) setup ;;
   pycuda) pycuda ;;
   tests) tests ;;
-  bench) bench "${2:-}" ;;
+  bench) shift; bench "$@" ;;
   video) video ;;
-  *) echo "usage: bash benchmarks/gpu_session.sh setup|pycuda|tests|bench [BACKBONE]|video"; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh setup|pycuda|tests|bench [BACKBONE [ARGS...]]|video"; exit 2 ;;
 esac

@@ -19,7 +19,7 @@ import functools
 import io
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -77,10 +77,6 @@ def choose_providers(device: str, providers: Sequence[str] | None, available: Se
     raise UserError(f"device must be 'cpu', 'cuda' or 'auto', not {device!r}")
 
 
-def provider_names(providers: Sequence[Any]) -> list[str]:
-    return [p[0] if isinstance(p, tuple) else p for p in providers]
-
-
 def preload_cuda_libraries(ort: Any) -> str:
     """Load CUDA and cuDNN the way onnxruntime-gpu (1.21+) offers: from torch's or the nvidia-* pip packages,
     then the system's library path. Without it, a torch-free process finds pip-installed CUDA libraries
@@ -101,12 +97,18 @@ GRAPH_FIX = ("export a fixed-batch model with `tedloc-edge export RUN --static-b
              "or drop --cuda-graph")
 
 
-def graph_providers(path: Path, device: str, chosen: Sequence[str]) -> list[Any]:
-    """The CUDA EP with graph capture on, and the CPU EP (which must end up with no node). TensorRT's EP has
-    graphs of its own; a graph here means ORT's CUDA EP runs every node."""
+def graph_providers(path: Path, device: str, chosen: Sequence[str]) -> list[str]:
+    """The CUDA EP (graph capture is switched on in its options) and the CPU EP, which must end up with no
+    node. TensorRT's EP has graphs of its own; a graph here means ORT's CUDA EP runs every node."""
     if device == "cpu" or CUDA_EP not in chosen:
         raise UserError(f"{path}: CUDA graphs run on the CUDA execution provider; use --device cuda with onnxruntime-gpu, or drop --cuda-graph")
-    return [(CUDA_EP, {"enable_cuda_graph": "1"}), CPU_EP]
+    return [CUDA_EP, CPU_EP]
+
+
+def with_cuda_options(providers: Sequence[str], options: Mapping[str, str]) -> list[Any]:
+    """The CUDA EP as (name, options) when there are options (ORT's CUDA EP provider options, e.g.
+    enable_cuda_graph, prefer_nhwc, cudnn_conv_algo_search); other providers unchanged."""
+    return [(p, {k: str(v) for k, v in options.items()}) if p == CUDA_EP and options else p for p in providers]
 
 
 class OnnxRuntimeRunner(Runner):
@@ -121,15 +123,19 @@ class OnnxRuntimeRunner(Runner):
         threads: int = 0,
         spin: bool = False,
         cuda_graph: bool = False,
+        cuda_options: Mapping[str, str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
-        chosen: list[Any] = choose_providers(device, providers, ort.get_available_providers())
+        names = choose_providers(device, providers, ort.get_available_providers())
         self.cuda_graph = bool(cuda_graph)
+        options = dict(cuda_options or {})
         if self.cuda_graph:
-            chosen = graph_providers(self.path, device, chosen)
-        wants_cuda = CUDA_EP in provider_names(chosen)
+            names = graph_providers(self.path, device, names)
+            options["enable_cuda_graph"] = "1"
+        chosen = with_cuda_options(names, options)
+        wants_cuda = CUDA_EP in names
         preload_notes = preload_cuda_libraries(ort) if wants_cuda else ""
         self.session = self._open_session(ort, chosen, threads, spin)
         self.meta: BundleMeta = read_onnx_meta(self.path, self.session.get_modelmeta().custom_metadata_map)

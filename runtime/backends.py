@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tedloc_edge.console import UserError
 from tedloc_edge.runtime.runner import Runner
@@ -48,6 +48,7 @@ def load_runner(
     max_batch: int = 8,
     threads: int = 0,
     cuda_graph: bool = False,
+    cuda_options: Mapping[str, str] | None = None,
 ) -> Runner:
     """Load a model for inference; every problem is a one-line UserError naming the file and the fix."""
     path = Path(path)
@@ -73,4 +74,5 @@ def load_runner(
         return TensorRTRunner(path, max_batch=max_batch)
     from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, device=device, providers=providers, max_batch=max_batch, threads=threads, cuda_graph=cuda_graph)
+    return OnnxRuntimeRunner(path, device=device, providers=providers, max_batch=max_batch, threads=threads,
+                             cuda_graph=cuda_graph, cuda_options=cuda_options)

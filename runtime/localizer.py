@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Sequence, cast, overload
+from typing import Iterable, Mapping, Sequence, cast, overload
 
 import numpy as np
 
@@ -62,7 +62,8 @@ class Localizer:
     area at the model's input size (as the evaluator's decoder counts it); classes restricts the class choice
     to a subset (names or ids); return_map keeps each frame's (gh, gw) map on its Result; threads sets ONNX
     Runtime's intra-op threads (0: its default, one per core); cuda_graph replays the model as one CUDA graph
-    (ONNX Runtime's CUDA EP, a model exported with --static-batch).
+    (ONNX Runtime's CUDA EP, a model exported with --static-batch); cuda_options are ORT CUDA EP provider
+    options (e.g. {"prefer_nhwc": "1"}).
     """
 
     def __init__(
@@ -80,9 +81,10 @@ class Localizer:
         return_map: bool = False,
         threads: int = 0,
         cuda_graph: bool = False,
+        cuda_options: Mapping[str, str] | None = None,
     ) -> None:
         self.model_path = Path(model)
-        self.runner = load_runner(self.model_path, backend, device, providers, max_batch, threads, cuda_graph)
+        self.runner = load_runner(self.model_path, backend, device, providers, max_batch, threads, cuda_graph, cuda_options)
         self.meta: BundleMeta = self.runner.meta
         self.decode = DecodeConfig(
             threshold=self.meta.threshold if threshold is None else float(threshold),

@@ -87,8 +87,13 @@ def test_bad_arguments_exit_cleanly():
     for bad in (["--batches", "0,1"], ["--batches", "one"], ["--seconds", "0"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ort-cuda-options", "prefer_nhwc"])
     args = bench.parse_args(["--classes", "200", "--device", "cpu"])
-    assert args.embed_dim == 200 and args.int8_mode == "cpu" and args.batch_list == [1, 8, 64]
+    assert args.embed_dim == 200 and args.int8_mode == "cpu" and args.batch_list == [1, 8, 64] and args.cuda_options == {}
+    args = bench.parse_args(["--ort-cuda-options", "prefer_nhwc=1, cudnn_conv_algo_search=HEURISTIC"])
+    assert args.cuda_options == {"prefer_nhwc": "1", "cudnn_conv_algo_search": "HEURISTIC"}
+    assert "--ort-cuda-options prefer_nhwc=1,cudnn_conv_algo_search=HEURISTIC" in bench.reproduce_command(args)
 
 
 @pytest.mark.gpu

@@ -16,7 +16,7 @@ from tedloc_edge.bundle import BundleError, write_plan_sidecar
 from tedloc_edge.console import UserError
 from tedloc_edge.runtime import Localizer, Result
 from tedloc_edge.runtime import decode_boxes as exported_decoder
-from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner, choose_providers, graph_providers
+from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner, choose_providers, graph_providers, with_cuda_options
 from tedloc_edge.runtime.postprocess import box_scores
 from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch
 
@@ -229,7 +229,10 @@ def test_cuda_graph_options_are_checked_before_any_gpu_work(model, tmp_path):
     with pytest.raises(UserError, match="CUDA graphs run on the CUDA execution provider; use --device cuda"):
         Localizer(model, device="cpu", cuda_graph=True)
     providers = graph_providers(Path(model), "cuda", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert providers == [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]  # TensorRT's EP left out
+    assert providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # TensorRT's EP left out
+    assert with_cuda_options(providers, {"enable_cuda_graph": "1", "prefer_nhwc": 1}) == [
+        ("CUDAExecutionProvider", {"enable_cuda_graph": "1", "prefer_nhwc": "1"}), "CPUExecutionProvider"]
+    assert with_cuda_options(["CPUExecutionProvider"], {"prefer_nhwc": "1"}) == ["CPUExecutionProvider"]
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"x")
     with pytest.raises(UserError, match="--cuda-graph applies to ONNX Runtime's CUDA EP"):

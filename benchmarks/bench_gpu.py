@@ -17,9 +17,10 @@ What is timed (model only: no resize, no box decoding). One fixed uint8 (N, H, W
 memory goes to the device, the model runs, fg_map and logits come back to host memory. Every engine does
 exactly that work, the copies included, since that is what a camera pipeline pays:
 
-- torch-eager fp32; torch-eager fp16 (model.half(), input normalized in float32 then cast, as the graph does);
-  torch-cudagraph fp16 (torch.cuda.CUDAGraph over a static input tensor, warmed up on a side stream; each
-  call copies the batch into it and replays). cudnn.benchmark is on, TF32 settings are torch's defaults.
+- torch-eager fp32; torch-eager fp16 (a .half() copy of the model); torch-cudagraph fp16 (one CUDA graph per
+  batch shape over a static input tensor, warmed up on a side stream; each call copies the batch into it and
+  replays): the project's `TorchPredictor.forward_batch`, as `tedloc-edge bench --run` uses on a GPU.
+  cudnn.benchmark is on, TF32 settings are torch's defaults.
 - ort-cuda fp32/fp16/int8: the runtime's `Localizer(..., device="cuda").runner.infer` (CUDA EP, IO binding)
   on the dynamic-batch model; ort-cuda-graph: the same on the static-batch model with cuda_graph=True.
 - On --device cpu: torch-eager fp32 and ort-cpu fp32/fp16/int8 (no CUDA graphs, no torch fp16).
@@ -39,7 +40,6 @@ within 1 pixel, and the smallest best-box IoU.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -357,68 +357,33 @@ def export_all(built: Built, out: Path, calib: np.ndarray, args: argparse.Namesp
 
 
 class TorchEngine:
-    """torch eager (fp32 / fp16) or torch CUDA-graph fp16 of the same module, uint8 host batch in, host outputs out."""
+    """torch eager (fp32 / fp16) or torch CUDA-graph fp16 of the same module through the project's
+    `TorchPredictor.forward_batch`: uint8 host batch in, host outputs out."""
 
-    def __init__(self, model: Any, device: str, precision: str, graph: bool):
+    def __init__(self, built: Built, device: str, precision: str, graph: bool, max_batch: int):
         import torch
 
-        self.torch, self.device, self.graph = torch, torch.device(device), graph
-        self.name, self.precision = ("torch-cudagraph" if graph else "torch-eager"), precision
-        model = model.to(self.device).eval()
-        self.forward = half_forward(copy.deepcopy(model).half()) if precision == "fp16" else model
-        self.model = model
+        from tedloc_edge.train.predict import TorchPredictor
+
+        self.torch, self.device, self.precision = torch, torch.device(device), precision
+        self.name = "torch-cudagraph" if graph else "torch-eager"
+        self.model = built.model
+        self.predictor: Any = TorchPredictor((built.model, built.meta), device=device, batch_size=max_batch,
+                                             precision=precision, cuda_graph=graph)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
 
     def call(self, batch: int, shape: tuple[int, ...]) -> Call:
-        return self._graph_call((batch, *shape)) if self.graph else self._eager_call
-
-    def _eager_call(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self.torch.no_grad():
-            fg_map, logits = self.forward(self.torch.from_numpy(images).to(self.device))
-            return fg_map.cpu().numpy(), logits.cpu().numpy()
-
-    def _graph_call(self, shape: tuple[int, ...]) -> Call:
-        """Capture forward over a static input (warm-up on a side stream first, as torch's docs say)."""
-        torch = self.torch
-        static_in = torch.zeros(shape, dtype=torch.uint8, device=self.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(3):
-                self.forward(static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            static_out = self.forward(static_in)
-
-        def call(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            static_in.copy_(torch.from_numpy(images))
-            graph.replay()
-            return static_out[0].cpu().numpy(), static_out[1].cpu().numpy()
-
-        return call
+        return self.predictor.forward_batch
 
     def close(self) -> None:
         """Give the device memory back before the ONNX Runtime sessions (the shared module goes back to the CPU)."""
+        self.predictor = None
         if self.device.type == "cuda":
             self.model.to("cpu")
-            self.model = self.forward = None
             self.torch.cuda.empty_cache()
-        self.model = self.forward = None
-
-
-def half_forward(model: Any) -> Callable[[Any], tuple[Any, Any]]:
-    """fp16 forward of a `Localizer` module after .half(): its `forward` normalizes in float32 (a float32 input
-    to half convolutions fails), so normalize, cast to half, then backbone and head, outputs widened."""
-
-    def forward(images: Any) -> tuple[Any, Any]:
-        out = model.head(model.backbone(model.normalize(images).half()))
-        return out["fg_map"].float(), out["logits"].float()
-
-    return forward
 
 
 class OrtEngine:
@@ -466,10 +431,10 @@ def open_localizer(path: Path, device: str, max_batch: int, graph: bool, cuda_op
 def engines_for(built: Built, args: argparse.Namespace) -> list[tuple[str, str, Callable[[], Any]]]:
     """(engine, precision, factory) in measuring order: torch first, before any ORT session of the backbone."""
     dev, top = args.device, max(args.batch_list)
-    plan: list[tuple[str, str, Callable[[], Any]]] = [("torch-eager", "fp32", partial(TorchEngine, built.model, dev, "fp32", False))]
+    plan: list[tuple[str, str, Callable[[], Any]]] = [("torch-eager", "fp32", partial(TorchEngine, built, dev, "fp32", False, top))]
     if dev == "cuda":
-        plan += [("torch-eager", "fp16", partial(TorchEngine, built.model, dev, "fp16", False)),
-                 ("torch-cudagraph", "fp16", partial(TorchEngine, built.model, dev, "fp16", True))]
+        plan += [("torch-eager", "fp16", partial(TorchEngine, built, dev, "fp16", False, top)),
+                 ("torch-cudagraph", "fp16", partial(TorchEngine, built, dev, "fp16", True, top))]
     ort_kinds = [("ort-cpu", False)] if dev == "cpu" else [("ort-cuda", False), ("ort-cuda-graph", True)]
     for name, graph in ort_kinds:
         plan += [(name, precision, partial(OrtEngine, built, dev, precision, graph, top, args.cuda_options)) for precision in PRECISIONS]

@@ -2,9 +2,10 @@
 one run so the ratios between rows mean something. Frames are synthetic (deterministic) at a camera size,
 so the resize to the model input is part of "preprocess" as it is in a real pipeline.
 
-With `--run RUN` and torch importable, torch eager fp32 of the same run is added (through
-`tedloc_edge.train.predict.TorchPredictor`, imported dynamically here only: the runtime never needs torch).
-Its frames are resized by the runtime's preprocessor first, so both sides time the same work.
+With `--run RUN` and torch importable, torch rows of the same run are added (through
+`tedloc_edge.train.predict.TorchPredictor`, imported dynamically here only: the runtime never needs torch):
+eager fp32 on a CPU; eager fp32, eager fp16 and CUDA-graph fp16 when the models run on a GPU. Their frames
+are resized by the runtime's preprocessor first, so both sides time the same work.
 """
 
 from __future__ import annotations
@@ -124,7 +125,20 @@ def bench_localizer(loc: Localizer, frames: list[np.ndarray], batch: int, second
     return measure(call, seconds)
 
 
-def bench_torch(run: Path, frames: list[np.ndarray], batches: list[int], seconds: float, threads: int = 0) -> list[dict[str, Any]]:
+def torch_variants(device: str, cuda_available: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(backend name, TorchPredictor options) to time: on a GPU what a torch user would run there (eager fp32,
+    eager fp16, CUDA-graph fp16), on a CPU eager fp32, so the baseline runs where the exported model runs."""
+    if device == "cpu" or not cuda_available:
+        return [("torch-eager-cpu", {"device": "cpu"})]
+    return [
+        ("torch-eager-cuda", {"device": "cuda"}),
+        ("torch-eager-cuda", {"device": "cuda", "precision": "fp16"}),
+        ("torch-cudagraph-cuda", {"device": "cuda", "precision": "fp16", "cuda_graph": True}),
+    ]
+
+
+def bench_torch(run: Path, frames: list[np.ndarray], batches: list[int], seconds: float, threads: int = 0,
+                device: str = "cpu") -> list[dict[str, Any]]:
     try:
         predict = importlib.import_module("tedloc_edge.train.predict")
         torch = importlib.import_module("torch")
@@ -132,28 +146,44 @@ def bench_torch(run: Path, frames: list[np.ndarray], batches: list[int], seconds
         logger.warning("--run given but torch eager is not available here (%s); skipping the torch rows", exc)
         return []
     torch.set_num_threads(threads or os.cpu_count() or 1)  # ONNX Runtime's default too: one thread per core
-    predictor = predict.TorchPredictor(run, device="cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        logger.warning("torch here sees no CUDA GPU (torch %s); the torch rows run on the CPU", torch.__version__)
+    model, meta = predict.load_run(run)
+    rows = []
+    for backend, options in torch_variants(device, torch.cuda.is_available()):
+        predictor = predict.TorchPredictor((model, meta), batch_size=max(batches), **options)
+        rows += [_torch_row(predictor, backend, run, frames, batch, seconds) for batch in batches]
+    return rows
+
+
+def _torch_row(predictor: Any, backend: str, run: Path, frames: list[np.ndarray], batch: int, seconds: float) -> dict[str, Any]:
     meta: BundleMeta = predictor.meta
     decode = DecodeConfig(threshold=meta.threshold, contour_mode=meta.contour_mode)
-    rows = []
-    for batch in batches:
-        pre = Preprocessor(meta.input_size, batch)
-        chunk = frames[:batch]
+    pre = Preprocessor(meta.input_size, batch)
+    chunk = frames[:batch]
 
-        def call() -> dict[str, float]:
-            t0 = time.perf_counter()
-            images = list(pre(chunk))
-            t1 = time.perf_counter()
-            maps, logits = predictor.forward_maps(images)
-            t2 = time.perf_counter()
-            for m, lg, f in zip(maps, logits, chunk):
-                decode_one(m, lg, f.shape[:2], meta.input_size, decode)
-            t3 = time.perf_counter()
-            return {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+    def call() -> dict[str, float]:
+        t0 = time.perf_counter()
+        images = pre(chunk)
+        t1 = time.perf_counter()
+        maps, logits = predictor.forward_batch(images)
+        t2 = time.perf_counter()
+        for m, lg, f in zip(maps, logits, chunk):
+            decode_one(m, lg, f.shape[:2], meta.input_size, decode)
+        t3 = time.perf_counter()
+        return {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
 
-        samples, wall = measure(call, seconds)
-        rows.append(_row(str(run), "torch-eager-cpu", meta.replace(precision="fp32"), batch, samples, wall))
-    return rows
+    samples, wall = measure(call, seconds)
+    return _row(str(run), backend, meta.replace(precision=predictor.precision), batch, samples, wall)
+
+
+def _torch_device(opts: BenchOptions) -> str:
+    """Where the torch rows run: where the models run (cuda when asked for or, with auto, when ORT has it)."""
+    if opts.device != "auto":
+        return opts.device
+    import onnxruntime as ort
+
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -187,7 +217,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                     samples, wall = bench_localizer(loc, frames, batch, opts.seconds)
                     rows.append(_row(str(model), loc.backend, loc.meta, batch, samples, wall))
     if opts.run is not None:
-        rows.extend(bench_torch(opts.run, frames, opts.batches, opts.seconds, opts.threads))
+        rows.extend(bench_torch(opts.run, frames, opts.batches, opts.seconds, opts.threads, _torch_device(opts)))
     add_ratios(rows)
     return {
         "rows": rows,

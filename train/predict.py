@@ -153,8 +153,9 @@ class TorchPredictor:
     @torch.no_grad()
     def forward_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(fg_map, logits) as float32 host arrays for a uint8 (N, H, W, 3) batch at the input size."""
-        images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        m, lg = self._replay(images) if self.cuda_graph else self.model(images)
+        images = torch.from_numpy(np.ascontiguousarray(batch))
+        # graphs: one host->device copy straight into the captured input (no device tensor in between)
+        m, lg = self._replay(images) if self.cuda_graph else self.model(images.to(self.device))
         return m.float().cpu().numpy(), lg.float().cpu().numpy()
 
     def _replay(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

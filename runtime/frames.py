@@ -47,6 +47,7 @@ class ThreadedSource(abc.ABC):
     """Base: subclasses implement `_produce(emit)`, calling emit(Frame) per frame, and set `label`."""
 
     label = "source"
+    decoder = "opencv"  # what turns the input into pixels, e.g. "h264 on cuda" (summary.json)
     live = False
     fps: float | None = None
     frames_expected: int | None = None

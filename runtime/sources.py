@@ -90,16 +90,23 @@ def is_image_spec(spec: str) -> bool:
     return path.is_dir() or any(ch in spec for ch in "*?[") or path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: float = 10.0) -> ThreadedSource:
-    """The reader for SOURCE (see the table above); a one-line UserError when it cannot be read."""
+def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: float = 10.0,
+                hwaccel: str | None = None) -> ThreadedSource:
+    """The reader for SOURCE (see the table above); a one-line UserError when it cannot be read.
+
+    `hwaccel` ("cuda": NVDEC) decodes videos and streams on that device through FFmpeg; images stay on OpenCV.
+    """
     from tedloc_edge.runtime.video_source import VideoSource, open_url, open_webcam
 
     text = str(spec).strip()
+    video = dict(queue_frames=queue, stride=stride, timeout=timeout, hwaccel=hwaccel)
     if isinstance(spec, int) or (text.isdigit() and not Path(text).exists()):
-        return open_webcam(int(text), queue_frames=queue, stride=stride, timeout=timeout)
+        return open_webcam(int(text), **video)
     if URL_RE.match(text):
-        return open_url(text, queue_frames=queue, stride=stride, timeout=timeout)
+        return open_url(text, **video)
     if is_image_spec(text):
+        if hwaccel is not None:
+            logger.warning("--hwaccel %s applies to videos and streams; %s is decoded by OpenCV on the CPU", hwaccel, text)
         files, label = list_images(text)
         if not files:
             raise UserError(f"{text}: no images found (looked for {', '.join(IMAGE_SUFFIXES[:5])}, ...); check the folder or pattern")
@@ -109,4 +116,4 @@ def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: 
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(f"{text}: no such file; pass a video, an image, a folder of images, a URL or a webcam index")
-    return VideoSource(str(path), queue_frames=queue, stride=stride, timeout=timeout)
+    return VideoSource(str(path), **video)

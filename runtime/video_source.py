@@ -14,6 +14,8 @@ import time
 from typing import Any, Callable
 
 import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from tedloc_edge.console import UserError
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
@@ -21,9 +23,10 @@ from tedloc_edge.runtime.frames import Frame, ThreadedSource
 logger = logging.getLogger(__name__)
 
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp")
+AV_VERSION = tuple(int(part) for part in av.__version__.split(".")[:2])
 # PyAV before 19 decodes container metadata strictly unless told otherwise (one bad tag fails the open);
 # PyAV 19 (Python 3.12+) removed the option and no longer fails on it.
-OPEN_OPTIONS: dict[str, str] = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
+OPEN_OPTIONS: dict[str, str] = {"metadata_errors": "ignore"} if AV_VERSION < (19, 0) else {}
 MAX_ERRORS_KEPT = 5
 
 
@@ -32,19 +35,55 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def open_container(target: str, fmt: str | None, options: dict[str, str], timeout: float, label: str) -> Any:
-    """av.open with an open/read timeout; every failure is a one-line UserError naming `label`."""
+def open_container(target: str, fmt: str | None, options: dict[str, str], timeout: float, label: str,
+                   hwaccel: str | None = None) -> Any:
+    """av.open with an open/read timeout, decoding on `hwaccel` if given; every failure is a one-line UserError."""
     started = time.monotonic()
+    extra = dict(OPEN_OPTIONS, hwaccel=hardware_decoding(hwaccel)) if hwaccel is not None else OPEN_OPTIONS
     try:
-        return av.open(target, format=fmt, options=options, timeout=(timeout, timeout), **OPEN_OPTIONS)
+        return av.open(target, format=fmt, options=options, timeout=(timeout, timeout), **extra)
     except (FileNotFoundError, av.error.FileNotFoundError):
         raise UserError(f"{label}: no such file or device; check the path (or the camera index)") from None
-    except (PermissionError, av.error.PermissionError):
-        raise UserError(f"{label}: permission denied; check the file's (or the device's) permissions") from None
-    except (av.FFmpegError, OSError) as exc:
+    except (PermissionError, av.error.PermissionError, av.FFmpegError, OSError) as exc:
+        if hwaccel is not None:  # the input or the device? open it plainly: that raises the input's own error
+            open_container(target, fmt, options, timeout, label).close()
+            needs = "an NVIDIA GPU and driver with NVDEC (libnvcuvid)" if hwaccel == "cuda" else f"a working {hwaccel} device"
+            raise UserError(f"{label}: cannot start decoding on {hwaccel} ({_first_line(exc)}); that needs {needs}; "
+                            "drop --hwaccel to decode on the CPU") from None
+        if isinstance(exc, PermissionError):
+            raise UserError(f"{label}: permission denied; check the file's (or the device's) permissions") from None
         if time.monotonic() - started >= timeout * 0.9:
             raise UserError(f"{label}: no answer within {timeout:g} s; check the URL and the network, or raise --timeout") from None
         raise UserError(f"{label}: cannot open as video ({_first_line(exc)}); pass a video file, an image, a folder or a stream URL") from None
+
+
+def hardware_decoding(device: str) -> Any:
+    """PyAV's HWAccel for `--hwaccel DEVICE`; streams whose codec the device cannot take stay on the CPU."""
+    if AV_VERSION < (14, 1):
+        raise UserError(f"--hwaccel needs PyAV 14.1 or newer (this is {av.__version__}); pip install -U av")
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    available = hwdevices_available()
+    if device not in available:
+        raise UserError(f"--hwaccel {device}: this PyAV's FFmpeg decodes on {', '.join(available) or 'no device'}; "
+                        "pick one of those or drop --hwaccel")
+    return HWAccel(device, allow_software_fallback=True)
+
+
+class RGBConverter:
+    """Decoded frames to HxWx3 uint8 RGB through one swscale context kept for the stream, on one thread.
+
+    `frame.to_ndarray(format="rgb24")` builds a new swscale context per frame and, since PyAV 17, gives it a
+    thread per core, which then contend with the decoder's own frame threads: on 2 cores the reader runs 1.3x
+    faster this way (benchmarks/bench_decode.py). The pixels are the same: swscale's threads only split rows.
+    """
+
+    def __init__(self, threads: int = 1) -> None:
+        self.reformatter = VideoReformatter()
+        self.options = {"threads": threads} if AV_VERSION >= (17, 0) else {}  # the option came with PyAV 17
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self.reformatter.reformat(frame, format="rgb24", **self.options).to_ndarray()
 
 
 class VideoSource(ThreadedSource):
@@ -60,16 +99,23 @@ class VideoSource(ThreadedSource):
         queue_frames: bool = False,
         stride: int = 1,
         timeout: float = 10.0,
+        hwaccel: str | None = None,
     ) -> None:
         self.live = live
         self.label = label or target
         super().__init__(queue_frames=queue_frames, stride=stride)
-        self.container = open_container(target, fmt, options or {}, timeout, self.label)
+        self.container = open_container(target, fmt, options or {}, timeout, self.label, hwaccel)
         if not self.container.streams.video:
             self.container.close()
             raise UserError(f"{self.label}: holds no video stream; pass a video file, an image or a folder of images")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame + slice threads in the decoder
+        self.to_rgb = RGBConverter()
+        codec = self.stream.codec_context
+        on_device = hwaccel is not None and codec.is_hwaccel
+        self.decoder = f"{codec.name} on {hwaccel if on_device else 'cpu'}"
+        if hwaccel is not None and not on_device:
+            logger.warning("%s: FFmpeg cannot decode %s on %s; decoding on the CPU", self.label, codec.name, hwaccel)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.frames_expected = int(self.stream.frames) or None
@@ -112,7 +158,7 @@ class VideoSource(ThreadedSource):
                     index += 1
                     continue
                 t1 = time.perf_counter()
-                image = video_frame.to_ndarray(format="rgb24")
+                image = self.to_rgb(video_frame)
                 ms = packet_ms + (time.perf_counter() - t1) * 1e3  # demux + decode share + RGB conversion
                 if not emit(Frame(index=index, image=image, time=video_frame.time, decode_ms=ms)):
                     return None

@@ -11,14 +11,15 @@ import cv2
 import numpy as np
 
 
-def make_clip(path: Path, frames: int = 30, size: tuple[int, int] = (160, 120), fps: int = 25, faststart: bool = True) -> Path:
+def make_clip(path: Path, frames: int = 30, size: tuple[int, int] = (160, 120), fps: int = 25, faststart: bool = True,
+              pix_fmt: str = "yuv420p") -> Path:
     """A clip of a bright square moving over a dark textured ground (width, height = size)."""
     width, height = size
     options = {"movflags": "faststart"} if faststart else {}
     rng = np.random.default_rng(1)
     with av.open(str(path), "w", options=options) as out:
         stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.options = {"preset": "ultrafast", "g": "10"}
         for i in range(frames):
             image = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)

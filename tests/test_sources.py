@@ -52,6 +52,68 @@ def test_video_frames_in_order_with_stride(tmp_path):
     assert source.fps == 25 and source.frames_expected == 20 and source.stats.skipped_stride == 15
 
 
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj420p", "yuv444p"])
+def test_reader_rgb_equals_pyav_to_ndarray(tmp_path, pix_fmt):
+    """The reader's kept single-thread swscale context gives PyAV's own RGB, frame by frame, in new arrays."""
+    import av
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=12, size=(98, 66), pix_fmt=pix_fmt)
+    with av.open(str(clip)) as container:
+        expected = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    with open_source(str(clip)) as source:
+        frames = [f.image for f in source]
+    assert len(frames) == len(expected) == 12
+    for got, want in zip(frames, expected):
+        np.testing.assert_array_equal(got, want)
+    assert not np.shares_memory(frames[0], frames[1])
+
+
+def _nvidia_driver() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_nvidia_driver(), reason="an NVIDIA driver is here: tests/test_gpu.py decodes on NVDEC instead")
+def test_hwaccel_without_a_gpu_is_one_line_error_naming_the_fix(tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, size=(64, 48))
+    with pytest.raises(UserError, match=r"clip\.mp4: cannot start decoding on cuda .*NVDEC.*drop --hwaccel") as info:
+        open_source(str(clip), hwaccel="cuda")
+    assert "\n" not in str(info.value)
+
+
+def test_hwaccel_blames_the_input_when_the_input_is_bad(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 10)
+    with pytest.raises(UserError, match="junk.mp4: cannot open as video"):
+        open_source(str(junk), hwaccel="cuda")
+    with pytest.raises(UserError, match="no such file"):
+        open_source(str(tmp_path / "missing.mp4"), hwaccel="cuda")
+
+
+def test_hwaccel_unknown_device_lists_what_ffmpeg_offers(tmp_path):
+    from av.codec.hwaccel import hwdevices_available
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, size=(64, 48))
+    with pytest.raises(UserError, match=r"--hwaccel nodevice: this PyAV's FFmpeg decodes on .*drop --hwaccel") as info:
+        open_source(str(clip), hwaccel="nodevice")
+    assert all(name in str(info.value) for name in hwdevices_available())
+
+
+def test_decoder_is_named_and_images_ignore_hwaccel(tmp_path, caplog):
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, size=(64, 48))
+    with open_source(str(clip)) as source:
+        assert source.decoder == "h264 on cpu"
+    photo = write_photos(tmp_path / "photos")["coffee"]
+    with caplog.at_level("WARNING"), open_source(str(photo), hwaccel="cuda") as source:
+        assert source.decoder == "opencv" and len(list(source)) == 1
+    assert "applies to videos and streams" in caplog.text
+
+
 def test_truncated_file_ends_cleanly(tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", frames=60)
     with open_source(str(truncate(clip, tmp_path / "cut.mp4", keep=0.5))) as source:

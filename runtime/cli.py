@@ -28,6 +28,7 @@ def infer(
     backend: str = typer.Option("auto", help="auto | onnxruntime | tensorrt."),
     threads: int = typer.Option(0, help="ONNX Runtime CPU threads (0: one per core); fewer leave cores to decoding and other work."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Replay the model as one CUDA graph (CUDA EP; a model from `export --static-batch N`)."),
+    hwaccel: Optional[str] = typer.Option(None, "--hwaccel", help="Decode videos and streams on this device through FFmpeg: cuda (NVDEC) frees the CPU."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for a URL or camera to answer (open and each read)."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write the annotated mp4 for video sources."),
     triton: Optional[str] = typer.Option(None, "--triton", help="Run the model on a Triton server instead: http://HOST:8000/MODEL or grpc://HOST:8001/MODEL."),
@@ -42,7 +43,7 @@ def infer(
         opts = InferOptions(
             source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
             classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
-            threads=threads, cuda_graph=cuda_graph, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
+            threads=threads, cuda_graph=cuda_graph, hwaccel=hwaccel, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
         )
         summary = run_infer(opts)
         print_summary(summary)

@@ -44,6 +44,7 @@ class InferOptions:
     backend: str = "auto"
     threads: int = 0  # ONNX Runtime intra-op threads (0: one per core); fewer leave cores to decoding and other work
     cuda_graph: bool = False  # replay the model as one CUDA graph (CUDA EP, a --static-batch model)
+    hwaccel: str | None = None  # decode videos on this FFmpeg device ("cuda": NVDEC) instead of the CPU
     timeout: float = 10.0
     video: bool = True
     show_progress: bool = True
@@ -55,6 +56,7 @@ class InferSummary:
     source: str
     model: str
     backend: str
+    decoder: str = ""  # what made the pixels: "h264 on cpu", "h264 on cuda", "opencv"
     frames_read: int = 0
     frames_processed: int = 0
     decode_errors: int = 0
@@ -152,11 +154,11 @@ def run_infer(opts: InferOptions) -> InferSummary:
         loc, batch_errors = open_localizer(opts)
         cleanup.callback(loc.close)
         loc.warmup()
-        source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout)
+        source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout, hwaccel=opts.hwaccel)
         cleanup.callback(source.close)
         outputs = Outputs(Path(opts.out), source, opts.exist_ok, opts.video, opts.heatmap)
         summary = InferSummary(source=str(opts.source), model=str(opts.triton or opts.model), backend=loc.backend,
-                               outputs=outputs.paths())
+                               decoder=source.decoder, outputs=outputs.paths())
         totals = dict.fromkeys(STAGES, 0.0)
         started = time.perf_counter()
         cleanup.callback(_finish, summary, source, outputs, totals, started)

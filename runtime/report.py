@@ -29,7 +29,7 @@ def print_summary(summary: "InferSummary") -> None:
     console.print(
         f"frames read {summary.frames_read}, processed {summary.frames_processed}, decode errors skipped "
         f"{summary.decode_errors}, stale frames dropped {summary.dropped_stale}; {summary.fps:.1f} frames/s overall "
-        f"({summary.backend}, {summary.wall_s:.1f} s)"
+        f"({summary.backend}, decoded by {summary.decoder}, {summary.wall_s:.1f} s)"
     )
     if summary.frames_missing:
         console.print(f"[yellow]frames missing[/]: {summary.frames_missing} declared by the container never decoded (truncated or corrupt input)")

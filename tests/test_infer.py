@@ -51,7 +51,7 @@ def test_real_h264_clip(bbb, model, tmp_path):
     assert lines[25]["time"] == pytest.approx(1.0)
     assert all(line["width"] == 1280 and line["height"] == 720 for line in lines)
     assert set(summary.mean_ms) == {"decode", "preprocess", "inference", "postprocess", "annotate_write"}
-    assert (out / "summary.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["decoder"] == summary.decoder == "h264 on cpu"
 
 
 def test_folder_of_real_photos(model, tmp_path):

@@ -4,7 +4,7 @@
 2. the video pipeline's fps against min(decode-only fps, model-only fps).
 
     python benchmarks/bench_runtime.py [--model M.onnx] [--video CLIP] [--rounds 6] [--frames 120] [--threads N] [--batch N]
-        [--device cpu|cuda] [--cuda-graph] [--json OUT]
+        [--device cpu|cuda] [--cuda-graph] [--hwaccel cuda] [--json OUT]
 
 Without --model, a ViT-S-cost fixture (224x224 input, 14x14 grid, 12 MLP blocks of width 384, about 3.5 GFLOPs;
 tests/runtime_models.py) is built, so the ratios are taken against a model that costs what a deployed
@@ -29,12 +29,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def decode_only(video: str, frames: int) -> float:
+def decode_only(video: str, frames: int, hwaccel: str | None = None) -> float:
     """fps of the pipeline's own reader (PyAV reader thread, RGB frames) with nothing consuming the frames."""
     from tedloc_edge.runtime.sources import open_source
 
     start = time.perf_counter()
-    with open_source(video) as source:
+    with open_source(video, hwaccel=hwaccel) as source:
         n = 0
         while n < frames and source.get() is not None:
             n += 1
@@ -55,11 +55,12 @@ def model_only(model: str, frames: list[np.ndarray], threads: int, batch: int, d
 
 
 def pipeline(model: str, video: str, out: Path, with_video: bool, frames: int, threads: int, batch: int,
-             device: str = "cpu", cuda_graph: bool = False) -> dict:
+             device: str = "cpu", cuda_graph: bool = False, hwaccel: str | None = None) -> dict:
     from tedloc_edge.runtime.infer import InferOptions, run_infer
 
     opts = InferOptions(source=video, model=Path(model), out=out, exist_ok=True, video=with_video, max_frames=frames,
-                        show_progress=False, threads=threads, batch=batch, device=device, cuda_graph=cuda_graph)
+                        show_progress=False, threads=threads, batch=batch, device=device, cuda_graph=cuda_graph,
+                        hwaccel=hwaccel)
     return run_infer(opts).to_dict()
 
 
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="frames per model call, for model-only and the pipeline")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (onnxruntime-gpu) for model-only and the pipeline")
     parser.add_argument("--cuda-graph", action="store_true", help="CUDA graphs (a model from `export --static-batch N` with N = --batch)")
+    parser.add_argument("--hwaccel", help="decode on this FFmpeg device (cuda: NVDEC) for decode-only and the pipeline")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
@@ -100,18 +102,18 @@ def main() -> None:
     frames = read_frames(args.video)
     rounds: dict[str, list] = {k: [] for k in ("decode", "inference", "localizer", "stages", "jsonl", "mp4")}
     for r in range(args.rounds):
-        rounds["decode"].append(decode_only(args.video, len(frames)))
+        rounds["decode"].append(decode_only(args.video, len(frames), args.hwaccel))
         segment = frames[(r * args.frames) % len(frames) :][: args.frames]
         inf, loc, stages = model_only(model, segment, args.threads, args.batch, args.device, args.cuda_graph)
         rounds["inference"].append(inf)
         rounds["localizer"].append(loc)
         rounds["stages"].append(stages)
-        on = dict(device=args.device, cuda_graph=args.cuda_graph)
+        on = dict(device=args.device, cuda_graph=args.cuda_graph, hwaccel=args.hwaccel)
         rounds["jsonl"].append(pipeline(model, args.video, work / f"jsonl{r}", False, args.frames, args.threads, args.batch, **on))
         rounds["mp4"].append(pipeline(model, args.video, work / f"mp4{r}", True, args.frames, args.threads, args.batch, **on))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     report = summarize(rounds, model, args.video, args.threads, args.batch)
-    report.update(device=args.device, cuda_graph=args.cuda_graph)
+    report.update(device=args.device, cuda_graph=args.cuda_graph, hwaccel=args.hwaccel)
     print(render(report))
     if args.json:
         from tedloc_edge.bundle import atomic_write_text

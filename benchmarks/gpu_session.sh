@@ -11,7 +11,8 @@
 #                                          call); TAG=nhwc ... bench tf_efficientnet_lite0 --ort-cuda-options prefer_nhwc=1
 #                                          names a variant's outputs
 #   bash benchmarks/gpu_session.sh video   the 720p clip end to end on the GPU (bench_runtime.py), with and
-#                                          without CUDA graphs, beside decode-only fps
+#                                          without CUDA graphs, then decoding on NVDEC, beside decode-only fps;
+#                                          and the reader's decode-only fps per RGB conversion (bench_decode.py)
 #
 # Results go to $OUT (the device tool brings that folder back), else ./gpu-out.
 set -uo pipefail
@@ -95,9 +96,11 @@ video() {
   link_packages
   local clip=$extra/bigbuckbunny.mp4 model=$models/tf_efficientnet_lite0_224_fp16
   [ -f "$model.onnx" ] || { echo "gpu_session: $model.onnx is missing; run the bench step first"; exit 2; }
-  for mode in plain graph; do
+  python3 benchmarks/bench_decode.py --video "$clip" --rounds 7 --hwaccel cuda --json "$out/decode.json" 2>&1 | tee "$out/decode.log"
+  for mode in plain graph graph_nvdec; do
     local args=(--model "$model.onnx")
-    [ "$mode" = graph ] && args=(--model "${model}_b1.onnx" --cuda-graph)
+    [ "$mode" != plain ] && args=(--model "${model}_b1.onnx" --cuda-graph)
+    [ "$mode" = graph_nvdec ] && args+=(--hwaccel cuda)
     python3 benchmarks/bench_runtime.py "${args[@]}" --video "$clip" --device cuda --batch 1 --rounds 3 --frames 120 \
       --json "$out/video_$mode.json" 2>&1 | tee "$out/video_$mode.log"
   done

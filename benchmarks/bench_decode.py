@@ -86,6 +86,8 @@ def main() -> None:
                 continue
             fps[name].append(rate)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    if "reader" in skipped:  # the clip itself cannot be read
+        raise UserError(skipped["reader"])
     base = statistics.median(fps["reader"])
     rows = [{"way": name, "decoder": decoders[name], "frames": frames[name], "fps": round(statistics.median(v), 1),
              "fps_min_max": [round(min(v), 1), round(max(v), 1)], "ratio": round(statistics.median(v) / base, 3)}
@@ -111,4 +113,7 @@ def render(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from tedloc_edge.console import user_errors
+
+    with user_errors():  # a bad clip or model, or a device that cannot start: one line, not a traceback
+        main()

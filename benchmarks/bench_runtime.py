@@ -182,4 +182,7 @@ def render(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from tedloc_edge.console import user_errors
+
+    with user_errors():  # a bad clip or model, or a device that cannot start: one line, not a traceback
+        main()

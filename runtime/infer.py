@@ -106,6 +106,7 @@ def graceful_stop(on_stop: Callable[[], None]) -> Iterator[StopFlag]:
 
 def _fill(summary: InferSummary, source: ThreadedSource, totals: dict[str, float], wall: float) -> None:
     stats = source.stats
+    summary.decoder = source.decoder  # a video's is known for sure once a frame has decoded
     summary.frames_read = stats.frames_read
     summary.decode_errors = stats.decode_errors
     summary.frames_missing = stats.frames_missing
@@ -158,7 +159,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
         cleanup.callback(source.close)
         outputs = Outputs(Path(opts.out), source, opts.exist_ok, opts.video, opts.heatmap)
         summary = InferSummary(source=str(opts.source), model=str(opts.triton or opts.model), backend=loc.backend,
-                               decoder=source.decoder, outputs=outputs.paths())
+                               outputs=outputs.paths())
         totals = dict.fromkeys(STAGES, 0.0)
         started = time.perf_counter()
         cleanup.callback(_finish, summary, source, outputs, totals, started)

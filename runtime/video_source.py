@@ -112,9 +112,9 @@ class VideoSource(ThreadedSource):
         self.stream.thread_type = "AUTO"  # frame + slice threads in the decoder
         self.to_rgb = RGBConverter()
         codec = self.stream.codec_context
-        on_device = hwaccel is not None and codec.is_hwaccel
-        self.decoder = f"{codec.name} on {hwaccel if on_device else 'cpu'}"
-        if hwaccel is not None and not on_device:
+        self._unconfirmed = hwaccel if hwaccel is not None and codec.is_hwaccel else None
+        self.decoder = f"{codec.name} on {self._unconfirmed or 'cpu'}"  # checked again on the first frame
+        if hwaccel is not None and self._unconfirmed is None:
             logger.warning("%s: FFmpeg cannot decode %s on %s; decoding on the CPU", self.label, codec.name, hwaccel)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else None
@@ -132,6 +132,16 @@ class VideoSource(ThreadedSource):
             self.stats.frames_missing = self.frames_expected - decoded_all
             logger.warning("%s: %d of the %d frames the container declares could not be read (truncated or corrupt)",
                            self.label, self.stats.frames_missing, self.frames_expected)
+
+    def _confirm_device(self) -> None:
+        """After the first frame: when the device's decoder cannot start (no libnvcuvid, a profile NVDEC lacks),
+        FFmpeg quietly decodes on the CPU instead; the codec then holds a software pixel format, not a device one."""
+        codec, device = self.stream.codec_context, self._unconfirmed
+        self._unconfirmed = None
+        if codec.pix_fmt and av.VideoFormat(codec.pix_fmt).components:  # device surfaces have no components
+            self.decoder = f"{codec.name} on cpu"
+            logger.warning("%s: FFmpeg could not start %s decoding on %s and decodes on the CPU; check the driver "
+                           "(NVDEC needs libnvcuvid) or drop --hwaccel", self.label, codec.name, device)
 
     def _decode(self, emit: Callable[[Frame], bool]) -> int | None:
         """Decode to the end; the number of frames decoded, or None when the consumer stopped first."""
@@ -153,6 +163,8 @@ class VideoSource(ThreadedSource):
                 self._count_error(exc)
                 continue
             packet_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(decoded))
+            if decoded and self._unconfirmed:
+                self._confirm_device()
             for video_frame in decoded:
                 if self._skip(index):
                     index += 1

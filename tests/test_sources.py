@@ -104,6 +104,17 @@ def test_hwaccel_unknown_device_lists_what_ffmpeg_offers(tmp_path):
     assert all(name in str(info.value) for name in hwdevices_available())
 
 
+def test_a_device_decoder_that_quietly_fell_back_is_reported_as_cpu(tmp_path, caplog):
+    """FFmpeg falls back to its CPU decoder without an error when NVDEC cannot start; the reader tells from the
+    codec's pixel format after the first frame. Here a CPU decode stands in for that fallback."""
+    clip = make_clip(tmp_path / "clip.mp4", frames=6, size=(64, 48))
+    with caplog.at_level("WARNING"), open_source(str(clip)) as source:
+        source._unconfirmed, source.decoder = "cuda", "h264 on cuda"  # as opened with a device context
+        assert len(list(source)) == 6
+    assert source.decoder == "h264 on cpu" and source._unconfirmed is None
+    assert "could not start h264 decoding on cuda" in caplog.text
+
+
 def test_decoder_is_named_and_images_ignore_hwaccel(tmp_path, caplog):
     clip = make_clip(tmp_path / "clip.mp4", frames=4, size=(64, 48))
     with open_source(str(clip)) as source:

@@ -47,14 +47,17 @@ def open_container(target: str, fmt: str | None, options: dict[str, str], timeou
     except (PermissionError, av.error.PermissionError, av.FFmpegError, OSError) as exc:
         if hwaccel is not None:  # the input or the device? open it plainly: that raises the input's own error
             open_container(target, fmt, options, timeout, label).close()
-            needs = "an NVIDIA GPU and driver with NVDEC (libnvcuvid)" if hwaccel == "cuda" else f"a working {hwaccel} device"
-            raise UserError(f"{label}: cannot start decoding on {hwaccel} ({_first_line(exc)}); that needs {needs}; "
-                            "drop --hwaccel to decode on the CPU") from None
+            raise UserError(f"{label}: cannot start decoding on {hwaccel} ({_first_line(exc)}); that needs "
+                            f"{_device_needs(hwaccel)}; drop --hwaccel to decode on the CPU") from None
         if isinstance(exc, PermissionError):
             raise UserError(f"{label}: permission denied; check the file's (or the device's) permissions") from None
         if time.monotonic() - started >= timeout * 0.9:
             raise UserError(f"{label}: no answer within {timeout:g} s; check the URL and the network, or raise --timeout") from None
         raise UserError(f"{label}: cannot open as video ({_first_line(exc)}); pass a video file, an image, a folder or a stream URL") from None
+
+
+def _device_needs(device: str) -> str:
+    return "an NVIDIA GPU and driver with NVDEC (libnvcuvid)" if device == "cuda" else f"a working {device} device and driver"
 
 
 def hardware_decoding(device: str) -> Any:
@@ -140,8 +143,8 @@ class VideoSource(ThreadedSource):
         self._unconfirmed = None
         if codec.pix_fmt and av.VideoFormat(codec.pix_fmt).components:  # device surfaces have no components
             self.decoder = f"{codec.name} on cpu"
-            logger.warning("%s: FFmpeg could not start %s decoding on %s and decodes on the CPU; check the driver "
-                           "(NVDEC needs libnvcuvid) or drop --hwaccel", self.label, codec.name, device)
+            logger.warning("%s: FFmpeg could not start %s decoding on %s and decodes on the CPU; that needs %s",
+                           self.label, codec.name, device, _device_needs(device))
 
     def _decode(self, emit: Callable[[Frame], bool]) -> int | None:
         """Decode to the end; the number of frames decoded, or None when the consumer stopped first."""

@@ -70,7 +70,10 @@ def hardware_decoding(device: str) -> Any:
     if device not in available:
         raise UserError(f"--hwaccel {device}: this PyAV's FFmpeg decodes on {', '.join(available) or 'no device'}; "
                         "pick one of those or drop --hwaccel")
-    return HWAccel(device, allow_software_fallback=True)
+    # cuda: share the CUDA runtime's primary context (the one ONNX Runtime's CUDA EP and torch use), so the
+    # decoder and the model do not time-slice the GPU between two contexts
+    options = {"primary_ctx": "1"} if device == "cuda" else None
+    return HWAccel(device, allow_software_fallback=True, options=options)
 
 
 class RGBConverter:

@@ -10,9 +10,10 @@
 #                                          (default tf_efficientnet_lite0; then vit_small_patch16_224 in a second
 #                                          call); TAG=nhwc ... bench tf_efficientnet_lite0 --ort-cuda-options prefer_nhwc=1
 #                                          names a variant's outputs
-#   bash benchmarks/gpu_session.sh video   the 720p clip end to end on the GPU (bench_runtime.py), with and
-#                                          without CUDA graphs, then decoding on NVDEC, beside decode-only fps;
-#                                          and the reader's decode-only fps per RGB conversion (bench_decode.py)
+#   bash benchmarks/gpu_session.sh video   the 720p clip end to end on the GPU (bench_runtime.py): plain, CUDA
+#                                          graphs at batch 1 and 8, each also decoding on NVDEC, beside decode-only;
+#                                          and the reader's decode-only fps per RGB conversion (bench_decode.py);
+#                                          VIDEO_DEVICE=cpu runs its plain row on a CPU, to check the step's flow
 #
 # Results go to $OUT (the device tool brings that folder back), else ./gpu-out.
 set -uo pipefail
@@ -97,11 +98,14 @@ video() {
   local clip=$extra/bigbuckbunny.mp4 model=$models/tf_efficientnet_lite0_224_fp16
   [ -f "$model.onnx" ] || { echo "gpu_session: $model.onnx is missing; run the bench step first"; exit 2; }
   python3 benchmarks/bench_decode.py --video "$clip" --rounds 7 --hwaccel cuda --json "$out/decode.json" 2>&1 | tee "$out/decode.log"
-  for mode in plain graph graph_nvdec; do
-    local args=(--model "$model.onnx")
-    [ "$mode" != plain ] && args=(--model "${model}_b1.onnx" --cuda-graph)
-    [ "$mode" = graph_nvdec ] && args+=(--hwaccel cuda)
-    python3 benchmarks/bench_runtime.py "${args[@]}" --video "$clip" --device cuda --batch 1 --rounds 3 --frames 120 \
+  for mode in plain graph graph_nvdec graph_b8 graph_nvdec_b8; do
+    local args=(--model "$model.onnx" --batch 1)
+    case $mode in
+      graph|graph_nvdec) args=(--model "${model}_b1.onnx" --batch 1 --cuda-graph) ;;
+      graph_b8|graph_nvdec_b8) args=(--model "${model}_b8.onnx" --batch 8 --cuda-graph) ;;
+    esac
+    case $mode in *nvdec*) args+=(--hwaccel cuda) ;; esac
+    python3 benchmarks/bench_runtime.py "${args[@]}" --video "$clip" --device ${VIDEO_DEVICE:-cuda} --rounds 3 --frames 120 \
       --json "$out/video_$mode.json" 2>&1 | tee "$out/video_$mode.log"
   done
 }

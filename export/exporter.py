@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from tedloc_edge.bundle import METADATA_KEY, BundleMeta, sidecar_path
+from tedloc_edge.bundle import BundleMeta, sidecar_path
 from tedloc_edge.console import UserError
 from tedloc_edge.export import formats as fmts
 from tedloc_edge.export.images import batch_hash, load_batch, paths_from_args, run_data_root, split_paths, spread
@@ -181,10 +181,9 @@ def _verify(
 
 def _record_gate(proto: "onnx.ModelProto", path: Path, gate: GateResult) -> None:
     """Store the gate's figures in the int8 model's bundle metadata (same graph, re-saved in place)."""
-    from tedloc_edge.export.onnx_export import save_model, set_metadata
+    from tedloc_edge.export.onnx_export import add_to_extra, save_model
 
-    meta = BundleMeta.from_json(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY), str(path))
-    save_model(set_metadata(proto, meta.replace(extra={**meta.extra, "int8_gate": gate.to_dict()})), path)
+    save_model(add_to_extra(proto, int8_gate=gate.to_dict()), path)
 
 
 def _int8_gate(

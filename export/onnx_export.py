@@ -106,6 +106,16 @@ def set_metadata(proto: onnx.ModelProto, meta: BundleMeta) -> onnx.ModelProto:
     return proto
 
 
+def add_to_extra(proto: onnx.ModelProto, **items: object) -> onnx.ModelProto:
+    """Add entries to the bundle's `extra` (the INT8 gate's figures, a static batch); a graph without the
+    ``tedloc`` entry is left as it is."""
+    text = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
+    if text is None:
+        return proto
+    meta = BundleMeta.from_json(text, "model")
+    return set_metadata(proto, meta.replace(extra={**meta.extra, **items}))
+
+
 def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Checked, then written atomically (temp + rename). One self-contained file: protobuf caps it at 2 GB,
     which fp32 backbones up to ~500M parameters fit (the paper's EVA ViT-L does not; edge backbones do)."""

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tedloc_edge.bundle import METADATA_KEY, BundleMeta
+from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.console import UserError
 from tedloc_edge.export.graph_utils import remove_dead_nodes
+from tedloc_edge.export.onnx_export import add_to_extra
 from tedloc_edge.export.shape_fold import fold_shape_arithmetic
 
 logger = logging.getLogger(__name__)
@@ -69,19 +70,10 @@ def make_static_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
         if not step:
             break
     fixed = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
-    _record(fixed, batch)
+    add_to_extra(fixed, static_batch=batch)  # a reader of the bundle need not inspect the graph
     onnx.checker.check_model(fixed)
     logger.info("static batch %d: %d shape nodes folded, %d nodes left", batch, folded, len(fixed.graph.node))
     return fixed
-
-
-def _record(model: onnx.ModelProto, batch: int) -> None:
-    """Note the batch in the bundle metadata (extra.static_batch), so a reader need not inspect the graph."""
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            meta = BundleMeta.from_json(prop.value, "model")
-            prop.value = meta.replace(extra={**meta.extra, "static_batch": batch}).to_json()
-            return
 
 
 def compare_with_dynamic(dynamic: str | Path, static: str | Path, batch: int, meta: BundleMeta) -> dict[str, float]:

@@ -19,7 +19,7 @@ import onnx
 from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.console import UserError
 from tedloc_edge.export.graph_utils import remove_dead_nodes
-from tedloc_edge.export.onnx_export import add_to_extra
+from tedloc_edge.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, add_to_extra
 from tedloc_edge.export.shape_fold import fold_shape_arithmetic
 
 logger = logging.getLogger(__name__)
@@ -86,10 +86,10 @@ def compare_with_dynamic(dynamic: str | Path, static: str | Path, batch: int, me
     images = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT's graph-cleanup warnings are noise in an export's output
-    outputs = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]).run(None, {"images": images})
+    outputs = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]).run(list(OUTPUT_NAMES), {INPUT_NAME: images})
                for p in (dynamic, static)]
     diffs: dict[str, float] = {}
-    for name, a, b in zip(("fg_map", "logits"), *outputs):
+    for name, a, b in zip(OUTPUT_NAMES, *outputs):
         a, b = a.astype(np.float64), b.astype(np.float64)
         diffs[name] = float(np.abs(a - b).max())
         if a.shape != b.shape or diffs[name] > tolerance * max(1.0, float(np.abs(a).max())):

@@ -167,10 +167,11 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         h, w = self.meta.input_size
-        shapes = {INPUT_NAME: (n, h, w, 3), "fg_map": (n, *self.meta.patch_grid), "logits": (n, self.meta.num_classes)}
-        dtypes = {INPUT_NAME: np.uint8, **self._out_dtypes}
-        values = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtypes[k], self.io_device, self.device_id)
-                  for k, shape in shapes.items()}
+        # the outputs take the host buffers' per-image shapes and dtypes, at this batch
+        layouts = {INPUT_NAME: ((n, h, w, 3), np.uint8),
+                   **{name: ((n, *out.shape[1:]), out.dtype) for name, out in self._outputs.items()}}
+        values = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.io_device, self.device_id)
+                  for k, (shape, dtype) in layouts.items()}
         io = self.session.io_binding()
         io.bind_ortvalue_input(INPUT_NAME, values[INPUT_NAME])
         for name in OUTPUT_NAMES:

@@ -26,7 +26,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.sources import open_source
 from tedloc_edge.runtime.video_source import RGBConverter
 
@@ -96,7 +96,7 @@ def main() -> None:
               "command": "python " + " ".join(sys.argv)}
     print(render(report))
     if args.json:
-        from tedloc_edge.bundle import atomic_write_text
+        from tedloc_edge.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
 

@@ -287,7 +287,7 @@ def make_backbone(name: str, input_size: int) -> Any:
     """The offline default weights when this machine has them, else seeded random init."""
     import torch
 
-    from tedloc_edge.console import UserError
+    from tedloc_edge.errors import UserError
     from tedloc_edge.train.backbone import RANDOM, create_backbone
 
     try:
@@ -708,7 +708,7 @@ def markdown(report: dict) -> str:
 
 
 def write_outputs(report: dict, args: argparse.Namespace) -> None:
-    from tedloc_edge.bundle import atomic_write_text
+    from tedloc_edge.files import atomic_write_text
 
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
@@ -721,7 +721,9 @@ def write_outputs(report: dict, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     import logging
 
-    from tedloc_edge.console import UserError, setup_logging
+    from tedloc_edge.console import setup_logging
+
+    from tedloc_edge.errors import UserError
 
     args = parse_args(argv)
     setup_logging(False)

@@ -116,7 +116,7 @@ def main() -> None:
     report.update(device=args.device, cuda_graph=args.cuda_graph, hwaccel=args.hwaccel)
     print(render(report))
     if args.json:
-        from tedloc_edge.bundle import atomic_write_text
+        from tedloc_edge.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
 

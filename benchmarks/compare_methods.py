@@ -21,8 +21,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tedloc_edge.bundle import atomic_write_text  # noqa: E402
-from tedloc_edge.console import UserError, setup_logging  # noqa: E402
+from tedloc_edge.files import atomic_write_text  # noqa: E402
+from tedloc_edge.console import setup_logging  # noqa: E402
+from tedloc_edge.errors import UserError  # noqa: E402
 
 COLUMNS = (
     ("maxboxacc", "MaxBoxAcc"),
@@ -39,7 +40,7 @@ COLUMNS = (
 def evaluate_run(name: str, run: Path, data: Path, criterion: str, keep: bool, json_dir: Path | None) -> dict[str, Any]:
     """Calibrate on val (unless kept), then evaluate on test; returns the row and the commands used."""
     from tedloc_edge.datasets import open_split
-    from tedloc_edge.eval_cli import load_predictor
+    from tedloc_edge.app.eval_cli import load_predictor
     from tedloc_edge.evaluate import calibrate_threshold, evaluate_predictor, write_threshold
 
     commands = []

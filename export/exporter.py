@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from tedloc_edge.bundle import BundleMeta, sidecar_path
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export import formats as fmts
 from tedloc_edge.export.images import batch_hash, load_batch, paths_from_args, run_data_root, split_paths, spread
 from tedloc_edge.export.int8_gate import GateResult

@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

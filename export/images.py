@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.datasets import IMAGE_SUFFIXES, load_image, open_split
 from tedloc_edge.runtime.preprocess import Preprocessor
 

@@ -47,7 +47,8 @@ import numpy as np
 import onnx
 
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.console import UserError, progress
+from tedloc_edge.console import progress
+from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.export.head_nodes import _data_producers, head_node_names
 from tedloc_edge.export.onnx_export import set_metadata
 
@@ -98,7 +99,7 @@ def _pre_process(quant_pre_process: Callable[..., None], src: Path, pre: Path) -
         with contextlib.chdir(src.parent):
             quant_pre_process(str(src), str(pre))
     except Exception as exc:  # noqa: BLE001 - ORT raises a bare Exception("Incomplete symbolic shape inference")
-        logger.info("int8 pre-processing without symbolic shape inference (%s)", str(exc).splitlines()[0])
+        logger.info("int8 pre-processing without symbolic shape inference (%s)", first_line(exc))
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 logger = logging.getLogger(__name__)
 

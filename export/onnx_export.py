@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from tedloc_edge.bundle import METADATA_KEY, BundleMeta, atomic_write_bytes
-from tedloc_edge.console import UserError
+from tedloc_edge.bundle import METADATA_KEY, BundleMeta
+
+from tedloc_edge.files import atomic_write_bytes
+from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.export.graph_opt import optimize_graph
 
 if TYPE_CHECKING:
@@ -128,7 +130,7 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise UserError(f"{path}: exported graph fails the ONNX checker ({str(exc).splitlines()[0]}); report this with the run") from None
+        raise UserError(f"{path}: exported graph fails the ONNX checker ({first_line(exc)}); report this with the run") from None
     try:
         atomic_write_bytes(path, proto.SerializeToString())
     except OSError as exc:

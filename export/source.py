@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 if TYPE_CHECKING:
     import torch

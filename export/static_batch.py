@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export.graph_utils import remove_dead_nodes
 from tedloc_edge.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, add_to_extra
 from tedloc_edge.export.shape_fold import fold_shape_arithmetic

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from tedloc_edge.build_record import make_build_record
-from tedloc_edge.bundle import BundleMeta, atomic_write_bytes, read_onnx_meta, write_plan_sidecar
-from tedloc_edge.console import UserError
+from tedloc_edge.bundle import BundleMeta, read_onnx_meta, write_plan_sidecar
+from tedloc_edge.files import atomic_write_bytes
+from tedloc_edge.errors import UserError
 from tedloc_edge.export.onnx_export import INPUT_NAME, file_sha256
 
 if TYPE_CHECKING:

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tedloc_edge.bundle import METADATA_KEY, BundleMeta, atomic_write_text, sidecar_path
-from tedloc_edge.console import UserError
+from tedloc_edge.bundle import METADATA_KEY, BundleMeta, sidecar_path
+
+from tedloc_edge.files import atomic_write_text
+from tedloc_edge.errors import UserError
 
 logger = logging.getLogger(__name__)
 

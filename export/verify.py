@@ -20,7 +20,7 @@ import numpy as np
 
 from tedloc_edge.boxes import box_iou, decode_boxes, protocol_boxes
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.runtime.ort_providers import (
     CUDA_EP,
     GRAPH_FIX,
@@ -98,7 +98,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             return ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         except Exception as exc:  # noqa: BLE001 - ORT raises Fail / InvalidProtobuf / RuntimeException
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             fix = f"CUDA graphs need every node on the CUDA EP at fixed shapes: {GRAPH_FIX}" if self.cuda_graph \
                 else "re-export it with `tedloc-edge export RUN`"
             raise UserError(f"{self.path}: onnxruntime cannot load this model ({first}); {fix}") from None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tedloc_edge.bundle import read_plan_sidecar
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.cuda_memory import open_cuda, same_buffer
 from tedloc_edge.runtime.runner import INPUT_NAME, OUTPUT_NAMES, Runner
 

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.runner import Runner
 
 logger = logging.getLogger(__name__)

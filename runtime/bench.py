@@ -22,8 +22,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tedloc_edge.bundle import BundleMeta, atomic_write_text
-from tedloc_edge.console import UserError
+from tedloc_edge.bundle import BundleMeta
+
+from tedloc_edge.files import atomic_write_text
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.localizer import Localizer
 from tedloc_edge.runtime.postprocess import DecodeConfig, decode_one
 from tedloc_edge.runtime.preprocess import Preprocessor

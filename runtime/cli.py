@@ -9,7 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from tedloc_edge.console import UserError, console, setup_logging, user_errors
+from tedloc_edge.console import console, setup_logging, user_errors
+
+from tedloc_edge.errors import UserError
 
 
 def infer(

@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tedloc_edge.console import UserError, console, progress
+from tedloc_edge.console import console, progress
+
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.localizer import Localizer
 from tedloc_edge.runtime.outputs import Outputs

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Sequence, cast, overload
 import numpy as np
 
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.backends import load_runner
 from tedloc_edge.runtime.postprocess import DecodeConfig, decode_one
 from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color

@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"

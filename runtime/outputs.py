@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tedloc_edge.bundle import atomic_write_text
+from tedloc_edge.files import atomic_write_text
 from tedloc_edge.runtime.annotate import draw_result
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.result import Result

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tedloc_edge.boxes import CONTOUR_MODES, decode_boxes, normalize_map, scale_boxes
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 
 @dataclass(frozen=True)

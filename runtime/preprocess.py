@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.preprocess import as_uint8_3ch
 

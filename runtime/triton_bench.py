@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.triton_client import TritonFrameError, TritonLocalizer, parse_url
 
 logger = logging.getLogger(__name__)

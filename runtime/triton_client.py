@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tedloc_edge.bundle import METADATA_KEY, BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.runtime.postprocess import DecodeConfig, class_probabilities
 from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color
 from tedloc_edge.runtime.result import Result
@@ -78,11 +78,6 @@ def parse_url(url: str, model: str | None = None, protocol: str | None = None) -
     path_model = parts.path.strip("/").split("/")[0] if parts.path.strip("/") else ""
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return TritonTarget(scheme, f"{host}:{port}", model or path_model or DEFAULT_MODEL)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Connection:
@@ -195,7 +190,7 @@ class TritonLocalizer:
             raise
         except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and socket errors
             self.close()
-            raise UserError(f"Triton server at {self.url} is not reachable: {_first_line(exc)}; start it or check --triton") from None
+            raise UserError(f"Triton server at {self.url} is not reachable: {first_line(exc)}; start it or check --triton") from None
         self.decode = DecodeConfig(
             threshold=self.meta.threshold if threshold is None else float(threshold),
             contour_mode=contour_mode or self.meta.contour_mode,
@@ -244,7 +239,7 @@ class TritonLocalizer:
             conn = self._connect()
         except Exception as exc:  # noqa: BLE001
             self._next_try = time.monotonic() + self.retry_s
-            raise TritonFrameError(f"Triton server at {self.url} is unreachable: {_first_line(exc)}") from None
+            raise TritonFrameError(f"Triton server at {self.url} is unreachable: {first_line(exc)}") from None
         self._local.conn = conn
         if self._lost:
             self._lost = False
@@ -295,7 +290,7 @@ class TritonLocalizer:
             self.stats["errors"] += n
             if not self._is_server_error(exc):
                 self._drop_connection()  # transport problem: reconnect on a later call
-            raise TritonFrameError(f"Triton request to {self.url} failed: {_first_line(exc)}") from None
+            raise TritonFrameError(f"Triton request to {self.url} failed: {first_line(exc)}") from None
         self._last_ok = time.monotonic()
         t2 = time.perf_counter()
         results = [self._result(out, i, (int(frame_size[i, 0]), int(frame_size[i, 1]))) for i in range(n)]

@@ -17,7 +17,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 
 logger = logging.getLogger(__name__)
@@ -28,11 +28,6 @@ AV_VERSION = tuple(int(part) for part in av.__version__.split(".")[:2])
 # PyAV 19 (Python 3.12+) removed the option and no longer fails on it.
 OPEN_OPTIONS: dict[str, str] = {"metadata_errors": "ignore"} if AV_VERSION < (19, 0) else {}
 MAX_ERRORS_KEPT = 5
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def open_container(target: str, fmt: str | None, options: dict[str, str], timeout: float, label: str,
@@ -47,13 +42,13 @@ def open_container(target: str, fmt: str | None, options: dict[str, str], timeou
     except (PermissionError, av.error.PermissionError, av.FFmpegError, OSError) as exc:
         if hwaccel is not None:  # the input or the device? open it plainly: that raises the input's own error
             open_container(target, fmt, options, timeout, label).close()
-            raise UserError(f"{label}: cannot start decoding on {hwaccel} ({_first_line(exc)}); that needs "
+            raise UserError(f"{label}: cannot start decoding on {hwaccel} ({first_line(exc)}); that needs "
                             f"{_device_needs(hwaccel)}; drop --hwaccel to decode on the CPU") from None
         if isinstance(exc, PermissionError):
             raise UserError(f"{label}: permission denied; check the file's (or the device's) permissions") from None
         if time.monotonic() - started >= timeout * 0.9:
             raise UserError(f"{label}: no answer within {timeout:g} s; check the URL and the network, or raise --timeout") from None
-        raise UserError(f"{label}: cannot open as video ({_first_line(exc)}); pass a video file, an image, a folder or a stream URL") from None
+        raise UserError(f"{label}: cannot open as video ({first_line(exc)}); pass a video file, an image, a folder or a stream URL") from None
 
 
 def _device_needs(device: str) -> str:
@@ -129,7 +124,7 @@ class VideoSource(ThreadedSource):
     def _count_error(self, exc: BaseException) -> None:
         self.stats.decode_errors += 1
         if len(self.stats.errors) < MAX_ERRORS_KEPT:
-            self.stats.errors.append(_first_line(exc))
+            self.stats.errors.append(first_line(exc))
         logger.debug("%s: decode error %s", self.label, exc)
 
     def _produce(self, emit: Callable[[Frame], bool]) -> None:
@@ -160,7 +155,7 @@ class VideoSource(ThreadedSource):
             except StopIteration:
                 return index
             except (av.FFmpegError, OSError) as exc:  # a truncated file or a dead stream: keep what we have
-                self.stats.stream_error = _first_line(exc)
+                self.stats.stream_error = first_line(exc)
                 logger.warning("%s: input ended early (%s); %d frames read", self.label, self.stats.stream_error, index)
                 return index
             try:

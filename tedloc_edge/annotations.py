@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 SPLIT_FOLDERS = ("train", "val", "test")
 NO_BOXES = np.zeros((0, 4), dtype=np.float64)

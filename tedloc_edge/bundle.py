@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tedloc_edge.errors import first_line
+from tedloc_edge.files import atomic_write_text
 
 FORMAT_VERSION = 1
 METADATA_KEY = "tedloc"
@@ -112,7 +114,7 @@ def read_onnx_meta(path: str | os.PathLike, metadata_map: dict[str, str] | None 
         try:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf types
-            raise BundleError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+            raise BundleError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         metadata_map = session.get_modelmeta().custom_metadata_map
     text = metadata_map.get(METADATA_KEY)
     if text is None:
@@ -149,28 +151,3 @@ def read_meta(path: str | os.PathLike) -> BundleMeta:
     if suffix in (".plan", ".engine", ".trt"):
         return read_plan_sidecar(path)[0]
     return read_onnx_meta(path)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

@@ -20,14 +20,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from tedloc_edge.errors import UserError
+
 console = Console(stderr=True, highlight=False)
 
-
-class UserError(Exception):
-    """A problem the user can fix. The CLI prints its message as one line (no traceback) and exits with 2.
-
-    Messages name the file (and line or id) and the fix, e.g. "data/classes.txt:3: empty class name; ...".
-    """
 
 
 def setup_logging(verbose: bool = False) -> None:

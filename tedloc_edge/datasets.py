@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from tedloc_edge.annotations import NO_BOXES, SPLIT_FOLDERS, Sample, Split, open_cub, open_wsol
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 __all__ = [
     "IMAGE_SUFFIXES", "LAYOUTS", "NO_BOXES", "SPLIT_FOLDERS", "ImageDecodeError", "Sample", "Split",

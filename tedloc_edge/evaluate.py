@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from tedloc_edge.boxes import CAM_THRESHOLDS, boxes_at_level, threshold_level
-from tedloc_edge.bundle import atomic_write_text
-from tedloc_edge.console import UserError
+from tedloc_edge.files import atomic_write_text
+from tedloc_edge.errors import UserError
 from tedloc_edge.console import progress as progress_bar
 from tedloc_edge.datasets import Sample, Split, load_image, load_mask, resize_boxes
 from tedloc_edge.metrics import (

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from tedloc_edge.bundle import atomic_write_bytes
-from tedloc_edge.console import UserError
+from tedloc_edge.files import atomic_write_bytes
+from tedloc_edge.errors import UserError
 
 logger = logging.getLogger(__name__)
 

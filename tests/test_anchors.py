@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.train.anchors import cache_key, file_anchors, load_anchors, orthonormalize, save_anchors, text_anchors
 
 

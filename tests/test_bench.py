@@ -9,7 +9,7 @@ import pytest
 from runtime_models import fixture_meta, write_model
 from typer.testing import CliRunner
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.bench import BenchOptions, add_ratios, percentiles, run_bench, synthetic_frames, write_json
 
 

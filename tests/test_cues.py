@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.datasets import NO_BOXES, Sample
 from tedloc_edge.train import cue_picture, cues
 from tedloc_edge.train.cues import compute_cues, save_cue_picture

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.datasets import ImageDecodeError, load_image, load_mask, open_split, resize_boxes
 
 CLASSES = ("rouge-gorgé", "blue jay", "木兔")

@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.slow
 def test_tiny_demo_end_to_end_then_reused(tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "tedloc_edge.cli", "demo", "--size", "tiny", "--out", str(out)]
+    cmd = [sys.executable, "-m", "tedloc_edge.app.cli", "demo", "--size", "tiny", "--out", str(out)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tedloc_edge import eval_cli
+from tedloc_edge.app import eval_cli
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.datasets import open_split
 from tedloc_edge.evaluate import calibrate_threshold, evaluate_predictor
 
@@ -123,7 +123,7 @@ def write_maps(folder: Path, ring: bool = False) -> tuple[Path, Path]:
 
 
 def run_eval(*args: str):
-    from tedloc_edge.cli import app
+    from tedloc_edge.app.cli import app
 
     return CliRunner().invoke(app, ["eval", *args])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export.formats import FORMATS, check_batch_range, check_options, check_precision, get_format
 
 

@@ -11,7 +11,7 @@ import torch
 from exportkit import TinyTedLoc, real_photos, tiny_meta
 
 from tedloc_edge.bundle import read_onnx_meta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export.fp16 import convert_fp16, drop_repeated_nodes
 from tedloc_edge.export.head_nodes import head_node_names
 from tedloc_edge.export.int8 import check_mode, data_path_nodes, quantize_int8

@@ -18,7 +18,7 @@ from exportkit import TinyTedLoc, real_photos, tiny_meta
 from typer.testing import CliRunner
 
 from tedloc_edge.bundle import read_onnx_meta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.datasets import open_split
 from tedloc_edge.export import exporter, verify
 from tedloc_edge.export.cli import export as export_command

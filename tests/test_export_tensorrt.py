@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from exportkit import TinyTedLoc, real_photos, tiny_meta
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export import tensorrt_build as tb
 
 

@@ -13,7 +13,7 @@ from tinyrun import make_tiny_run
 from typer.testing import CliRunner
 
 from tedloc_edge.bundle import read_onnx_meta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export.cli import export as export_command
 from tedloc_edge.export.exporter import ExportOptions, export
 from tedloc_edge.export.verify import verify_export

@@ -99,7 +99,7 @@ def test_cuda_graph_replays_new_frames_like_the_plain_session(models, frames, tm
 
 def test_cuda_graph_needs_a_static_batch(models):
     _cuda_ep()
-    from tedloc_edge.console import UserError
+    from tedloc_edge.errors import UserError
 
     with pytest.raises(UserError, match="--static-batch N"):
         Localizer(models["fp32"], device="cuda", cuda_graph=True)

@@ -16,7 +16,7 @@ import pytest
 from runtime_media import count_frames, make_clip, read_jsonl, truncate, write_photos
 from runtime_models import write_model
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.infer import InferOptions, open_localizer, run_infer
 from tedloc_edge.runtime.sinks import VideoSink
 
@@ -153,7 +153,7 @@ def test_frame_of_another_size_mid_stream(model, tmp_path):
 
 def cli_command() -> list[str]:
     """`tedloc-edge` as this interpreter runs it (the console script may not be on PATH in a venv)."""
-    return [sys.executable, "-m", "tedloc_edge.cli"]
+    return [sys.executable, "-m", "tedloc_edge.app.cli"]
 
 
 def test_sigint_leaves_playable_mp4_and_complete_jsonl(bbb, model, tmp_path):

@@ -13,7 +13,7 @@ from runtime_models import CLASSES, fixture_meta, newer_format_metadata, write_m
 
 from tedloc_edge.boxes import decode_boxes, scale_boxes
 from tedloc_edge.bundle import BundleError, write_plan_sidecar
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime import Localizer, Result
 from tedloc_edge.runtime import decode_boxes as exported_decoder
 from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner

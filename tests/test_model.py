@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.train.anchors import orthonormalize
 from tedloc_edge.train.backbone import PACKAGE_WEIGHTS, create_backbone
 from tedloc_edge.train.model import create_model, model_args_for

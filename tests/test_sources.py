@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from runtime_media import make_clip, truncate, write_photos
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.sources import ImageSource, open_source, read_image
 from tedloc_edge.runtime.video_source import VideoSource

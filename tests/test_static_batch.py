@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export.onnx_export import export_to_proto
 from tedloc_edge.export.static_batch import make_static_batch, static_batch_of
 from tedloc_edge.train.backbone import create_backbone

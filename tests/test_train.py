@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.train import loop
 from tedloc_edge.train.predict import TorchPredictor, load_run, read_checkpoint
 

@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tedloc_edge.bundle import METADATA_KEY, BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export import exporter
 from tedloc_edge.export.exporter import ExportOptions, export
 

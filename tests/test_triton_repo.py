@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tedloc_edge.bundle import METADATA_KEY, BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export.triton_repo import (
     MODEL_NAMES,
     TritonOptions,

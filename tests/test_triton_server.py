@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.export.triton_repo import TritonOptions, write_repository
 
 import triton_server as ts

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tedloc_edge.bundle import atomic_write_bytes, atomic_write_text
-from tedloc_edge.console import UserError
+from tedloc_edge.files import atomic_write_bytes, atomic_write_text
+from tedloc_edge.errors import UserError
 
 log = logging.getLogger(__name__)
 

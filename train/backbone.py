@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _load_weights(model: nn.Module, name: str, weights: str | None, kwargs: dict
         loaded = timm.create_model(tag, pretrained=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types
         raise UserError(
-            f"cannot fetch backbone weights {tag!r} ({str(exc).splitlines()[0][:120]}); offline, pass a local "
+            f"cannot fetch backbone weights {tag!r} ({first_line(exc, 120)}); offline, pass a local "
             f"file with --backbone-weights PATH (or use tf_efficientnet_lite0, whose weights ship with pip)"
         ) from None
     _load_state_dict(model, loaded.state_dict(), tag)

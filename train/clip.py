@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | None = None, device: str
                 f"cannot fetch CLIP weights {name}:{pretrained} offline (HF_HUB_OFFLINE=1); "
                 "pass a local checkpoint file with --clip-pretrained PATH"
             ) from None
-        raise UserError(f"cannot load CLIP {name} with weights {pretrained!r}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load CLIP {name} with weights {pretrained!r}: {first_line(exc)}") from None
     if weights is None:
         log.warning(
             "CLIP %s has RANDOM weights (no --clip-pretrained given): class anchors and CLIP cues carry NO text "

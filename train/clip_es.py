@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from tedloc_edge.boxes import boxes_at_level, normalize_map
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 METHODS = ("tedloc", "cam")
 CUE_KINDS = ("ddt", "cam", "clip-es", "files")

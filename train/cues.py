@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tedloc_edge.bundle import atomic_write_text
+from tedloc_edge.files import atomic_write_text
 from tedloc_edge.boxes import normalize_map
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 from tedloc_edge.console import progress as progress_bar
 from tedloc_edge.datasets import load_image
 from tedloc_edge.train.cue_picture import save_cue_picture

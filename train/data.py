@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tedloc_edge.bundle import atomic_write_text
-from tedloc_edge.console import UserError, progress
+from tedloc_edge.files import atomic_write_text
+from tedloc_edge.console import progress
+from tedloc_edge.errors import UserError
 from tedloc_edge.datasets import ImageDecodeError, Sample, Split, load_image, open_split
 
 log = logging.getLogger(__name__)

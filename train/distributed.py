@@ -16,7 +16,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError
 
 log = logging.getLogger(__name__)
 

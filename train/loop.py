@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tedloc_edge.bundle import atomic_write_bytes, atomic_write_text
-from tedloc_edge.console import UserError, console, next_commands, progress
+from tedloc_edge.files import atomic_write_bytes, atomic_write_text
+from tedloc_edge.console import console, next_commands, progress
+from tedloc_edge.errors import UserError
 from tedloc_edge.train import data as D
 from tedloc_edge.train.config import TrainConfig
 from tedloc_edge.train.distributed import Dist, setup_distributed

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.console import UserError
+from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.train.data import resize_rgb
 from tedloc_edge.train.model import Localizer, ModelArgs, create_model
 
@@ -53,7 +53,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
-        raise UserError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]}); "
+        raise UserError(f"{path}: not a readable checkpoint ({first_line(exc, 120)}); "
                         "it may be truncated: retrain or use the other checkpoint (last/best)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a tedloc-edge checkpoint; pass a run folder written by `tedloc-edge train`")
@@ -82,7 +82,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, 
         model = create_model(args, anchors, pretrained=False)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise UserError(f"{run_dir}: checkpoint does not match its model ({str(exc).splitlines()[0][:120]}); "
+        raise UserError(f"{run_dir}: checkpoint does not match its model ({first_line(exc, 120)}); "
                         "retrain with this tedloc-edge") from None
     model.eval()
     anchor_info = ckpt.get("anchor_info") or {}

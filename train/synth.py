@@ -25,7 +25,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from tedloc_edge.console import UserError, progress
+from tedloc_edge.console import progress
+
+from tedloc_edge.errors import UserError
 
 log = logging.getLogger(__name__)
 

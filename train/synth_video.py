@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tedloc_edge.bundle import atomic_write_text
-from tedloc_edge.console import UserError
+from tedloc_edge.files import atomic_write_text
+from tedloc_edge.errors import UserError
 from tedloc_edge.train.synth import CLASS_TABLE, MAX_CLASSES, Pose, background, class_names, draw, mask_box
 
 log = logging.getLogger(__name__)

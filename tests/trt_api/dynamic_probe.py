@@ -23,7 +23,7 @@ def emit(step: str, **fields: Any) -> None:
 def outcome(fn: Callable[[], Any]) -> dict[str, Any]:
     """Call fn; describe how it ended (the project's error classes are told apart from anything else)."""
     from tedloc_edge.bundle import BundleError
-    from tedloc_edge.console import UserError
+    from tedloc_edge.errors import UserError
 
     try:
         value = fn()
@@ -163,7 +163,7 @@ def step_backend() -> None:
 def cli_command() -> list[str]:
     """The installed `tedloc-edge` console script of this interpreter, else the module it runs."""
     script = Path(sys.executable).with_name("tedloc-edge")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "tedloc_edge.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "tedloc_edge.app.cli"]
 
 
 def run_cli(commands: dict[str, list[str]]) -> None:

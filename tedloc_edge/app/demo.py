@@ -17,8 +17,10 @@ from pathlib import Path
 
 import typer
 
-from tedloc_edge.console import UserError, console, next_commands, user_errors
-from tedloc_edge.demo_report import write_report
+from tedloc_edge.console import console, next_commands, user_errors
+
+from tedloc_edge.errors import UserError
+from tedloc_edge.app.demo_report import write_report
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def run_stage(stage: Stage, index: int, total: int, fresh: bool, log_dir: Path) 
     console.print(f"[dim]$ {stage.command}[/]", soft_wrap=True)
     start = time.perf_counter()
     log = log_dir / f"{index:02d}.log"
-    cmd = [sys.executable, "-m", "tedloc_edge.cli", *stage.argv]
+    cmd = [sys.executable, "-m", "tedloc_edge.app.cli", *stage.argv]
     with open(log, "w", encoding="utf-8") as fh:
         fh.write(f"$ {stage.command}\n")
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

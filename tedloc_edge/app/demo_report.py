@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tedloc_edge.bundle import atomic_write_text
+from tedloc_edge.files import atomic_write_text
 
 METRIC_COLUMNS = [
     ("maxboxacc", "MaxBoxAcc"),

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from tedloc_edge.console import console, next_commands, user_errors
-from tedloc_edge.demo import demo
-from tedloc_edge.eval_cli import evaluate
+from tedloc_edge.app.demo import demo
+from tedloc_edge.app.eval_cli import evaluate
 from tedloc_edge.export.cli import export
 from tedloc_edge.runtime.cli import bench, infer
 from tedloc_edge.train.cli import synth, train

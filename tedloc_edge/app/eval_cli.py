@@ -15,7 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tedloc_edge.console import UserError, next_commands, setup_logging, user_errors
+from tedloc_edge.console import next_commands, setup_logging, user_errors
+
+from tedloc_edge.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,3 @@
+from tedloc_edge.app.cli import main
+
+main()

@@ -129,6 +129,12 @@ def scale_boxes(boxes: np.ndarray, from_size: tuple[int, int], to_size: tuple[in
         # inclusive pixel x covers [x, x+1) on the grid; scale both edges, then back to inclusive
         out[:, 0] = b[:, 0] * sx
         out[:, 1] = b[:, 1] * sy
-        out[:, 2] = np.minimum((b[:, 2] + 1) * sx - 1, tw - 1)
-        out[:, 3] = np.minimum((b[:, 3] + 1) * sy - 1, th - 1)
+        out[:, 2] = (b[:, 2] + 1) * sx - 1
+        out[:, 3] = (b[:, 3] + 1) * sy - 1
+        # On a frame smaller than the grid a one-pixel box scales to less than a pixel, and its inclusive far
+        # edge would fall before its near edge: keep x0 <= x1, y0 <= y1, all inside the frame.
+        np.clip(out[:, 0::2], 0, tw - 1, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, th - 1, out=out[:, 1::2])
+        np.maximum(out[:, 2], out[:, 0], out=out[:, 2])
+        np.maximum(out[:, 3], out[:, 1], out=out[:, 3])
     return out

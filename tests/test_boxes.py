@@ -3,6 +3,8 @@
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tedloc_edge.boxes import (
     box_iou,
@@ -83,3 +85,23 @@ def test_decoder_is_bit_identical_to_the_reference_formulation(seed):
     for level in (0, int(rng.integers(1, 255)), 254, 255):
         mask = np.where(u > level, np.uint8(255), np.uint8(0))
         np.testing.assert_array_equal(boxes_at_level(u, level), boxes_from_mask(mask))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    box=st.tuples(st.integers(0, 223), st.integers(0, 223), st.integers(0, 223), st.integers(0, 223)),
+    frame=st.tuples(st.integers(1, 2000), st.integers(1, 2000)),
+)
+def test_scaled_boxes_stay_inside_any_frame_and_ordered(box, frame):
+    x0, x1 = sorted(box[0::2])
+    y0, y1 = sorted(box[1::2])
+    out = scale_boxes(np.array([[x0, y0, x1, y1]]), (224, 224), frame)[0]
+    h, w = frame
+    assert 0 <= out[0] <= out[2] <= w - 1 and 0 <= out[1] <= out[3] <= h - 1
+
+
+@pytest.mark.parametrize("frame", [(1, 1), (7, 9), (9, 7), (2, 300)])
+def test_tiny_frames_get_ordered_boxes(frame):
+    out = scale_boxes(np.array([[100, 100, 100, 100], [0, 0, 223, 223], [150, 20, 160, 30]]), (224, 224), frame)
+    assert (out[:, 0] <= out[:, 2]).all() and (out[:, 1] <= out[:, 3]).all()
+    assert out.min() >= 0 and (out[:, 2] <= frame[1] - 1).all() and (out[:, 3] <= frame[0] - 1).all()

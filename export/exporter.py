@@ -97,8 +97,7 @@ def onnx_output(source: Source, opts: ExportOptions, fmt: fmts.ExportFormat, pre
 
 
 def product_path(step: fmts.ExportFormat, fmt: fmts.ExportFormat, model_path: Path, opts: ExportOptions, source: Source) -> Path:
-    """Where a step after the ONNX writes: --output for the product, else beside the model (a file) or in the
-    export folder under the format's name (a folder)."""
+    """Where a step writes: --output for the product, else beside the model, or (a folder) in the export folder."""
     if step is fmt and opts.output is not None:
         return Path(opts.output)
     return source.default_output_dir() / step.name if step.suffix == "/" else model_path.with_suffix(step.suffix)
@@ -193,15 +192,15 @@ def engine_spec(opts: ExportOptions, onnx_path: Path, plan: Path) -> "EngineSpec
     """The TensorRT build settings the user set; EngineSpec's own defaults (batch 1..8, 2 GiB) for the rest."""
     from tedloc_edge.export.tensorrt_build import EngineSpec
 
-    spec = EngineSpec(**opts.set_options(fmts.ENGINE_OPTIONS))
+    spec = EngineSpec(**{k: v for k in fmts.ENGINE_OPTIONS if (v := getattr(opts, k)) is not None})
     fmts.check_batch_range(spec.batch_min, spec.batch_opt, spec.batch_max)
     return replace(spec, timing_cache=spec.timing_cache or plan.with_name("timing.cache"),
                    rebuild_command=f"tedloc-edge export {onnx_path} --format engine --batch-min {spec.batch_min} "
                    f"--batch-opt {spec.batch_opt} --batch-max {spec.batch_max}")
 
 
-# The stages after the ONNX, named by the format table (`ExportFormat.stage`), share one signature:
-# (the model before it, where to write, the ONNX, the torch model or None, options, result) -> what it wrote.
+# The steps after the ONNX, named by the format table (`ExportFormat.stage`), share one signature: (the model
+# before it, where to write, the ONNX, the torch model or None, options, result) -> what it wrote.
 
 
 def engine_stage(

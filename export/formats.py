@@ -1,10 +1,9 @@
-"""The one table of export formats, and every export option declared once.
+"""The one table of export formats, which drives the export (as Ultralytics' export table), and every export
+option declared once with its CLI flag and help (`tedloc-edge export` is built from `ExportOptions`).
 
-The table drives the export (as Ultralytics' export table): a format names the exporter's step that makes it
-(`stage`) and its file suffix; `needs_gpu` decides whether the GPU is checked, one line when there is none,
-before any work; `options` are what it takes (others are refused, naming the formats that take them).
-`ExportOptions` declares each option once with its CLI flag and help: `tedloc-edge export` is built from it
-(`tedloc_edge.cli_options`). Torch-free, so `tedloc-edge --help` stays light. Unknown names get a close-match hint.
+A format names the exporter's function that makes it and its file suffix; `needs_gpu` checks the GPU (one line
+when there is none) before any work; options it does not take are refused. Unknown names get a close-match hint.
+Torch-free, so `tedloc-edge --help` stays light.
 """
 
 from __future__ import annotations
@@ -19,11 +18,6 @@ from tedloc_edge.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
-# Options every format takes (they shape the ONNX, the verification or the int8 calibration).
-COMMON_OPTIONS = frozenset(
-    {"opset", "verify", "images", "calib_images", "int8_max_drop", "int8_allow_drop", "checkpoint", "verify_images"}
-)
-
 
 @dataclass(frozen=True)
 class ExportFormat:
@@ -31,31 +25,21 @@ class ExportFormat:
     suffix: str  # the product's file suffix, or "/" for a folder
     needs_gpu: bool  # built on the GPU that runs it: the GPU is checked before any export work
     precisions: tuple[str, ...]
-    options: frozenset[str]  # format-specific ExportOptions fields, beyond COMMON_OPTIONS
-    description: str
+    options: frozenset[str]  # the ExportOptions fields only some formats take (the rest: every format)
     stage: str = ""  # the exporter's function making it from the model before it; "": the ONNX itself
     wraps_backend: bool = False  # wraps a model exported in the format its --triton-backend names
 
 
 ENGINE_OPTIONS = frozenset({"batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache"})  # EngineSpec's
-FORMATS: dict[str, ExportFormat] = {
-    f.name: f
-    for f in (
-        ExportFormat(
-            "onnx", ".onnx", False, PRECISIONS, frozenset({"static_batch"}),
-            "ONNX with the bundle metadata; runs in ONNX Runtime anywhere",
-        ),
-        ExportFormat(
-            "engine", ".plan", True, PRECISIONS, ENGINE_OPTIONS,
-            "TensorRT plan + <plan>.json build record; built on the device that runs it", stage="engine_stage",
-        ),
-        ExportFormat(
-            "triton", "/", False, PRECISIONS, ENGINE_OPTIONS | {"triton_backend", "triton_variants", "exist_ok"},
-            "Triton model repository (tedloc_model, tedloc_decode, tedloc ensemble, tedloc_python; docs/triton.md)",
-            stage="triton_stage", wraps_backend=True,
-        ),
-    )
-}
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    # ONNX with the bundle metadata; runs in ONNX Runtime anywhere
+    ExportFormat("onnx", ".onnx", False, PRECISIONS, frozenset({"static_batch"})),
+    # TensorRT plan + <plan>.json build record; built on the device that runs it
+    ExportFormat("engine", ".plan", True, PRECISIONS, ENGINE_OPTIONS, stage="engine_stage"),
+    # Triton model repository (tedloc_model, tedloc_decode, tedloc ensemble, tedloc_python; docs/triton.md)
+    ExportFormat("triton", "/", False, PRECISIONS, ENGINE_OPTIONS | {"triton_backend", "triton_variants", "exist_ok"},
+                 stage="triton_stage", wraps_backend=True),
+)}
 ONNX = FORMATS["onnx"]
 TRITON_BACKENDS = {"onnxruntime": "onnx", "tensorrt": "engine"}  # what tedloc_model runs on -> its format; first: default
 
@@ -94,10 +78,6 @@ class ExportOptions:
         """The options only some formats take, as the table names them."""
         return {k: getattr(self, k) for f in FORMATS.values() for k in f.options}
 
-    def set_options(self, names: Iterable[str]) -> dict[str, Any]:
-        """Those of `names` the user set (not None), so an unset one keeps its consumer's default."""
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-
 
 
 
@@ -125,15 +105,12 @@ def check_precision(fmt: ExportFormat, precision: str) -> str:
 
 
 def check_options(fmt: ExportFormat, options: dict[str, Any]) -> None:
-    """Reject options this format does not take (only options the user set: None means unset)."""
-    allowed = fmt.options | COMMON_OPTIONS
+    """Reject options the user set (None is unset) that only other formats take; one no format names, all take."""
     for key, value in options.items():
-        if value is None or key in allowed:
-            continue
-        flag = "--" + key.replace("_", "-")
         takers = [f.name for f in FORMATS.values() if key in f.options]
-        where = f" (it applies to --format {' or '.join(takers)})" if takers else ""
-        raise UserError(f"option {flag} does not apply to --format {fmt.name}{where}; drop it")
+        if value is not None and takers and fmt.name not in takers:
+            raise UserError(f"option --{key.replace('_', '-')} does not apply to --format {fmt.name} "
+                            f"(it applies to --format {' or '.join(takers)}); drop it")
 
 
 def route(fmt: ExportFormat, triton_backend: str | None) -> tuple[ExportFormat, ...]:

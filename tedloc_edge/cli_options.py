@@ -1,14 +1,13 @@
-"""Options declared once: a dataclass field carries its CLI flag, help and help panel, and `typer_command` builds
-the typer command from the dataclass, so a new field is a new CLI option with nothing else to edit.
+"""Options declared once: a dataclass field carries its CLI flag, help and panel; `typer_command` builds the typer
+command from the dataclass, so a new field is a new option. A plain field (`seed: int = 0`) is an option without
+help; `internal(...)` keeps one off the command line.
 
-    lr: float = option(1e-3, "Learning rate.", panel="Optimization")    # --lr, [default: 0.001]
-    amp: bool = option(True, "Mixed precision.", flag="--amp/--no-amp")  # a bool is a lone --flag unless told
-    run_id: str = internal("")                                          # not on the command line
+    lr: float = option(1e-3, "Learning rate.", panel="Optimization")     # --lr [default: 0.001]
+    amp: bool = option(True, "Mixed precision.", flag="--amp/--no-amp")   # a bool is a lone --flag unless told
 
-A plain field (`seed: int = 0`) is an option too, without help. Typer reads the command's `inspect.Signature`,
-built here from the fields; the command's body gets the options the user set as field values: an unset one
-(None, no values) is left out so the field's default holds, as timm drops None keyword arguments.
-Torch-free and light: `tedloc-edge --help` builds every command from these declarations.
+Typer reads the command's `inspect.Signature`, built from the fields; the body gets the options the user set,
+as field values: an unset one (None, no values) is left out so the field's default holds (as timm drops None
+keyword arguments). Torch-free and light: `tedloc-edge --help` builds every command from these declarations.
 """
 
 from __future__ import annotations
@@ -23,10 +22,6 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import typer
 
-_KEY = "cli"
-_UNSET: Any = object()
-PATH_KINDS = ("absolute", "given")
-
 
 @dataclass(frozen=True)
 class Spec:
@@ -35,19 +30,18 @@ class Spec:
     flag: str | None = None  # default: --field-name
     short: str | None = None  # e.g. "-f"
     path: str | None = None  # a str field holding a path: the CLI takes a PATH, stored "absolute" or as "given"
-    cli_default: Any = _UNSET  # what --help shows as the default when the field's own default is filled in later
+    no_default: bool = False  # --help shows none: unset keeps the field's default (or a resumed run's value)
 
 
 def option(default: Any, help: str | None = None, **spec: Any) -> Any:
-    """A dataclass field that is also a CLI option (keywords: see `Spec`)."""
-    if spec.get("path") not in (None, *PATH_KINDS):
-        raise ValueError(f"path={spec['path']!r}: one of {PATH_KINDS}")
-    return dataclasses.field(default=default, metadata={_KEY: Spec(help, **spec)})
+    """A dataclass field that is also a CLI option (keywords: `Spec`'s)."""
+    assert spec.get("path") in (None, "absolute", "given"), spec
+    return dataclasses.field(default=default, metadata={"cli": Spec(help, **spec)})
 
 
 def internal(default: Any) -> Any:
     """A dataclass field that is not a CLI option."""
-    return dataclasses.field(default=default, metadata={_KEY: None})
+    return dataclasses.field(default=default, metadata={"cli": None})
 
 
 def param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
@@ -55,32 +49,27 @@ def param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-def _is_tuple(hint: Any) -> bool:
-    return typing.get_origin(hint) is tuple
-
-
 def _cli_type(hint: Any, default: Any, spec: Spec) -> tuple[Any, Any]:
-    """(annotation, default) of the option: a path field takes a PATH; a tuple field takes repeated values."""
+    """(annotation, default) of the option: a path field takes a PATH, a tuple field repeated values."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        hint = args[0]  # Optional[X]: X, the CLI default stays None
+        hint = args[0]  # X | None: X, and the default stays None
     if spec.path:
         return Optional[Path], Path(default) if default else None
-    if _is_tuple(hint):
+    if typing.get_origin(hint) is tuple:
         return Optional[List[typing.get_args(hint)[0]]], None
-    if spec.cli_default is not _UNSET:
-        return Optional[hint], spec.cli_default
+    if spec.no_default:
+        return Optional[hint], None
     return (Optional[hint] if default is None else hint), default
 
 
 def _parameter(field: dataclasses.Field, hint: Any) -> inspect.Parameter | None:
-    spec = field.metadata.get(_KEY, Spec())
+    spec = field.metadata.get("cli", Spec())
     if spec is None:
         return None
     annotation, default = _cli_type(hint, field.default, spec)
-    decls = [spec.flag or "--" + field.name.replace("_", "-")] + ([spec.short] if spec.short else [])
-    info = typer.Option(default, *decls, help=spec.help, rich_help_panel=spec.panel)
-    return param(field.name, annotation, info)
+    decls = [spec.flag or "--" + field.name.replace("_", "-"), *([spec.short] if spec.short else [])]
+    return param(field.name, annotation, typer.Option(default, *decls, help=spec.help, rich_help_panel=spec.panel))
 
 
 def given(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -90,17 +79,17 @@ def given(cls: type, values: dict[str, Any]) -> dict[str, Any]:
         value = values.get(field.name)
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
-        spec = field.metadata.get(_KEY) or Spec()
-        if spec.path:  # absolute, so eval/export find the dataset from any working folder
-            value = str(Path(value).resolve()) if spec.path == "absolute" else str(value)
+        path = (field.metadata.get("cli") or Spec()).path
+        if path:  # absolute: found from any working folder later (a run's dataset, its anchors)
+            value = str(Path(value).resolve()) if path == "absolute" else str(value)
         out[field.name] = tuple(value) if isinstance(value, list) else value
     return out
 
 
 def typer_command(cls: type, body: Callable[..., None], *, before: Sequence[inspect.Parameter] = (),
                   after: Sequence[inspect.Parameter] = ()) -> Callable[..., None]:
-    """A typer command: `before` (e.g. an argument), one option per field of `cls`, `after` (e.g. --verbose).
-    It calls body(given(cls, options), **the before and after values); the body's docstring is the help."""
+    """A typer command: `before` (e.g. an argument), one option per field of `cls`, `after` (e.g. --verbose); it
+    calls body(given(cls, options), **the before and after values). The body's docstring is the command's help."""
     hints = typing.get_type_hints(cls)
     fields = [p for f in dataclasses.fields(cls) if (p := _parameter(f, hints[f.name])) is not None]
     extra = [p.name for p in (*before, *after)]

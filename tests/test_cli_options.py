@@ -20,7 +20,7 @@ class Toy:
     data: str = option("", "Where the data is.", path="absolute")
     size: int = option(8, "Side.", short="-s")
     tags: tuple[str, ...] = option((), "Repeat.", flag="--tag")
-    rounds: int = option(3, "Default 3.", cli_default=None)
+    rounds: int = option(3, "Default 3.", no_default=True)
     seed: int = 0
     run_id: str = internal("")
 

@@ -3,13 +3,10 @@
 `RUN/config.json` is this dataclass as resolved at the start of the run (weights source, run id filled in),
 so a checkpoint and its folder describe themselves.
 
-Each field is declared once, with its CLI help (`tedloc_edge.cli_options`): `tedloc-edge train` is built from
-this dataclass, so a new field is a new option. To add one, write only the field, e.g.
-
-    label_smoothing: float = option(0.0, "Soft targets for the class loss.", panel=LOSS)  # --label-smoothing
-
-(a plain `name: int = 3` is an option without help; `internal(3)` keeps it off the command line), then check
-its range in `validate`. Torch-free: `tedloc-edge --help` imports it.
+`tedloc-edge train` is built from this dataclass (`tedloc_edge.cli_options`): to add an option, add the field
+only, with its help, e.g. `label_smoothing: float = option(0.0, "Soft class targets.", panel=LOSS)` gives
+--label-smoothing (`internal(0.0)` keeps a field off the command line), and check its range in `validate`.
+Torch-free: `tedloc-edge --help` imports it.
 """
 
 from __future__ import annotations
@@ -62,7 +59,7 @@ class TrainConfig:
     w_pcl: float = option(1.0, panel=LOSS)
     w_icl: float = option(1.0, panel=LOSS)
     # optimisation
-    epochs: int = option(10, "Default 10; with --resume, the new total.", panel=OPTIM, cli_default=None)
+    epochs: int = option(10, "Default 10; with --resume, the new total.", panel=OPTIM, no_default=True)
     batch_size: int = option(32, "Per process.", panel=OPTIM)
     optimizer: str = option("adamw", "adamw or sgd.", panel=OPTIM)
     lr: float = option(1e-3, panel=OPTIM)

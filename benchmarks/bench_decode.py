@@ -16,7 +16,6 @@ Bunny (1280x720 H.264, 132 frames).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Callable
 import av
 import numpy as np
 
+from tedloc_edge.benchrows import ratio, spread, write_json
 from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.sources import open_source
 from tedloc_edge.runtime.video_source import RGBConverter
@@ -90,15 +90,12 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     base = statistics.median(fps["reader"])
     rows = [{"way": name, "decoder": decoders[name], "frames": frames[name], "fps": round(statistics.median(v), 1),
-             "fps_min_max": [round(min(v), 1), round(max(v), 1)], "ratio": round(statistics.median(v) / base, 3)}
-            for name, v in fps.items()]
+             "fps_min_max": spread(v), "ratio": ratio(statistics.median(v), base, 3)} for name, v in fps.items()]
     report = {"video": args.video, "rounds": args.rounds, "pyav": av.__version__, "rows": rows, "skipped": skipped,
               "command": "python " + " ".join(sys.argv)}
     print(render(report))
     if args.json:
-        from tedloc_edge.files import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
 
 
 def render(report: dict) -> str:

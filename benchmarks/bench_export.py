@@ -15,7 +15,6 @@ warm-up, repeated for `--seconds`; ``--threads 0`` leaves both frameworks at the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,12 +23,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from tedloc_edge.benchrows import markdown_table, write_json
+from tedloc_edge.metric_names import metric_label
+
 if TYPE_CHECKING:
     import torch
 
     from tedloc_edge.bundle import BundleMeta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ACCURACY = ("maxboxacc", "top1_loc")  # the metrics of each row
 
 
 def images_per_second(run: Callable[[np.ndarray], object], batch: np.ndarray, seconds: float) -> float:
@@ -122,28 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_predictor(TorchPredictor((model, meta)), split, progress=False)
     speed = images_per_second(torch_runner(model), batch, args.seconds)
     rows.append(dict(model="torch eager fp32", file="", size_mb=torch_size_bytes(model) / 1e6, images_per_s=speed,
-                     export_s=0.0, note="", **{k: report.metrics[k] for k in ("maxboxacc", "top1_loc")}))
+                     export_s=0.0, note="", **{k: report.metrics[k] for k in ACCURACY}))
     for precision, (path, seconds, note) in made.items():
         report = evaluate_predictor(Localizer(path, backend="onnxruntime", device="cpu"), split, progress=False)
         speed = images_per_second(onnxruntime_runner(path, args.threads), batch, args.seconds)
         rows.append(dict(model=f"ONNX Runtime CPU {precision}", file=str(path), size_mb=path.stat().st_size / 1e6,
-                         images_per_s=speed, export_s=seconds, note=note,
-                         **{k: report.metrics[k] for k in ("maxboxacc", "top1_loc")}))
+                         images_per_s=speed, export_s=seconds, note=note, **{k: report.metrics[k] for k in ACCURACY}))
 
     base = float(rows[0]["images_per_s"])
     print(f"\n{args.run} | split {args.split} ({len(split)} images) | batch {args.batch} | threads {args.threads or 'default'}\n")
-    print("| model | MaxBoxAcc | Top-1 Loc | size (MB) | images/s | vs torch |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['maxboxacc']:.2f} | {r['top1_loc']:.2f} | {r['size_mb']:.2f} | "
-              f"{r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f}x |")
+    columns = ["model", *map(metric_label, ACCURACY), "size (MB)", "images/s", "vs torch"]
+    print("\n".join(markdown_table(columns, ([r["model"], *(f"{r[k]:.2f}" for k in ACCURACY), f"{r['size_mb']:.2f}",
+                                             f"{r['images_per_s']:.1f}", f"{r['images_per_s'] / base:.2f}x"] for r in rows))))
     print()
     for r in rows[1:]:
         print(f"{r['model']}: {r['note']} (val split)")
     for line in photo_checks(model, made, meta):
         print(line)
     if args.json:
-        args.json.write_text(json.dumps({"run": str(args.run), "split": args.split, "batch": args.batch, "rows": rows}, indent=2))
+        write_json(args.json, {"run": str(args.run), "split": args.split, "batch": args.batch, "rows": rows})
     return 0
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tedloc_edge.benchrows import spread, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -116,9 +118,7 @@ def main() -> None:
     report.update(device=args.device, cuda_graph=args.cuda_graph, hwaccel=args.hwaccel)
     print(render(report))
     if args.json:
-        from tedloc_edge.files import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
 
 
 def summarize(rounds: dict[str, list], model: str, video: str, threads: int, batch: int) -> dict:
@@ -150,10 +150,10 @@ def summarize(rounds: dict[str, list], model: str, video: str, threads: int, bat
         "postprocess_share_localizer": round(stages["postprocess"] / sum(stages.values()), 4),
         "postprocess_share_pipeline": round(post_jsonl / (1000.0 / jsonl_fps), 4),
         "spread": {
-            "decode_only_fps": [round(min(rounds["decode"]), 1), round(max(rounds["decode"]), 1)],
-            "model_only_fps_inference": [round(min(rounds["inference"]), 1), round(max(rounds["inference"]), 1)],
-            "pipeline_fps_jsonl": [round(min(r["fps"] for r in rounds["jsonl"]), 1), round(max(r["fps"] for r in rounds["jsonl"]), 1)],
-            "pipeline_fps_mp4": [round(min(r["fps"] for r in rounds["mp4"]), 1), round(max(r["fps"] for r in rounds["mp4"]), 1)],
+            "decode_only_fps": spread(rounds["decode"]),
+            "model_only_fps_inference": spread(rounds["inference"]),
+            "pipeline_fps_jsonl": spread(r["fps"] for r in rounds["jsonl"]),
+            "pipeline_fps_mp4": spread(r["fps"] for r in rounds["mp4"]),
         },
         "load_average": os.getloadavg(),
         "raw": rounds,

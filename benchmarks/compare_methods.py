@@ -21,20 +21,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tedloc_edge.benchrows import markdown_table  # noqa: E402
 from tedloc_edge.files import atomic_write_text  # noqa: E402
 from tedloc_edge.console import setup_logging  # noqa: E402
 from tedloc_edge.errors import UserError  # noqa: E402
-
-COLUMNS = (
-    ("maxboxacc", "MaxBoxAcc"),
-    ("maxboxacc_v2", "MaxBoxAccV2"),
-    ("gt_known_loc", "GT-known Loc"),
-    ("top1_loc", "Top-1 Loc"),
-    ("top5_loc", "Top-5 Loc"),
-    ("top1_cls", "Top-1 cls"),
-    ("pxap", "PxAP"),
-    ("top1_loc_at_threshold", "Top-1 Loc @ calibrated tau"),
-)
+from tedloc_edge.metric_names import REPORT_COLUMNS, metric_label  # noqa: E402
 
 
 def evaluate_run(name: str, run: Path, data: Path, criterion: str, keep: bool, json_dir: Path | None) -> dict[str, Any]:
@@ -76,15 +67,9 @@ def markdown(rows: list[dict[str, Any]], data: Path, argv: list[str]) -> str:
         "Metrics in percent, WSOL protocol of Choe et al. (CVPR 2020): best over the 1,000 thresholds, except the "
         "last column, which is Top-1 Loc at the threshold picked on val (what a deployed model gets).",
         "",
-        "| method | " + " | ".join(title for _, title in COLUMNS) + " | calibrated tau | test-optimal tau |",
-        "|---" * (len(COLUMNS) + 3) + "|",
     ]
-    for row in rows:
-        rep = row["report"]
-        cells = [f"{rep.metrics[k]:.1f}" if k in rep.metrics else "–" for k, _ in COLUMNS]
-        best = rep.optimal_thresholds.get("top1_loc")
-        lines.append(f"| {row['name']} | " + " | ".join(cells) +
-                     f" | {rep.threshold:.3f} | {'–' if best is None else f'{best:.3f}'} |")
+    columns = ["method", *map(metric_label, REPORT_COLUMNS), "calibrated tau", "test-optimal tau"]
+    lines += markdown_table(columns, (_cells(row) for row in rows))
     lines += ["", "## Runs", ""]
     for row in rows:
         config = ", ".join(f"{k}={v}" for k, v in row["config"].items()) or "config.json not found"
@@ -94,6 +79,13 @@ def markdown(rows: list[dict[str, Any]], data: Path, argv: list[str]) -> str:
         lines += [f"# {row['name']}"] + row["commands"]
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    rep = row["report"]
+    best = rep.optimal_thresholds.get("top1_loc")
+    return [row["name"], *(f"{rep.metrics[k]:.1f}" if k in rep.metrics else "–" for k in REPORT_COLUMNS),
+            f"{rep.threshold:.3f}", "–" if best is None else f"{best:.3f}"]
 
 
 def main(argv: list[str] | None = None) -> int:

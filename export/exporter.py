@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -20,6 +20,7 @@ import numpy as np
 from tedloc_edge.bundle import BundleMeta, sidecar_path
 from tedloc_edge.errors import UserError
 from tedloc_edge.export import formats as fmts
+from tedloc_edge.export.formats import ExportOptions
 from tedloc_edge.export.images import batch_hash, load_batch, paths_from_args, run_data_root, split_paths, spread
 from tedloc_edge.export.int8_gate import GateResult
 from tedloc_edge.export.source import Source, load_model, onnx_meta, resolve_source
@@ -29,40 +30,11 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from tedloc_edge.export.tensorrt_build import EngineSpec
+
 logger = logging.getLogger(__name__)
 
 SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    format: str = "onnx"
-    precision: str | None = None  # None: fp32, or the precision of an ONNX source
-    output: Path | None = None  # file (onnx, engine) or folder (triton); default RUN/export/
-    checkpoint: str = "best"
-    opset: int = 17
-    verify: bool = True
-    images: tuple[str, ...] = ()  # verification images (default: the run's val split)
-    verify_images: int = 32
-    calib_images: int = 200
-    calib_dir: tuple[str, ...] = ()  # calibration images (default: the run's train split)
-    int8_max_drop: float = 1.0
-    int8_allow_drop: bool = False
-    int8_mode: str | None = None  # cpu | tensorrt (export/int8.py); None: tensorrt when an engine is built, else cpu
-    batch_min: int | None = None
-    batch_opt: int | None = None
-    batch_max: int | None = None
-    workspace_gib: float | None = None
-    timing_cache: Path | None = None
-    triton_backend: str | None = None  # onnxruntime (default) or tensorrt: what tedloc_model runs on
-    triton_variants: tuple[str, ...] | None = None  # triton_repo variants; None: all
-    exist_ok: bool | None = None  # replace existing Triton model folders
-    static_batch: int | None = None  # onnx: also write <model>_b<N>.onnx with a fixed batch (CUDA graphs)
-
-    def format_options(self) -> dict[str, object]:
-        keys = ("batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "triton_backend", "triton_variants", "exist_ok",
-                "static_batch")
-        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -114,14 +86,21 @@ def staged(final: Path) -> Iterator[Path]:
 
 
 def onnx_output(source: Source, opts: ExportOptions, fmt: fmts.ExportFormat, precision: str) -> Path:
-    """Where the ONNX goes: --output for --format onnx, else beside the engine / in the run's export folder."""
-    name = f"model{SUFFIX[precision]}.onnx"
-    if opts.output is not None and fmt.name == "onnx":
-        out = Path(opts.output)
-        return out / name if out.is_dir() else out
-    if opts.output is not None and fmt.name == "engine":
-        return Path(opts.output).with_suffix(".onnx")
-    return source.default_output_dir() / name
+    """Where the ONNX goes: --output when it is the product, beside a product file, else in the run's export folder."""
+    name = f"model{SUFFIX[precision]}{fmts.ONNX.suffix}"
+    if opts.output is None or fmt.suffix == "/":
+        return source.default_output_dir() / name
+    out = Path(opts.output)
+    if fmt is not fmts.ONNX:
+        return out.with_suffix(fmts.ONNX.suffix)
+    return out / name if out.is_dir() else out
+
+
+def product_path(step: fmts.ExportFormat, fmt: fmts.ExportFormat, model_path: Path, opts: ExportOptions, source: Source) -> Path:
+    """Where a step writes: --output for the product, else beside the model, or (a folder) in the export folder."""
+    if step is fmt and opts.output is not None:
+        return Path(opts.output)
+    return source.default_output_dir() / step.name if step.suffix == "/" else model_path.with_suffix(step.suffix)
 
 
 def load_images(specs: tuple[str, ...], source: Source, split: str, limit: int, what: str, meta: BundleMeta) -> tuple[np.ndarray, list[Path]]:
@@ -209,22 +188,32 @@ def _int8_gate(
         result.gate = run_gate(fp32_path, int8_path, split, opts.int8_max_drop, opts.int8_allow_drop, label=final)
 
 
+def engine_spec(opts: ExportOptions, onnx_path: Path, plan: Path) -> "EngineSpec":
+    """The TensorRT build settings the user set; EngineSpec's own defaults (batch 1..8, 2 GiB) for the rest."""
+    from tedloc_edge.export.tensorrt_build import EngineSpec
+
+    spec = EngineSpec(**{k: v for k in fmts.ENGINE_OPTIONS if (v := getattr(opts, k)) is not None})
+    fmts.check_batch_range(spec.batch_min, spec.batch_opt, spec.batch_max)
+    return replace(spec, timing_cache=spec.timing_cache or plan.with_name("timing.cache"),
+                   rebuild_command=f"tedloc-edge export {onnx_path} --format engine --batch-min {spec.batch_min} "
+                   f"--batch-opt {spec.batch_opt} --batch-max {spec.batch_max}")
+
+
+# The steps after the ONNX, named by the format table (`ExportFormat.stage`), share one signature: (the model
+# before it, where to write, the ONNX, the torch model or None, options, result) -> what it wrote.
+
+
 def engine_stage(
-    onnx_path: Path, plan: Path, precision: str, opts: ExportOptions, result: ExportResult, model: "torch.nn.Module | None"
+    onnx_path: Path, plan: Path, _onnx: Path, model: "torch.nn.Module | None", opts: ExportOptions, result: ExportResult
 ) -> Path:
     """Build the plan; with the torch model at hand (run source) and verification on, compare the engine
     (through the runtime's TensorRT runner) with torch on the same images, then rename it into place."""
-    from tedloc_edge.export.tensorrt_build import EngineSpec, build_engine
+    from tedloc_edge.export.tensorrt_build import build_engine
     from tedloc_edge.export.verify import ENGINE_TOLERANCE, require_passed, runtime_runner, verify_export
 
     check_writable(plan.parent)
-    spec = EngineSpec(
-        *fmts.check_batch_range(opts.batch_min or 1, opts.batch_opt or 1, opts.batch_max or 8),
-        workspace_gib=opts.workspace_gib or 2.0,
-        timing_cache=opts.timing_cache or plan.with_name("timing.cache"),
-        rebuild_command=f"tedloc-edge export {onnx_path} --format engine --batch-min {opts.batch_min or 1} "
-        f"--batch-opt {opts.batch_opt or 1} --batch-max {opts.batch_max or 8}",
-    )
+    spec = engine_spec(opts, onnx_path, plan)
+    precision = result.meta.precision
     start = time.perf_counter()
     verified = "-" if model is None else "skipped (--no-verify)"
     with staged(plan) as tmp:
@@ -265,12 +254,15 @@ def static_batch_stage(onnx_path: Path, batch: int, result: ExportResult) -> Pat
     return out
 
 
-def triton_stage(model_path: Path, onnx_path: Path, backend: str, opts: ExportOptions, result: ExportResult) -> Path:
+def triton_stage(
+    model_path: Path, repo_dir: Path, onnx_path: Path, _model: "torch.nn.Module | None", opts: ExportOptions, result: ExportResult
+) -> Path:
     """The model repository of `tedloc_edge.export.triton_repo` (docs/triton.md) around the exported model."""
+    from tedloc_edge.export.tensorrt_build import EngineSpec
     from tedloc_edge.export.triton_repo import TritonOptions, write_repository
 
-    repo_dir = Path(opts.output) if opts.output is not None else result.source.default_output_dir() / "triton"
-    options = TritonOptions(max_batch_size=opts.batch_max or 8, instance_kind="KIND_GPU" if backend == "tensorrt" else "KIND_AUTO")
+    on_gpu = model_path.suffix != fmts.ONNX.suffix  # a TensorRT plan (--triton-backend tensorrt) runs on a GPU instance
+    options = TritonOptions(max_batch_size=opts.batch_max or EngineSpec.batch_max, instance_kind="KIND_GPU" if on_gpu else "KIND_AUTO")
     start = time.perf_counter()
     repo = write_repository(repo_dir, model_path, result.meta, variants=opts.triton_variants, options=options,
                             onnx=onnx_path, exist_ok=bool(opts.exist_ok))
@@ -281,8 +273,6 @@ def triton_stage(model_path: Path, onnx_path: Path, backend: str, opts: ExportOp
 
 def _resolve_int8_mode(opts: ExportOptions, needs_trt: bool) -> ExportOptions:
     """--int8-mode: cpu (fast in ONNX Runtime on a CPU) unless the export builds a TensorRT engine."""
-    from dataclasses import replace
-
     from tedloc_edge.export.int8 import check_mode
 
     if opts.int8_mode is None:
@@ -298,19 +288,17 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
     fmt = fmts.get_format(opts.format)
     fmts.check_options(fmt, opts.format_options())
     source = resolve_source(source_path, opts.checkpoint)
-    backend = opts.triton_backend or "onnxruntime"
-    if fmt.name == "triton" and backend not in fmts.TRITON_BACKENDS:
-        raise UserError(f"unknown --triton-backend '{backend}': {fmts.close_match_hint(backend, fmts.TRITON_BACKENDS)}")
-    if fmt.name == "triton" and opts.triton_variants:
+    steps = fmts.route(fmt, opts.triton_backend)  # ONNX first, the product last
+    if opts.triton_variants:  # only triton takes them (check_options)
         from tedloc_edge.export.triton_repo import check_variants
 
         check_variants(opts.triton_variants)  # before any export work
-    needs_trt = fmt.name == "engine" or (fmt.name == "triton" and backend == "tensorrt")
+    needs_trt = any(step.needs_gpu for step in steps)  # a TensorRT engine is built
     opts = _resolve_int8_mode(opts, needs_trt)
     if needs_trt:
         from tedloc_edge.export.tensorrt_build import preflight
 
-        preflight()
+        preflight()  # one line when there is no TensorRT or GPU, before any export work
     if opts.static_batch is not None:
         from tedloc_edge.export.static_batch import check_static_batch
 
@@ -320,7 +308,7 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
     if source.is_onnx:
         meta = onnx_meta(source)
         precision = fmts.check_precision(fmt, opts.precision or meta.precision)
-        if (fmt.name == "onnx" and opts.static_batch is None) or precision != meta.precision:
+        if (len(steps) == 1 and opts.static_batch is None) or precision != meta.precision:
             raise UserError(
                 f"{source.path} is already a {meta.precision} ONNX; export the run folder for another ONNX precision, "
                 "or use it with --format engine / triton (or --static-batch N)"
@@ -339,9 +327,7 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
     if opts.static_batch is not None:
         onnx_path = static_batch_stage(onnx_path, opts.static_batch, result)
     model_path = onnx_path
-    if needs_trt:
-        plan = Path(opts.output) if (opts.output is not None and fmt.name == "engine") else onnx_path.with_suffix(".plan")
-        model_path = engine_stage(onnx_path, plan, precision, opts, result, model)
-    if fmt.name == "triton":
-        triton_stage(model_path, onnx_path, backend, opts, result)
+    for step in steps[1:]:  # an engine from the ONNX, a repository around the model: the table names each function
+        out = product_path(step, fmt, model_path, opts, source)
+        model_path = globals()[step.stage](model_path, out, onnx_path, model, opts, result)
     return result

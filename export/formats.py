@@ -1,56 +1,84 @@
-"""The one table of export formats: name, file suffix, whether a GPU is needed, precisions and options.
+"""The one table of export formats, which drives the export (as Ultralytics' export table), and every export
+option declared once with its CLI flag and help (`tedloc-edge export` is built from `ExportOptions`).
 
-Everything that checks a user's --format / --precision / options reads this table (as Ultralytics' export
-table), so a format and what it accepts are declared in one place. Unknown names get a close-match hint.
+A format names the exporter's function that makes it and its file suffix; `needs_gpu` checks the GPU (one line
+when there is none) before any work; options it does not take are refused. Unknown names get a close-match hint.
+Torch-free, so `tedloc-edge --help` stays light.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
+from tedloc_edge.cli_options import option
 from tedloc_edge.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-
-# Options every format takes (they shape the ONNX, the verification or the int8 calibration).
-COMMON_OPTIONS = frozenset(
-    {"opset", "verify", "images", "calib_images", "int8_max_drop", "int8_allow_drop", "checkpoint", "verify_images"}
-)
 
 
 @dataclass(frozen=True)
 class ExportFormat:
     name: str
-    suffix: str  # file suffix, or "/" for a folder
-    needs_gpu: bool
+    suffix: str  # the product's file suffix, or "/" for a folder
+    needs_gpu: bool  # built on the GPU that runs it: the GPU is checked before any export work
     precisions: tuple[str, ...]
-    options: frozenset[str]  # format-specific options, beyond COMMON_OPTIONS
-    description: str
+    options: frozenset[str]  # the ExportOptions fields only some formats take (the rest: every format)
+    stage: str = ""  # the exporter's function making it from the model before it; "": the ONNX itself
+    wraps_backend: bool = False  # wraps a model exported in the format its --triton-backend names
 
 
-FORMATS: dict[str, ExportFormat] = {
-    f.name: f
-    for f in (
-        ExportFormat(
-            "onnx", ".onnx", False, PRECISIONS, frozenset({"static_batch"}),
-            "ONNX with the bundle metadata; runs in ONNX Runtime anywhere",
-        ),
-        ExportFormat(
-            "engine", ".plan", True, PRECISIONS,
-            frozenset({"batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache"}),
-            "TensorRT plan + <plan>.json build record; built on the device that runs it",
-        ),
-        ExportFormat(
-            "triton", "/", False, PRECISIONS,
-            frozenset({"triton_backend", "triton_variants", "exist_ok", "batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache"}),
-            "Triton model repository (tedloc_model, tedloc_decode, tedloc ensemble, tedloc_python; docs/triton.md)",
-        ),
-    )
-}
+ENGINE_OPTIONS = frozenset({"batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache"})  # EngineSpec's
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    # ONNX with the bundle metadata; runs in ONNX Runtime anywhere
+    ExportFormat("onnx", ".onnx", False, PRECISIONS, frozenset({"static_batch"})),
+    # TensorRT plan + <plan>.json build record; built on the device that runs it
+    ExportFormat("engine", ".plan", True, PRECISIONS, ENGINE_OPTIONS, stage="engine_stage"),
+    # Triton model repository (tedloc_model, tedloc_decode, tedloc ensemble, tedloc_python; docs/triton.md)
+    ExportFormat("triton", "/", False, PRECISIONS, ENGINE_OPTIONS | {"triton_backend", "triton_variants", "exist_ok"},
+                 stage="triton_stage", wraps_backend=True),
+)}
+ONNX = FORMATS["onnx"]
+TRITON_BACKENDS = {"onnxruntime": "onnx", "tensorrt": "engine"}  # what tedloc_model runs on -> its format; first: default
 
-TRITON_BACKENDS = ("onnxruntime", "tensorrt")
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Every option of an export; None means unset (the format's default, and not refused by check_options)."""
+
+    format: str = option("onnx", "onnx | engine (TensorRT plan) | triton (model repository).", short="-f")
+    precision: str | None = option(None, "fp32 | fp16 | int8 (Q/DQ). Default fp32.", short="-p")  # or an ONNX source's own
+    output: Path | None = option(None, "Output file (onnx, engine) or folder (triton). Default RUN/export/.", short="-o")
+    checkpoint: str = option("best", "best | last | path to a .pt.")
+    opset: int = option(17, "ONNX opset, 17..20.")
+    verify: bool = option(True, "Compare ONNX Runtime with torch on real images after export.", flag="--verify/--no-verify")
+    images: tuple[str, ...] = option((), "Images (files, folders, globs) to verify on. Default: the run's val split.")
+    verify_images: int = option(32, "How many images to verify on.")
+    calib_images: int = option(200, "int8: how many calibration images.")
+    calib_dir: tuple[str, ...] = option((), "int8: calibration images (files, folders, globs). Default: the run's train split.")
+    int8_max_drop: float = option(1.0, "int8: largest allowed drop of MaxBoxAcc and of Top-1 Loc on val, in points.")
+    int8_allow_drop: bool = option(False, "int8: keep the model even when the drop is larger (still printed).")
+    int8_mode: str | None = option(None, "int8: cpu (uint8 activations, fast in ONNX Runtime on a CPU) | tensorrt (symmetric, "
+                                   "zero point 0, for engines). Default: tensorrt when an engine is built, else cpu.")
+    batch_min: int | None = option(None, "engine/triton: smallest batch of the TensorRT profile (1).")
+    batch_opt: int | None = option(None, "engine/triton: batch TensorRT tunes for (1).")
+    batch_max: int | None = option(None, "engine/triton: largest batch (8); Triton's max_batch_size.")
+    workspace_gib: float | None = option(None, "engine: TensorRT workspace limit in GiB (2).")
+    timing_cache: Path | None = option(None, "engine: persistent timing cache file (default beside the plan).")
+    triton_backend: str | None = option(None, "triton: what tedloc_model runs on: onnxruntime (default) | tensorrt.")
+    triton_variants: tuple[str, ...] | None = option(None, "triton: model | decode | ensemble | python (repeat; default all). "
+                                                     "See docs/triton.md.", flag="--triton-variant")  # None: all
+    exist_ok: bool | None = option(None, "triton: replace existing model folders in the repository.")
+    static_batch: int | None = option(None, "onnx: also write <model>_b<N>.onnx with a fixed batch of N (what ONNX Runtime's "
+                                      "CUDA graphs need; `infer --cuda-graph`).")
+
+    def format_options(self) -> dict[str, object]:
+        """The options only some formats take, as the table names them."""
+        return {k: getattr(self, k) for f in FORMATS.values() for k in f.options}
+
+
 
 
 def close_match_hint(word: str, choices: Iterable[str]) -> str:
@@ -77,15 +105,23 @@ def check_precision(fmt: ExportFormat, precision: str) -> str:
 
 
 def check_options(fmt: ExportFormat, options: dict[str, Any]) -> None:
-    """Reject options this format does not take (only options the user set: None means unset)."""
-    allowed = fmt.options | COMMON_OPTIONS
+    """Reject options the user set (None is unset) that only other formats take; one no format names, all take."""
     for key, value in options.items():
-        if value is None or key in allowed:
-            continue
-        flag = "--" + key.replace("_", "-")
         takers = [f.name for f in FORMATS.values() if key in f.options]
-        where = f" (it applies to --format {' or '.join(takers)})" if takers else ""
-        raise UserError(f"option {flag} does not apply to --format {fmt.name}{where}; drop it")
+        if value is not None and takers and fmt.name not in takers:
+            raise UserError(f"option --{key.replace('_', '-')} does not apply to --format {fmt.name} "
+                            f"(it applies to --format {' or '.join(takers)}); drop it")
+
+
+def route(fmt: ExportFormat, triton_backend: str | None) -> tuple[ExportFormat, ...]:
+    """The formats an export makes, in order: the ONNX, the model a repository wraps, the product (no repeats)."""
+    model = fmt
+    if fmt.wraps_backend:
+        backend = triton_backend or next(iter(TRITON_BACKENDS))
+        if backend not in TRITON_BACKENDS:
+            raise UserError(f"unknown --triton-backend '{backend}': {close_match_hint(backend, TRITON_BACKENDS)}")
+        model = FORMATS[TRITON_BACKENDS[backend]]
+    return tuple(dict.fromkeys((ONNX, model, fmt)))
 
 
 def check_batch_range(batch_min: int, batch_opt: int, batch_max: int) -> tuple[int, int, int]:

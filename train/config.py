@@ -2,6 +2,11 @@
 
 `RUN/config.json` is this dataclass as resolved at the start of the run (weights source, run id filled in),
 so a checkpoint and its folder describe themselves.
+
+`tedloc-edge train` is built from this dataclass (`tedloc_edge.cli_options`): to add an option, add the field
+only, with its help, e.g. `label_smoothing: float = option(0.0, "Soft class targets.", panel=LOSS)` gives
+--label-smoothing (`internal(0.0)` keeps a field off the command line), and check its range in `validate`.
+Torch-free: `tedloc-edge --help` imports it.
 """
 
 from __future__ import annotations
@@ -12,61 +17,65 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tedloc_edge.cli_options import internal, option
 from tedloc_edge.errors import UserError
 
 METHODS = ("tedloc", "cam")
 CUE_KINDS = ("ddt", "cam", "clip-es", "files")
 OPTIMIZERS = ("adamw", "sgd")
+DATA, MODEL, ANCHORS, CUES, LOSS, OPTIM, RUN = ("Data", "Model", "Class anchors", "Localization cues",
+                                                "Sampling and losses", "Optimization", "Run folder")
+RESUMABLE = ("out", "epochs", "device", "workers")  # what --resume takes from the command line; the rest is the run's
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # data and output
-    data: str = ""  # dataset root (wsolevaluation layout, CUB native, or class-per-folder)
-    out: str = "runs/tedloc"
-    train_split: str = "train"
-    val_split: str = "val"  # "" = no validation (best.pt then follows the last epoch)
-    method: str = "tedloc"  # "tedloc" or the "cam" baseline in the same harness
+    # data and output (path fields: the CLI takes a PATH; "absolute" so eval/export find it from any folder)
+    data: str = option("", "Dataset root: wsolevaluation layout, CUB-200-2011, or class folders.", panel=DATA, path="absolute")
+    out: str = option("runs/tedloc", "Run folder (checkpoints, anchors, cues, metrics).", panel=RUN, path="given")
+    train_split: str = option("train", panel=DATA)
+    val_split: str = option("val", "Validation split for best.pt; '' for none.", panel=DATA)  # none: best.pt follows the last epoch
+    method: str = option("tedloc", "tedloc, or cam: the CAM baseline in the same harness.", panel=MODEL)
     # model
-    backbone: str = "tf_efficientnet_lite0"
-    backbone_weights: str | None = None  # None: offline default; a timm tag; a local file; "random"
-    input_size: int = 224
-    embed_dim: int = 128  # d, the patch embedding and anchor width; must be >= number of classes
-    decoder_hidden: int = 256
-    temperature: float = 0.1  # cosine logits / T; CLIP-like sharpness on orthonormal anchors
+    backbone: str = option("tf_efficientnet_lite0", "Frozen timm encoder (CNN or ViT).", panel=MODEL)
+    backbone_weights: str | None = option(None, "timm tag, local file, or 'random'. Default: offline ImageNet weights for tf_efficientnet_lite0.", panel=MODEL)
+    input_size: int = option(224, "Square input side, a multiple of the backbone stride.", panel=MODEL)
+    embed_dim: int = option(128, "d: patch embedding and anchor width (>= classes).", panel=MODEL)
+    decoder_hidden: int = option(256, panel=MODEL)
+    temperature: float = option(0.1, "Cosine logits are divided by T.", panel=MODEL)  # CLIP-like sharpness on orthonormal anchors
     # anchors
-    clip_model: str = "ViT-B-16"
-    clip_pretrained: str | None = None  # None: random text tower offline (anchors carry no text semantics)
-    prompt_template: str = "Image of a {}."
-    anchors_file: str | None = None  # a (C, d) .npy to use instead of computing anchors
+    clip_model: str = option("ViT-B-16", "open_clip model for anchors (and clip-es cues).", panel=ANCHORS)
+    clip_pretrained: str | None = option(None, "open_clip tag (e.g. openai) or a local file. Default: random, NO text semantics.", panel=ANCHORS)
+    prompt_template: str = option("Image of a {}.", panel=ANCHORS)
+    anchors_file: str | None = option(None, "Bring your own (classes, d) .npy anchors.", panel=ANCHORS, flag="--anchors", path="absolute")
     # cues
-    cue: str = "ddt"
-    cue_dir: str | None = None  # for cue="files"
+    cue: str = option("ddt", "ddt (offline), cam, clip-es, or files.", panel=CUES)
+    cue_dir: str | None = option(None, "With --cue files: one map per image.", panel=CUES, path="absolute")
     # sampling and losses (METHOD.md; defaults are the paper lab's)
-    k_fg: int = 10  # fg patches per image per step: enough to cover a small object's grid cells
-    k_bg: int = 10  # same count as fg so P_CL stays balanced
-    bg_fraction: float = 0.2  # background candidates: the lowest 20% of the cue map (paper: "lowest ~20%")
-    w_kd: float = 1.0
-    w_pcl: float = 1.0
-    w_icl: float = 1.0
+    k_fg: int = option(10, "Foreground patches per image per step.", panel=LOSS)  # enough to cover a small object's grid cells
+    k_bg: int = option(10, "Background patches per image per step.", panel=LOSS)  # same count as fg so P_CL stays balanced
+    bg_fraction: float = option(0.2, "Background = this lowest fraction of the cue map.", panel=LOSS)  # paper: "lowest ~20%"
+    w_kd: float = option(1.0, panel=LOSS)
+    w_pcl: float = option(1.0, panel=LOSS)
+    w_icl: float = option(1.0, panel=LOSS)
     # optimisation
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    grad_clip: float = 1.0  # max grad norm; 0 disables
-    augment: bool = False  # random horizontal flips (the mirrored images' features are cached too: 2x encoding)
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16/fp16 autocast, CUDA only
-    workers: int = 0
-    feature_batch: int = 32
+    epochs: int = option(10, "Default 10; with --resume, the new total.", panel=OPTIM, no_default=True)
+    batch_size: int = option(32, "Per process.", panel=OPTIM)
+    optimizer: str = option("adamw", "adamw or sgd.", panel=OPTIM)
+    lr: float = option(1e-3, panel=OPTIM)
+    weight_decay: float = option(0.05, panel=OPTIM)
+    warmup_epochs: float = option(1.0, panel=OPTIM)
+    grad_clip: float = option(1.0, "Max gradient norm; 0 disables.", panel=OPTIM)
+    augment: bool = option(False, "Random horizontal flips (mirrored images are encoded once too: 2x the feature time).", panel=OPTIM)
+    seed: int = option(0, panel=OPTIM)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 ...", panel=OPTIM)
+    amp: bool = option(True, "Mixed precision on CUDA.", panel=OPTIM, flag="--amp/--no-amp")  # bf16/fp16 autocast
+    workers: int = option(0, "DataLoader workers (features are cached; 0 is usually best).", panel=OPTIM)
+    feature_batch: int = internal(32)
     # run folder
-    exist_ok: bool = False
-    resume: bool = False
-    run_id: str = ""  # filled in when the run starts
+    exist_ok: bool = option(False, "Overwrite an existing run folder.", panel=RUN)
+    resume: bool = option(False, "Continue OUT from checkpoints/last.pt with its saved settings (--epochs may raise the total).", panel=RUN)
+    run_id: str = internal("")  # filled in when the run starts
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:

@@ -44,13 +44,13 @@ from tedloc_edge.boxes import normalize_map
 from tedloc_edge.errors import UserError
 from tedloc_edge.console import progress as progress_bar
 from tedloc_edge.datasets import load_image
+from tedloc_edge.train.config import CUE_KINDS
 from tedloc_edge.train.cue_picture import save_cue_picture
 
 __all__ = ["CUE_KINDS", "compute_cues", "save_cue_picture", "ddt_maps", "cam_maps", "clip_es_maps", "load_cue_file",
            "finalize_maps"]
 log = logging.getLogger(__name__)
 
-CUE_KINDS = ("ddt", "cam", "clip-es", "files")
 CUE_FORMAT = 1  # bump when a kind's computation changes, so old caches are not reused
 FILE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")
 CAM_STEPS, CAM_WEIGHT_DECAY = 300, 1e-4  # L-BFGS iterations at most; L2 on the weights

@@ -7,18 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tedloc_edge.benchrows import markdown_table
 from tedloc_edge.files import atomic_write_text
+from tedloc_edge.metric_names import REPORT_COLUMNS, metric_label
 
-METRIC_COLUMNS = [
-    ("maxboxacc", "MaxBoxAcc"),
-    ("maxboxacc_v2", "MaxBoxAccV2"),
-    ("gt_known_loc", "GT-known Loc"),
-    ("top1_loc", "Top-1 Loc"),
-    ("top5_loc", "Top-5 Loc"),
-    ("top1_cls", "Top-1 Cls"),
-    ("pxap", "PxAP"),
-    ("top1_loc_at_threshold", "Top-1 Loc @ stored τ"),
-]
 EVAL_ROWS = [
     ("tedloc_torch", "TeD-Loc (torch fp32)"),
     ("cam_torch", "CAM baseline (torch fp32)"),
@@ -39,14 +31,11 @@ def _fmt(value: Any) -> str:
 
 
 def metrics_table(eval_dir: Path) -> str:
-    head = "| model | " + " | ".join(title for _, title in METRIC_COLUMNS) + " |"
-    rule = "|---" * (len(METRIC_COLUMNS) + 1) + "|"
-    rows = [head, rule]
+    rows = []
     for name, title in EVAL_ROWS:
-        doc = _read_json(eval_dir / f"{name}.json") or {}
-        metrics = doc.get("metrics", {})
-        rows.append(f"| {title} | " + " | ".join(_fmt(metrics.get(key)) for key, _ in METRIC_COLUMNS) + " |")
-    return "\n".join(rows)
+        metrics = (_read_json(eval_dir / f"{name}.json") or {}).get("metrics", {})
+        rows.append([title, *(_fmt(metrics.get(key)) for key in REPORT_COLUMNS)])
+    return "\n".join(markdown_table(["model", *map(metric_label, REPORT_COLUMNS)], rows))
 
 
 def int8_gate_note(model: Path) -> str:
@@ -60,7 +49,8 @@ def int8_gate_note(model: Path) -> str:
     if not isinstance(gate, dict):
         return ""
     parts = []
-    for key, title in (("maxboxacc", "MaxBoxAcc"), ("top1_loc", "Top-1 Loc")):
+    for key in ("maxboxacc", "top1_loc"):
+        title = metric_label(key)
         flips = gate.get("flips", {}).get(key, {})
         detail = f" (int8 lost {flips['lost']} images, gained {flips['gained']}; McNemar p {flips['mcnemar_p']:.2f})" if flips else ""
         parts.append(f"{title} {gate['fp32'][key]:.2f} → {gate['int8'][key]:.2f}{detail}")
@@ -73,17 +63,11 @@ def bench_table(bench: Any) -> str:
     rows = bench.get("rows", []) if isinstance(bench, dict) else []
     if not rows:
         return "_no bench results_"
-    lines = [
-        "| model | backend | precision | batch | images/s | p50 ms | p99 ms | vs torch eager fp32 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ratio = r.get("ratio")
-        lines.append(
-            f"| {Path(str(r.get('model', ''))).name} | {r.get('backend')} | {r.get('precision')} | {r.get('batch')} "
-            f"| {_fmt(r.get('images_per_s'))} | {_fmt(r.get('latency_p50_ms'))} | {_fmt(r.get('latency_p99_ms'))} "
-            f"| {f'{ratio:.2f}x' if isinstance(ratio, (int, float)) else '–'} |"
-        )
+    columns = ["model", "backend", "precision", "batch", "images/s", "p50 ms", "p99 ms", "vs torch eager fp32"]
+    lines = markdown_table(columns, ([
+        Path(str(r.get("model", ""))).name, r.get("backend"), r.get("precision"), r.get("batch"), _fmt(r.get("images_per_s")),
+        _fmt(r.get("latency_p50_ms")), _fmt(r.get("latency_p99_ms")),
+        f"{r['ratio']:.2f}x" if isinstance(r.get("ratio"), (int, float)) else "–"] for r in rows))
     threads = bench.get("threads")
     note = f"\n\nSame {threads} CPU thread(s) for every backend; frames {bench.get('frame_size')} (the resize is timed)." if threads else ""
     return "\n".join(lines) + note

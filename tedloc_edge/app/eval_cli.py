@@ -18,21 +18,12 @@ from rich.table import Table
 from tedloc_edge.console import next_commands, setup_logging, user_errors
 
 from tedloc_edge.errors import UserError
+from tedloc_edge.metric_names import METRIC_NAMES
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("test", "val")
 MODEL_SUFFIXES = (".onnx", ".plan", ".engine", ".trt")
-ROWS = (  # (metric key, label, key of its optimal threshold, key of its value at the stored threshold)
-    ("maxboxacc", "MaxBoxAcc (IoU 0.5, largest contour)", "maxboxacc", "gt_known_loc_at_threshold"),
-    ("maxboxacc_v2", "MaxBoxAccV2 (IoU 0.3/0.5/0.7, all contours)", None, "maxboxacc_v2_at_threshold"),
-    ("gt_known_loc", "GT-known Loc", "gt_known_loc", "gt_known_loc_at_threshold"),
-    ("top1_loc", "Top-1 Loc", "top1_loc", "top1_loc_at_threshold"),
-    ("top5_loc", "Top-5 Loc", "top5_loc", "top5_loc_at_threshold"),
-    ("top1_cls", "Top-1 classification", None, None),
-    ("top5_cls", "Top-5 classification", None, None),
-    ("pxap", "PxAP (pixel AP vs masks)", None, None),
-)
 
 
 def evaluate(
@@ -175,12 +166,12 @@ def print_report(report: Any) -> None:
     table.add_column("best over tau (%)", justify="right")
     table.add_column("at tau*", justify="right")
     table.add_column(f"at stored tau {stored} (%)", justify="right")
-    for key, label, opt_key, at_key in ROWS:
+    for key, name in METRIC_NAMES.items():
         if key not in report.metrics:
             continue
-        tau = report.optimal_thresholds.get(opt_key) if opt_key else None
-        at = report.metrics.get(at_key) if at_key else None
-        table.add_row(label, f"{report.metrics[key]:.2f}", "-" if tau is None else f"{tau:.3f}",
+        tau = report.optimal_thresholds.get(name.optimal) if name.optimal else None
+        at = report.metrics.get(name.at_threshold) if name.at_threshold else None
+        table.add_row(name.long, f"{report.metrics[key]:.2f}", "-" if tau is None else f"{tau:.3f}",
                       "-" if at is None else f"{at:.2f}")
     out = Console(highlight=False)
     out.print(table)

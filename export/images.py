@@ -6,7 +6,6 @@ what the deployed model receives.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -18,7 +17,8 @@ import numpy as np
 
 from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.errors import UserError
-from tedloc_edge.datasets import IMAGE_SUFFIXES, load_image, open_split
+from tedloc_edge.datasets import open_split
+from tedloc_edge.images import IMAGE_SUFFIXES, list_images, load_image
 from tedloc_edge.runtime.preprocess import Preprocessor
 
 logger = logging.getLogger(__name__)
@@ -28,16 +28,10 @@ def paths_from_args(specs: Sequence[str], what: str = "--images") -> list[Path]:
     """Files, folders (searched recursively) or glob patterns -> sorted image paths; none is an error."""
     found: list[Path] = []
     for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-            if not matches:
-                raise UserError(f"{spec}: no such image file or folder; fix {what}")
-            found += [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = list_images(spec, recursive=True)
+        if not Path(spec).expanduser().is_dir() and not any(p.exists() for p in files):
+            raise UserError(f"{spec}: no such image file or folder; fix {what}")
+        found += files
     if not found:
         raise UserError(f"{what} {' '.join(specs)}: no images found ({', '.join(IMAGE_SUFFIXES)}); name image files or folders")
     return found

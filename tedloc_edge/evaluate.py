@@ -22,7 +22,8 @@ from tedloc_edge.boxes import CAM_THRESHOLDS, boxes_at_level, threshold_level
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.errors import UserError
 from tedloc_edge.console import progress as progress_bar
-from tedloc_edge.datasets import Sample, Split, load_image, load_mask, resize_boxes
+from tedloc_edge.datasets import Sample, Split, load_mask, resize_boxes
+from tedloc_edge.images import load_image
 from tedloc_edge.metrics import (
     CALIBRATION_CRITERIA,
     EVAL_SIZE,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +17,8 @@ import torch
 
 from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.errors import UserError, first_line
-from tedloc_edge.train.data import resize_rgb
+from tedloc_edge.files import atomic_write_with
+from tedloc_edge.images import resize_image
 from tedloc_edge.train.model import Localizer, ModelArgs, create_model
 
 log = logging.getLogger(__name__)
@@ -30,20 +29,8 @@ MAP_KINDS = {"tedloc": "probability", "cam": "cam"}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, then rename: an interrupted save never corrupts it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is as readable as any file the user writes
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through the atomic writer: an interrupted save never corrupts the previous checkpoint."""
+    atomic_write_with(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, fh))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -142,7 +129,7 @@ class TorchPredictor:
         maps, logits = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = [_check_image(im, start + i) for i, im in enumerate(images[start:start + self.batch_size])]
-            m, lg = self.forward_batch(np.stack([resize_rgb(im, h) if h == w else _resize(im, h, w) for im in chunk]))
+            m, lg = self.forward_batch(np.stack([resize_image(im, (h, w)) for im in chunk]))
             maps.append(m)
             logits.append(lg)
         if not maps:
@@ -182,15 +169,9 @@ class TorchPredictor:
         return static_in, outputs, graph
 
 
-def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    import cv2
-
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def _check_image(image: np.ndarray, index: int) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
         raise UserError(f"image {index}: expected an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
-                        f"{shape}; load it with tedloc_edge.datasets.load_image")
+                        f"{shape}; load it with tedloc_edge.images.load_image")
     return image

@@ -74,7 +74,7 @@ def spread(paths: Sequence[Path], limit: int) -> list[Path]:
 
 def load_batch(paths: Sequence[Path], meta: BundleMeta) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB at the bundle's input size, resized as the runtime resizes."""
-    pre = Preprocessor(meta.input_size, max_batch=max(1, len(paths)))
+    pre = Preprocessor(meta.input_size, max_batch=max(1, len(paths)), preprocess=meta.preprocess)
     frames = [load_image(p) for p in paths]
     return pre(frames).copy() if frames else np.zeros((0, *meta.input_size, 3), np.uint8)
 

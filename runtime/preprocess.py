@@ -1,10 +1,11 @@
 """Frames in, model input out: one resize per frame into a batch buffer allocated once.
 
-The graph takes uint8 NHWC RGB at the bundle's ``input_size`` and normalizes inside itself
-(docs/architecture.md), so the runtime's whole preprocessing is: make the frame 3-channel uint8, resize it
-to (H, W) with no crop (as the evaluation protocol does), and swap BGR to RGB when the caller says BGR.
-Standard frames (HxWx3 uint8) cost no allocation of a model-sized array: OpenCV resizes straight into the
-buffer row and the channel swap happens in place.
+The bundle's preprocessing record (`tedloc_edge.bundle.Preprocess`) says what the graph takes: uint8 NHWC at
+``input_size``, normalized inside the graph (the schema refuses anything else at load), in the record's channel
+order. So the runtime's whole preprocessing is: make the frame 3-channel uint8, resize it to (H, W) with no
+crop and the record's interpolation (`tedloc_edge.images.resize_image`, as training and evaluation do), and
+swap RGB/BGR when the caller's frames are in the other order. Standard frames (HxWx3 uint8) cost no
+allocation of a model-sized array: OpenCV resizes straight into the buffer row and the swap happens in place.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from tedloc_edge.bundle import COLOR_ORDERS, Preprocess
 from tedloc_edge.errors import UserError
-from tedloc_edge.images import COLOR_ORDERS, INTERPOLATIONS, as_uint8_3ch, resize_image
+from tedloc_edge.images import as_uint8_3ch, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,8 @@ def check_color(color: str) -> str:
 
 
 class Preprocessor:
-    """Resize frames into the model's uint8 NHWC RGB input buffer (allocated once, at `max_batch`).
+    """Resize frames into the model's uint8 NHWC input buffer (allocated once, at `max_batch`), as the bundle's
+    `preprocess` record says (interpolation, channel order).
 
     `buffer` may be given by the backend (e.g. pinned host memory for TensorRT) so the host-to-device copy
     reads exactly what the resize wrote. Not thread-safe on its own: the Localizer holds a lock around it.
@@ -39,14 +42,12 @@ class Preprocessor:
         self,
         input_size: tuple[int, int],
         max_batch: int,
-        interpolation: str = "bilinear",
+        preprocess: Preprocess = Preprocess(),
         buffer: np.ndarray | None = None,
     ) -> None:
         self.height, self.width = (int(v) for v in input_size)
         self.max_batch = int(max_batch)
-        if interpolation not in INTERPOLATIONS:
-            raise UserError(f"resize interpolation {interpolation!r} unknown; use one of {sorted(INTERPOLATIONS)}")
-        self.interpolation = interpolation
+        self.preprocess = preprocess
         shape = (self.max_batch, self.height, self.width, 3)
         if buffer is None:
             buffer = np.empty(shape, dtype=np.uint8)
@@ -55,16 +56,14 @@ class Preprocessor:
         self.buffer = buffer
 
     def __call__(self, frames: Sequence[np.ndarray], color: str = "RGB") -> np.ndarray:
-        """Fill the first len(frames) rows of the buffer; returns that (contiguous) view."""
+        """Fill the first len(frames) rows of the buffer from frames in `color` order; returns that (contiguous) view."""
         n = len(frames)
         if not 0 < n <= self.max_batch:
             raise ValueError(f"batch of {n} frames; this preprocessor holds 1..{self.max_batch}")
-        bgr = check_color(color) == "BGR"
+        swap = check_color(color) != self.preprocess.channel_order
+        size, interpolation = (self.height, self.width), self.preprocess.interpolation
         for i, frame in enumerate(frames):
-            self._load(i, as_uint8_3ch(frame, "RGB", f"frame {i}"), bgr)
+            row = resize_image(as_uint8_3ch(frame, "RGB", f"frame {i}"), size, interpolation, out=self.buffer[i])
+            if swap:  # RGB <-> BGR is the same swap either way, in place in the buffer row
+                cv2.cvtColor(row, cv2.COLOR_BGR2RGB, dst=row)
         return self.buffer[:n]
-
-    def _load(self, i: int, frame: np.ndarray, bgr: bool) -> None:
-        row = resize_image(frame, (self.height, self.width), self.interpolation, out=self.buffer[i])
-        if bgr:
-            cv2.cvtColor(row, cv2.COLOR_BGR2RGB, dst=row)

@@ -17,16 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tedloc_edge.bundle import INTERPOLATIONS
 from tedloc_edge.errors import UserError
 
-__all__ = [
-    "COLOR_ORDERS", "IMAGE_SUFFIXES", "INTERPOLATIONS", "ImageDecodeError", "as_uint8_3ch", "decode",
-    "is_pattern", "list_images", "load_image", "resize_image",
-]
+__all__ = ["IMAGE_SUFFIXES", "ImageDecodeError", "as_uint8_3ch", "decode", "is_pattern", "list_images", "load_image",
+           "resize_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".jp2")
-INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC}
-COLOR_ORDERS = ("RGB", "BGR")
+CV2_INTERPOLATIONS = dict(zip(INTERPOLATIONS, (cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC)))
 
 
 class ImageDecodeError(UserError):
@@ -97,7 +95,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int], interpolation: str = 
             return np.ascontiguousarray(image)
         np.copyto(out, image)
         return out
-    return cv2.resize(image, (w, h), dst=out, interpolation=INTERPOLATIONS[interpolation])
+    return cv2.resize(image, (w, h), dst=out, interpolation=CV2_INTERPOLATIONS[interpolation])
 
 
 def is_pattern(spec: str) -> bool:

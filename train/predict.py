@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.bundle import BundleMeta, Preprocess
 from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.files import atomic_write_with
 from tedloc_edge.images import resize_image
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "tedloc-edge/checkpoint"
 CHECKPOINT_VERSION = 1
-MAP_KINDS = {"tedloc": "probability", "cam": "cam"}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -77,10 +76,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, 
         class_names=tuple(ckpt["class_names"]),
         input_size=(args.input_size, args.input_size),
         patch_grid=tuple(args.grid),
-        mean=tuple(args.mean),
-        std=tuple(args.std),
+        preprocess=Preprocess(mean=args.mean, std=args.std),
         method=args.method,
-        map_kind=MAP_KINDS[args.method],
         backbone=f"{args.backbone} ({ckpt.get('backbone_weights', '')})",
         anchor_source=anchor_info.get("source", "none (CAM baseline)" if args.method == "cam" else ""),
         anchors_have_text_semantics=bool(anchor_info.get("has_text_semantics", False)),
@@ -125,11 +122,11 @@ class TorchPredictor:
 
     @torch.no_grad()
     def forward_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self.meta.input_size
+        size, interpolation = self.meta.input_size, self.meta.preprocess.interpolation
         maps, logits = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = [_check_image(im, start + i) for i, im in enumerate(images[start:start + self.batch_size])]
-            m, lg = self.forward_batch(np.stack([resize_image(im, (h, w)) for im in chunk]))
+            m, lg = self.forward_batch(np.stack([resize_image(im, size, interpolation) for im in chunk]))
             maps.append(m)
             logits.append(lg)
         if not maps:

@@ -7,7 +7,6 @@ what the deployed model receives.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.errors import UserError
 from tedloc_edge.datasets import open_split
 from tedloc_edge.images import IMAGE_SUFFIXES, list_images, load_image
+from tedloc_edge.rundir import RunDir
 from tedloc_edge.runtime.preprocess import Preprocessor
 
 logger = logging.getLogger(__name__)
@@ -39,18 +39,8 @@ def paths_from_args(specs: Sequence[str], what: str = "--images") -> list[Path]:
 
 def run_data_root(run_dir: Path | None) -> Path | None:
     """The dataset root recorded in RUN/config.json (``data``), if the run has one that exists here."""
-    if run_dir is None or not (run_dir / "config.json").is_file():
-        return None
-    try:
-        root = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("data") or ""
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{run_dir / 'config.json'}: not a valid run config; re-run training or pass --images") from None
-    if not root:
-        return None
-    path = Path(root).expanduser()
-    if not path.is_absolute():
-        path = (run_dir / path).resolve() if (run_dir / path).exists() else path.resolve()
-    return path if path.is_dir() else None
+    root = None if run_dir is None else RunDir(run_dir).data_root()
+    return root if root is not None and root.is_dir() else None
 
 
 def split_paths(run_dir: Path | None, split: str, what: str) -> list[Path]:

@@ -347,24 +347,6 @@ def calibrate_threshold(report: EvalReport, criterion: str = "top1_loc") -> dict
     }
 
 
-def write_threshold(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
-    """Write threshold.json atomically (export and load_run read it)."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
-    logger.info("wrote %s: threshold %.3f (%s %s = %.2f%%)", path, doc["threshold"], doc["split"], doc["criterion"], doc["value"])
-    return path
-
-
-def read_threshold(path: str | os.PathLike) -> tuple[float, str]:
-    """(threshold, "split:criterion") from a threshold.json written by `write_threshold`."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return float(doc["threshold"]), f"{doc.get('split', 'val')}:{doc.get('criterion', 'unknown')}"
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable threshold file ({exc}); recalibrate with --calibrate or delete it") from None
-
-
 def threshold_gap(report: EvalReport) -> dict[str, dict[str, float]] | None:
     """How far the stored threshold is from this split's optimum, per calibration criterion."""
     if report.threshold is None:

@@ -6,7 +6,7 @@ what makes training fit in minutes on a CPU. With ``--augment`` (random horizont
 mirrored images are cached too and each step picks one of the two views per image: the same augmentation as
 flipping every step, at twice the one-off encoding cost instead of an encoder pass per step.
 
-Images that fail to decode are skipped and counted; the ids land in ``RUN/skipped.json``.
+Images that fail to decode are skipped and counted; the ids land in ``RUN/skipped.json`` (`RunDir.write_skipped`).
 """
 
 from __future__ import annotations
@@ -159,8 +159,3 @@ def features_tensor(cache: SplitCache, rows: np.ndarray | None = None) -> torch.
     """The cached features of `rows` (default: all decodable) as one float32 tensor."""
     rows = np.flatnonzero(cache.ok) if rows is None else rows
     return torch.from_numpy(np.asarray(cache.features[rows], dtype=np.float32))
-
-
-def write_skipped(run_dir: Path, skipped: dict[str, list[str]]) -> None:
-    atomic_write_text(run_dir / "skipped.json", json.dumps(
-        {"count": {k: len(v) for k, v in skipped.items()}, "images": skipped}, indent=2, ensure_ascii=False))

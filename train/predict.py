@@ -7,7 +7,6 @@ included, so a run folder needs no download to be rebuilt), optimizer and schedu
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +18,7 @@ from tedloc_edge.bundle import BundleMeta, Preprocess
 from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.files import atomic_write_with
 from tedloc_edge.images import resize_image
+from tedloc_edge.rundir import RunDir
 from tedloc_edge.train.model import Localizer, ModelArgs, create_model
 
 log = logging.getLogger(__name__)
@@ -49,26 +49,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
-    """`checkpoint` is "best", "last" or a path to a .pt file."""
-    if checkpoint in ("best", "last"):
-        return Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
-    return Path(checkpoint)
-
-
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, BundleMeta]:
-    """Rebuild a trained model (eval mode, CPU, graph contract) and its bundle metadata from a run folder."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run folder; pass the --out folder of `tedloc-edge train`")
-    ckpt = read_checkpoint(checkpoint_path(run_dir, checkpoint))
+    """Rebuild a trained model (eval mode, CPU, graph contract) and its bundle metadata from a run folder;
+    `checkpoint` is "best", "last" or a path to a .pt file."""
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise UserError(f"{run}: no such run folder; pass the --out folder of `tedloc-edge train`")
+    ckpt = read_checkpoint(run.checkpoint(checkpoint))
     try:
         args = ModelArgs.from_dict(ckpt["model_args"])
         anchors = ckpt["model"].get("head.anchors")
         model = create_model(args, anchors, pretrained=False)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise UserError(f"{run_dir}: checkpoint does not match its model ({first_line(exc, 120)}); "
+        raise UserError(f"{run}: checkpoint does not match its model ({first_line(exc, 120)}); "
                         "retrain with this tedloc-edge") from None
     model.eval()
     anchor_info = ckpt.get("anchor_info") or {}
@@ -84,15 +78,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, 
         run_id=str(ckpt.get("run_id", "")),
         extra={"epoch": int(ckpt.get("epoch", 0)), "checkpoint": checkpoint},
     )
-    threshold_file = run_dir / "threshold.json"
-    if threshold_file.is_file():
-        try:
-            doc = json.loads(threshold_file.read_text(encoding="utf-8"))
-            source = f"{doc.get('split', 'val')}:{doc.get('criterion', 'unknown')}"
-            meta = meta.replace(threshold=float(doc["threshold"]), threshold_source=source)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{threshold_file}: unreadable ({exc}); recalibrate with `tedloc-edge eval {run_dir} "
-                            "--calibrate` or delete it") from None
+    calibrated = run.read_threshold()
+    if calibrated is not None:
+        meta = meta.replace(threshold=calibrated[0], threshold_source=calibrated[1])
     return model, meta
 
 

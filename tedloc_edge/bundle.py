@@ -55,11 +55,6 @@ class Preprocess:
         if problem:
             raise BundleError(f"preprocess: {problem}; re-export the model with `tedloc-edge export`")
 
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> "Preprocess":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in names})  # keys of a newer writer are ignored
-
     def _problem(self) -> str | None:
         if len(self.mean) != 3 or len(self.std) != 3 or not all(map(math.isfinite, self.mean + self.std)):
             return f"mean {self.mean} and std {self.std} must be 3 finite numbers each"
@@ -126,13 +121,12 @@ class BundleMeta:
                 "upgrade tedloc-edge (pip install -U tedloc-edge)"
             )
         doc = _from_v1(doc) if version == 1 else doc
-        known = {f.name for f in dataclasses.fields(cls)} - {"format_version"}  # read into the current format
-        kwargs = {k: v for k, v in doc.items() if k in known}
+        kwargs = _fields(cls, doc, skip="format_version")  # read into the current format
         for key in ("class_names", "input_size", "patch_grid"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         try:
-            kwargs["preprocess"] = Preprocess.from_dict(kwargs.get("preprocess", {}))
+            kwargs["preprocess"] = Preprocess(**_fields(Preprocess, kwargs.get("preprocess", {})))
             return cls(**kwargs)
         except BundleError as exc:
             raise BundleError(f"{source}: {exc}") from None
@@ -148,6 +142,12 @@ class BundleMeta:
         if not isinstance(doc, dict):
             raise BundleError(f"{source}: tedloc metadata is not a JSON object; re-export the model")
         return cls.from_dict(doc, source)
+
+
+def _fields(cls: type, doc: dict[str, Any], skip: str = "") -> dict[str, Any]:
+    """The entries of `doc` that are fields of `cls`: keys a newer writer added are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)} - {skip}
+    return {k: v for k, v in doc.items() if k in names}
 
 
 def _from_v1(doc: dict[str, Any]) -> dict[str, Any]:

@@ -1,16 +1,7 @@
-"""The training run folder: `RunDir` is the only reader and writer of its layout, as `BundleMeta` is of a
-model's metadata, so training, evaluation and export agree on where things are and how they are read.
-
-    RUN/config.json          resolved TrainConfig; "data" is the dataset root
-    RUN/classes.txt          class names, line i = class i
-    RUN/checkpoints/last.pt  and best.pt (format: tedloc_edge.train.predict)
-    RUN/metrics.jsonl        one JSON line per epoch
-    RUN/skipped.json         training images that did not decode
-    RUN/cache/  RUN/cues/    cached backbone features; localization cues (cues.npy, cues.png)
-    RUN/threshold.json       after `tedloc-edge eval RUN --calibrate`: {"threshold", "criterion", "split", ...}
-    RUN/export/              where `tedloc-edge export RUN` writes by default
-
-Torch-free. A `--maps` folder keeps its threshold.json the same way, so `RunDir(maps)` reads and writes it.
+"""The training run folder (layout: docs/architecture.md). `RunDir` is its reader and writer, as `BundleMeta` is
+of a model's metadata, so training, evaluation and export agree on where things are and how they are read:
+paths, config.json's dataset root ("data"), threshold.json (written by `tedloc-edge eval RUN --calibrate`) and
+the run's results. Torch-free. A `--maps` folder keeps its threshold.json the same way, through `RunDir(maps)`.
 """
 
 from __future__ import annotations
@@ -18,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +21,15 @@ logger = logging.getLogger(__name__)
 RESULTS = ("metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "threshold.json", "skipped.json")
 
 
-@dataclass(frozen=True)
 class RunDir:
-    path: Path
+    """One run folder: its paths as attributes, its small files through the methods below."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.checkpoints = self.path / "checkpoints"
+        self.threshold_file = self.path / "threshold.json"
+        self.cache, self.cues, self.export = (self.path / name for name in ("cache", "cues", "export"))
 
     @classmethod
     def of(cls, target: str | os.PathLike) -> "RunDir":
@@ -47,35 +43,9 @@ class RunDir:
     def __str__(self) -> str:  # messages name the folder
         return str(self.path)
 
-    # ------------------------------------------------------------------------------------------ paths
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
     def checkpoint(self, which: str = "best") -> Path:
         """`which` is "best", "last" or a path to a .pt file."""
         return self.checkpoints / f"{which}.pt" if which in ("best", "last") else Path(which)
-
-    @property
-    def cache(self) -> Path:
-        return self.path / "cache"
-
-    @property
-    def cues(self) -> Path:
-        return self.path / "cues"
-
-    @property
-    def threshold_file(self) -> Path:
-        return self.path / "threshold.json"
-
-    @property
-    def export(self) -> Path:
-        return self.path / "export"
 
     # ------------------------------------------------------------------------------------------ reading
 

@@ -303,7 +303,7 @@ def make_backbone(name: str, input_size: int) -> Any:
 def build_model(name: str, args: argparse.Namespace) -> Built:
     import torch
 
-    from tedloc_edge.bundle import BundleMeta
+    from tedloc_edge.bundle import BundleMeta, Preprocess
     from tedloc_edge.train.model import create_model, model_args_for
 
     backbone = make_backbone(name, args.input_size)
@@ -312,7 +312,7 @@ def build_model(name: str, args: argparse.Namespace) -> Built:
     model = create_model(margs, seeded_anchors(args.classes, args.embed_dim), backbone=backbone).eval()
     meta = BundleMeta(
         class_names=tuple(f"class_{i:03d}" for i in range(args.classes)), input_size=(args.input_size, args.input_size),
-        patch_grid=tuple(margs.grid), mean=tuple(margs.mean), std=tuple(margs.std), method="tedloc", map_kind="probability",
+        patch_grid=tuple(margs.grid), preprocess=Preprocess(mean=margs.mean, std=margs.std), method="tedloc",
         backbone=f"{name} ({backbone.weights})", anchor_source="seeded random QR (bench_gpu)", run_id="bench_gpu",
     )
     return Built(name, model, meta, backbone.weights)

@@ -32,12 +32,13 @@ def evaluate_run(name: str, run: Path, data: Path, criterion: str, keep: bool, j
     """Calibrate on val (unless kept), then evaluate on test; returns the row and the commands used."""
     from tedloc_edge.datasets import open_split
     from tedloc_edge.app.eval_cli import load_predictor
-    from tedloc_edge.evaluate import calibrate_threshold, evaluate_predictor, write_threshold
+    from tedloc_edge.evaluate import calibrate_threshold, evaluate_predictor
+    from tedloc_edge.rundir import RunDir
 
     commands = []
-    if not (keep and (run / "threshold.json").is_file()):
+    if not (keep and RunDir(run).threshold_file.is_file()):
         val = evaluate_predictor(load_predictor(run, "cpu", 32), open_split(data, "val"), progress=False, source=str(run))
-        write_threshold(run / "threshold.json", calibrate_threshold(val, criterion))
+        RunDir(run).write_threshold(calibrate_threshold(val, criterion))
         commands.append(f"tedloc-edge eval {run} --data {data} --split val --calibrate --criterion {criterion}")
     report = evaluate_predictor(load_predictor(run, "cpu", 32), open_split(data, "test"), progress=False, source=str(run))
     test_cmd = f"tedloc-edge eval {run} --data {data} --split test"

@@ -6,9 +6,7 @@ what the deployed model receives.
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -18,7 +16,9 @@ import numpy as np
 
 from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.errors import UserError
-from tedloc_edge.datasets import IMAGE_SUFFIXES, load_image, open_split
+from tedloc_edge.datasets import open_split
+from tedloc_edge.images import IMAGE_SUFFIXES, list_images, load_image
+from tedloc_edge.rundir import RunDir
 from tedloc_edge.runtime.preprocess import Preprocessor
 
 logger = logging.getLogger(__name__)
@@ -28,16 +28,10 @@ def paths_from_args(specs: Sequence[str], what: str = "--images") -> list[Path]:
     """Files, folders (searched recursively) or glob patterns -> sorted image paths; none is an error."""
     found: list[Path] = []
     for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-            if not matches:
-                raise UserError(f"{spec}: no such image file or folder; fix {what}")
-            found += [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = list_images(spec, recursive=True)
+        if not Path(spec).expanduser().is_dir() and not any(p.exists() for p in files):
+            raise UserError(f"{spec}: no such image file or folder; fix {what}")
+        found += files
     if not found:
         raise UserError(f"{what} {' '.join(specs)}: no images found ({', '.join(IMAGE_SUFFIXES)}); name image files or folders")
     return found
@@ -45,18 +39,8 @@ def paths_from_args(specs: Sequence[str], what: str = "--images") -> list[Path]:
 
 def run_data_root(run_dir: Path | None) -> Path | None:
     """The dataset root recorded in RUN/config.json (``data``), if the run has one that exists here."""
-    if run_dir is None or not (run_dir / "config.json").is_file():
-        return None
-    try:
-        root = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("data") or ""
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{run_dir / 'config.json'}: not a valid run config; re-run training or pass --images") from None
-    if not root:
-        return None
-    path = Path(root).expanduser()
-    if not path.is_absolute():
-        path = (run_dir / path).resolve() if (run_dir / path).exists() else path.resolve()
-    return path if path.is_dir() else None
+    root = None if run_dir is None else RunDir(run_dir).data_root()
+    return root if root is not None and root.is_dir() else None
 
 
 def split_paths(run_dir: Path | None, split: str, what: str) -> list[Path]:
@@ -80,7 +64,7 @@ def spread(paths: Sequence[Path], limit: int) -> list[Path]:
 
 def load_batch(paths: Sequence[Path], meta: BundleMeta) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB at the bundle's input size, resized as the runtime resizes."""
-    pre = Preprocessor(meta.input_size, max_batch=max(1, len(paths)))
+    pre = Preprocessor(meta.input_size, max_batch=max(1, len(paths)), preprocess=meta.preprocess)
     frames = [load_image(p) for p in paths]
     return pre(frames).copy() if frames else np.zeros((0, *meta.input_size, 3), np.uint8)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta
 from tedloc_edge.errors import UserError
+from tedloc_edge.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -33,21 +34,18 @@ class Source:
         return self.onnx is not None
 
     def default_output_dir(self) -> Path:
-        if self.run_dir is not None:
-            return self.run_dir / "export"
-        return self.path.parent
+        return RunDir(self.run_dir).export if self.run_dir is not None else self.path.parent
 
 
 def resolve_source(path: str | Path, checkpoint: str = "best") -> Source:
     """Classify SOURCE; one-line error when it is none of a run folder, a .pt checkpoint or a .onnx file."""
     path = Path(path).expanduser()
     if path.is_dir():
-        if not (path / "checkpoints").is_dir():
+        if not RunDir(path).checkpoints.is_dir():
             raise UserError(f"{path}: not a training run (no checkpoints/ folder); pass the --out folder of `tedloc-edge train`")
         return Source(path, path, checkpoint)
     if path.is_file() and path.suffix == ".pt":
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return Source(path, run_dir, str(path))
+        return Source(path, RunDir.of(path).path, str(path))
     if path.is_file() and path.suffix == ".onnx":
         return Source(path, None, "", onnx=path)
     if path.exists():

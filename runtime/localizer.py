@@ -95,8 +95,7 @@ class Localizer:
         self.allowed = resolve_classes(classes, self.meta.class_names)
         self.return_map = return_map
         self.max_batch = self.runner.max_batch
-        interpolation = str(self.meta.extra.get("resize_interpolation", "bilinear"))
-        self._pre = Preprocessor(self.meta.input_size, self.max_batch, interpolation, self.runner.host_input(self.max_batch))
+        self._pre = Preprocessor(self.meta.input_size, self.max_batch, self.meta.preprocess, self.runner.host_input(self.max_batch))
         self._lock = threading.Lock()
         logger.debug("Localizer(%s): %s, %d classes, input %s", self.model_path, self.runner.name, self.meta.num_classes, self.meta.input_size)
 

@@ -206,8 +206,7 @@ class TritonLocalizer:
             self._params["min_box_area"] = int(min_box_area)
         self.allowed = resolve_classes(classes, self.meta.class_names)
         self.max_batch = max(1, min(int(max_batch), server_batch or int(max_batch)))  # never above the server's
-        interpolation = str(self.meta.extra.get("resize_interpolation", "bilinear"))
-        self._pre = Preprocessor(self.meta.input_size, self.max_batch, interpolation)
+        self._pre = Preprocessor(self.meta.input_size, self.max_batch, self.meta.preprocess)
         logger.debug("TritonLocalizer(%s): %d classes, input %s", self.url, self.meta.num_classes, self.meta.input_size)
 
     @property

@@ -3,12 +3,16 @@
 An ONNX file carries one `metadata_props` entry, key ``tedloc``, whose value is the JSON of `BundleMeta`.
 A TensorRT plan stays a plain plan; the same document (plus a ``build`` record) lives in ``<plan>.json``.
 This module is the only reader and writer of that document, so every stage agrees on it.
+
+Format 2 keeps the preprocessing as one record (``"preprocess": {...}``); format 1 spelled it as flat fields
+(``mean``, ``std``, ``input_layout``, ...) and ``extra["resize_interpolation"]``, and is still read into the record.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +21,12 @@ from typing import Any
 from tedloc_edge.errors import first_line
 from tedloc_edge.files import atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the preprocess record; an older reader would silently drop it, so it must refuse it
 METADATA_KEY = "tedloc"
+INTERPOLATIONS = ("bilinear", "area", "bicubic")  # resize_image maps them to OpenCV's; this module stays pure Python
+COLOR_ORDERS = ("RGB", "BGR")
+V1_PREPROCESS = {"mean": "mean", "std": "std", "input_layout": "layout", "input_dtype": "dtype",
+                 "channel_order": "channel_order", "normalize_in_graph": "normalize_in_graph"}
 
 
 class BundleError(ValueError):
@@ -26,27 +34,58 @@ class BundleError(ValueError):
 
 
 @dataclass(frozen=True)
+class Preprocess:
+    """How a picture becomes the graph's input, as timm's pretrained_cfg and open_clip's preprocess config
+    carry it: the whole image resized to the bundle's `input_size` with `interpolation`, `channel_order`,
+    `layout`, `dtype`. `mean`/`std` (on [0, 1] pixels) are applied inside the graph (`normalize_in_graph`), so
+    the runtime's `Preprocessor` never normalizes. Values the runtime cannot feed are refused here, at load."""
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"
+    channel_order: str = "RGB"
+    layout: str = "NHWC"
+    dtype: str = "uint8"
+    normalize_in_graph: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):  # tuples from JSON lists, so records compare equal after a round trip
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        problem = self._problem()
+        if problem:
+            raise BundleError(f"preprocess: {problem}; re-export the model with `tedloc-edge export`")
+
+    def _problem(self) -> str | None:
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(map(math.isfinite, self.mean + self.std)):
+            return f"mean {self.mean} and std {self.std} must be 3 finite numbers each"
+        if 0.0 in self.std:
+            return f"std {self.std} has a zero entry (it divides)"
+        if self.interpolation not in INTERPOLATIONS:
+            return f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+        if self.channel_order not in COLOR_ORDERS:
+            return f"channel order {self.channel_order!r} is not one of {', '.join(COLOR_ORDERS)}"
+        if (self.layout, self.dtype, self.normalize_in_graph) != ("NHWC", "uint8", True):
+            return (f"input {self.layout} {self.dtype} with normalize_in_graph={self.normalize_in_graph} is not what "
+                    "the runtime feeds (NHWC uint8 pixels, normalized inside the graph)")
+        return None
+
+
+@dataclass(frozen=True)
 class BundleMeta:
     """Everything the torch-free runtime needs to run a model exactly as it was trained and evaluated.
 
-    The graph takes ``images``: uint8, NHWC, RGB, (N, H, W, 3) at `input_size`; normalization by `mean`/`std`
-    (on [0,1] pixels) happens inside the graph. Outputs: ``fg_map`` (N, gh, gw) float32 and ``logits`` (N, C).
+    The graph takes ``images``: (N, H, W, 3) at `input_size`, prepared as `preprocess` says (uint8 NHWC RGB,
+    normalized inside the graph). Outputs: ``fg_map`` (N, gh, gw) float32 and ``logits`` (N, C).
     """
 
     class_names: tuple[str, ...]
     input_size: tuple[int, int]  # (height, width) the graph takes
     patch_grid: tuple[int, int]  # (gh, gw) of fg_map
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    input_layout: str = "NHWC"
-    input_dtype: str = "uint8"
-    channel_order: str = "RGB"
-    normalize_in_graph: bool = True
+    preprocess: Preprocess = field(default_factory=Preprocess)
     threshold: float = 0.5  # deployment threshold tau on the min-max normalized map (METHOD.md protocol)
     threshold_source: str = "default"  # e.g. "val:top1_loc" once calibrated
     contour_mode: str = "largest"  # "largest" or "all"
     method: str = "tedloc"  # "tedloc" or "cam"
-    map_kind: str = "probability"  # "probability" (sigmoid fg map) or "cam" (raw class activation)
     backbone: str = ""
     anchor_source: str = ""
     anchors_have_text_semantics: bool = False
@@ -59,6 +98,11 @@ class BundleMeta:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def map_kind(self) -> str:
+        """What fg_map holds, from the method: a raw class activation ("cam") or a sigmoid probability."""
+        return "cam" if self.method == "cam" else "probability"
 
     def replace(self, **changes: Any) -> "BundleMeta":
         return dataclasses.replace(self, **changes)
@@ -76,14 +120,17 @@ class BundleMeta:
                 f"{source}: tedloc metadata format {version} is newer than this tedloc-edge reads ({FORMAT_VERSION}); "
                 "upgrade tedloc-edge (pip install -U tedloc-edge)"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in doc.items() if k in known}
-        for key in ("class_names", "input_size", "patch_grid", "mean", "std"):
+        doc = _from_v1(doc) if version == 1 else doc
+        kwargs = _fields(cls, doc, skip="format_version")  # read into the current format
+        for key in ("class_names", "input_size", "patch_grid"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         try:
+            kwargs["preprocess"] = Preprocess(**_fields(Preprocess, kwargs.get("preprocess", {})))
             return cls(**kwargs)
-        except TypeError as exc:
+        except BundleError as exc:
+            raise BundleError(f"{source}: {exc}") from None
+        except (AttributeError, TypeError, ValueError) as exc:
             raise BundleError(f"{source}: tedloc metadata is incomplete ({exc}); re-export it with `tedloc-edge export`") from None
 
     @classmethod
@@ -95,6 +142,21 @@ class BundleMeta:
         if not isinstance(doc, dict):
             raise BundleError(f"{source}: tedloc metadata is not a JSON object; re-export the model")
         return cls.from_dict(doc, source)
+
+
+def _fields(cls: type, doc: dict[str, Any], skip: str = "") -> dict[str, Any]:
+    """The entries of `doc` that are fields of `cls`: keys a newer writer added are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)} - {skip}
+    return {k: v for k, v in doc.items() if k in names}
+
+
+def _from_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 document with its flat preprocessing fields (and extra["resize_interpolation"]) as the record."""
+    doc, extra = dict(doc), dict(doc.get("extra") or {})
+    record = {new: doc.pop(old) for old, new in V1_PREPROCESS.items() if old in doc}
+    if "resize_interpolation" in extra:
+        record["interpolation"] = extra.pop("resize_interpolation")
+    return {**doc, "preprocess": record, "extra": extra}
 
 
 def sidecar_path(plan_path: str | os.PathLike) -> Path:

@@ -14,7 +14,7 @@
   folder exists, else ``ROOT/<class>/*`` (then every split name reads the same images). Labels only.
 
 Boxes are xyxy floats in original pixels. Images are not decoded (nor even checked) when a split is opened;
-`load_image` checks and decodes one file when it is needed.
+`tedloc_edge.images.load_image` checks and decodes one file when it is needed.
 """
 
 from __future__ import annotations
@@ -28,20 +28,15 @@ import numpy as np
 
 from tedloc_edge.annotations import NO_BOXES, SPLIT_FOLDERS, Sample, Split, open_cub, open_wsol
 from tedloc_edge.errors import UserError
+from tedloc_edge.images import decode, list_images
 
 __all__ = [
-    "IMAGE_SUFFIXES", "LAYOUTS", "NO_BOXES", "SPLIT_FOLDERS", "ImageDecodeError", "Sample", "Split",
-    "detect_layout", "load_image", "load_mask", "open_split", "resize_boxes",
+    "LAYOUTS", "NO_BOXES", "SPLIT_FOLDERS", "Sample", "Split", "detect_layout", "load_mask", "open_split",
+    "resize_boxes",
 ]
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LAYOUTS = ("wsol", "cub", "folders")
-
-
-class ImageDecodeError(UserError):
-    """An image (or mask) file is missing or cannot be decoded."""
-
 
 # ---------------------------------------------------------------------------------------------- public API
 
@@ -73,13 +68,6 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB uint8 (H, W, 3). Grayscale, alpha and 16-bit images are converted; EXIF orientation is ignored,
-    as PIL's ``Image.open().convert("RGB")`` in the reference evaluation does (boxes refer to stored pixels)."""
-    raw = _decode(Path(path), "image")
-    return _to_rgb8(raw)
-
-
 def resize_boxes(boxes: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
     """Boxes from a (width, height) image to another (width, height), int64, truncated exactly as
     wsolevaluation's ``resize_bbox`` does: ``int(x0 * new_w / w)`` for every coordinate."""
@@ -96,7 +84,7 @@ def load_mask(sample: Sample, size: tuple[int, int] | None = None) -> np.ndarray
     """The sample's foreground mask, bool (h, w); resized (nearest) to `size` = (h, w) when given."""
     if sample.mask_path is None:
         raise UserError(f"{sample.image_id}: this dataset has no mask for the image; evaluate without PxAP")
-    raw = _decode(sample.mask_path, "mask")
+    raw = decode(sample.mask_path, "mask")
     if raw.ndim == 3:
         raw = raw.max(axis=2)  # a colour mask: any non-black channel is foreground
     mask = _binarize(raw)
@@ -106,7 +94,7 @@ def load_mask(sample: Sample, size: tuple[int, int] | None = None) -> np.ndarray
     return mask
 
 
-# ---------------------------------------------------------------------------------------------- decoding
+# ---------------------------------------------------------------------------------------------- masks
 
 
 def _binarize(raw: np.ndarray) -> np.ndarray:
@@ -118,38 +106,7 @@ def _binarize(raw: np.ndarray) -> np.ndarray:
     return raw > np.iinfo(raw.dtype).max // 2
 
 
-def _decode(path: Path, what: str) -> np.ndarray:
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it fails silently and on non-ASCII paths
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: no such {what} file; check the dataset folder and its metadata") from None
-    except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot read the {what} ({exc.strerror}); check the file's permissions") from None
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if raw is None:
-        raise ImageDecodeError(f"{path}: not a decodable {what} (empty or corrupt); replace the file or drop its id")
-    return raw
-
-
-def _to_rgb8(raw: np.ndarray) -> np.ndarray:
-    if raw.dtype == np.uint16:
-        raw = ((raw.astype(np.uint32) + 128) // 257).astype(np.uint8)  # 65535 -> 255, rounded
-    elif raw.dtype.kind == "f":
-        raw = (np.clip(raw, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    elif raw.dtype != np.uint8:
-        raw = np.clip(raw, 0, 255).astype(np.uint8)
-    if raw.ndim == 2 or raw.shape[2] == 1:
-        return cv2.cvtColor(raw.reshape(raw.shape[:2]), cv2.COLOR_GRAY2RGB)
-    if raw.shape[2] == 4:
-        return cv2.cvtColor(raw, cv2.COLOR_BGRA2RGB)  # alpha dropped, as PIL's convert("RGB") does
-    return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
-
-
 # ---------------------------------------------------------------------------------------------- folders layout
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _class_folders(folder: Path) -> list[str]:
@@ -173,7 +130,7 @@ def _open_folders(root: Path, split: str) -> Split:
     for label, name in enumerate(class_names):
         folder = base / name
         if folder.is_dir():
-            samples += [Sample(p.relative_to(base).as_posix(), p, label, NO_BOXES, None) for p in _image_files(folder)]
+            samples += [Sample(p.relative_to(base).as_posix(), p, label, NO_BOXES, None) for p in list_images(folder, recursive=True)]
     return Split(root, split, class_names, samples, "folders", {})
 
 

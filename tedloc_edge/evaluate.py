@@ -22,7 +22,8 @@ from tedloc_edge.boxes import CAM_THRESHOLDS, boxes_at_level, threshold_level
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.errors import UserError
 from tedloc_edge.console import progress as progress_bar
-from tedloc_edge.datasets import Sample, Split, load_image, load_mask, resize_boxes
+from tedloc_edge.datasets import Sample, Split, load_mask, resize_boxes
+from tedloc_edge.images import load_image
 from tedloc_edge.metrics import (
     CALIBRATION_CRITERIA,
     EVAL_SIZE,
@@ -344,24 +345,6 @@ def calibrate_threshold(report: EvalReport, criterion: str = "top1_loc") -> dict
         "source": report.source,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def write_threshold(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
-    """Write threshold.json atomically (export and load_run read it)."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
-    logger.info("wrote %s: threshold %.3f (%s %s = %.2f%%)", path, doc["threshold"], doc["split"], doc["criterion"], doc["value"])
-    return path
-
-
-def read_threshold(path: str | os.PathLike) -> tuple[float, str]:
-    """(threshold, "split:criterion") from a threshold.json written by `write_threshold`."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return float(doc["threshold"]), f"{doc.get('split', 'val')}:{doc.get('criterion', 'unknown')}"
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable threshold file ({exc}); recalibrate with --calibrate or delete it") from None
 
 
 def threshold_gap(report: EvalReport) -> dict[str, dict[str, float]] | None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.bundle import BundleMeta, Preprocess
 
 CLASSES = ("astronaut", "cat", "coffee", "rocket")
 
@@ -52,8 +52,7 @@ def tiny_meta(size: int = 64) -> BundleMeta:
         class_names=CLASSES,
         input_size=(size, size),
         patch_grid=(size // 8, size // 8),
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        preprocess=Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
         threshold=0.35,
         backbone="tiny-conv",
         anchor_source="random-qr",

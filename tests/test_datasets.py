@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tedloc_edge.errors import UserError
-from tedloc_edge.datasets import ImageDecodeError, load_image, load_mask, open_split, resize_boxes
+from tedloc_edge.datasets import load_mask, open_split, resize_boxes
+from tedloc_edge.images import ImageDecodeError, load_image
 
 CLASSES = ("rouge-gorgé", "blue jay", "木兔")
 

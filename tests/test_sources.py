@@ -15,7 +15,8 @@ from runtime_media import make_clip, truncate, write_photos
 
 from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
-from tedloc_edge.runtime.sources import ImageSource, open_source, read_image
+from tedloc_edge.images import load_image as read_image
+from tedloc_edge.runtime.sources import ImageSource, open_source
 from tedloc_edge.runtime.video_source import VideoSource
 
 
@@ -27,7 +28,7 @@ def test_image_formats_become_rgb_uint8(tmp_path):
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, key
     assert np.abs(read_image(photos["astronaut_16bit"]).astype(int) - color.astype(int)).mean() < 8  # jpeg vs png source
     assert color[..., 0].mean() > color[..., 2].mean()  # astronaut's suit and flag: more red than blue, so RGB order
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(UserError, match="corrupt.jpg: not a decodable image"):
         read_image(photos["corrupt"])
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from tedloc_edge.boxes import boxes_from_mask
 from tedloc_edge.errors import UserError
-from tedloc_edge.datasets import load_image, load_mask, open_split
+from tedloc_edge.datasets import load_mask, open_split
+from tedloc_edge.images import load_image
 from tedloc_edge.train.synth import SCALE_RANGE, Pose, draw, extent, fit_pose, generate, mask_box
 from tedloc_edge.train.synth_video import make_video
 

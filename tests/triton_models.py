@@ -19,19 +19,19 @@ def tiny_onnx(path: Path, size: int = 64, patch: int = 8):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from tedloc_edge.bundle import METADATA_KEY, BundleMeta
+    from tedloc_edge.bundle import METADATA_KEY, BundleMeta, Preprocess
 
     grid = size // patch
     meta = BundleMeta(
         class_names=TINY_CLASSES, input_size=(size, size), patch_grid=(grid, grid),
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), threshold=0.3,
+        preprocess=Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), threshold=0.3,
         backbone="tiny-onnx-helper", anchor_source="fixed", run_id="triton-test",
     )
     rng = np.random.default_rng(0)
     consts = {
         "k255": np.array(255.0, np.float32),
-        "mean": np.array(meta.mean, np.float32).reshape(1, 1, 1, 3),
-        "std": np.array(meta.std, np.float32).reshape(1, 1, 1, 3),
+        "mean": np.array(meta.preprocess.mean, np.float32).reshape(1, 1, 1, 3),
+        "std": np.array(meta.preprocess.std, np.float32).reshape(1, 1, 1, 3),
         "head_w": np.array([1.5, -2.0, 1.0], np.float32).reshape(1, 3, 1, 1),
         "head_b": np.array([0.2], np.float32),
         "cls_w": rng.normal(size=(6, len(TINY_CLASSES))).astype(np.float32),

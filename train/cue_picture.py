@@ -11,7 +11,7 @@ import numpy as np
 
 from tedloc_edge.files import atomic_write_bytes
 from tedloc_edge.errors import UserError
-from tedloc_edge.datasets import load_image
+from tedloc_edge.images import load_image
 
 PICTURE_TILE, PICTURE_CAPTION, PICTURE_COLS = 192, 20, 4
 

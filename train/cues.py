@@ -43,7 +43,7 @@ from tedloc_edge.files import atomic_write_text
 from tedloc_edge.boxes import normalize_map
 from tedloc_edge.errors import UserError
 from tedloc_edge.console import progress as progress_bar
-from tedloc_edge.datasets import load_image
+from tedloc_edge.images import load_image
 from tedloc_edge.train.config import CUE_KINDS
 from tedloc_edge.train.cue_picture import save_cue_picture
 

@@ -6,7 +6,7 @@ what makes training fit in minutes on a CPU. With ``--augment`` (random horizont
 mirrored images are cached too and each step picks one of the two views per image: the same augmentation as
 flipping every step, at twice the one-off encoding cost instead of an encoder pass per step.
 
-Images that fail to decode are skipped and counted; the ids land in ``RUN/skipped.json``.
+Images that fail to decode are skipped and counted; the ids land in ``RUN/skipped.json`` (`RunDir.write_skipped`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -26,7 +25,8 @@ from torch.utils.data import Dataset
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.console import progress
 from tedloc_edge.errors import UserError
-from tedloc_edge.datasets import ImageDecodeError, Sample, Split, load_image, open_split
+from tedloc_edge.datasets import Sample, Split, open_split
+from tedloc_edge.images import ImageDecodeError, load_image, resize_image
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,6 @@ def load_train_split(root: str, name: str) -> Split:
         raise UserError(f"{split.root}: split {name!r} has no image of class {empty[0]!r} "
                         f"({len(empty)} empty class(es)); add images or remove the class from classes.txt")
     return split
-
-
-def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
-    """The one resize every stage uses: whole image to size x size, bilinear (cv2 INTER_LINEAR), no crop."""
-    if image.shape[:2] == (size, size):
-        return np.ascontiguousarray(image)
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass
@@ -107,7 +100,7 @@ def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: t
             batch, good = [], []
             for i in rows:
                 try:
-                    batch.append(resize_rgb(load_image(samples[i].path), input_size))
+                    batch.append(resize_image(load_image(samples[i].path), (input_size, input_size)))
                     good.append(i)
                 except ImageDecodeError as exc:
                     log.warning("skipping undecodable image: %s", exc)
@@ -166,8 +159,3 @@ def features_tensor(cache: SplitCache, rows: np.ndarray | None = None) -> torch.
     """The cached features of `rows` (default: all decodable) as one float32 tensor."""
     rows = np.flatnonzero(cache.ok) if rows is None else rows
     return torch.from_numpy(np.asarray(cache.features[rows], dtype=np.float32))
-
-
-def write_skipped(run_dir: Path, skipped: dict[str, list[str]]) -> None:
-    atomic_write_text(run_dir / "skipped.json", json.dumps(
-        {"count": {k: len(v) for k, v in skipped.items()}, "images": skipped}, indent=2, ensure_ascii=False))

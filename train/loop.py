@@ -11,8 +11,6 @@ on CUDA). Ranks share the feature cache, DistributedSampler splits the images, o
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import logging
 import math
 import os
@@ -23,9 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tedloc_edge.files import atomic_write_bytes, atomic_write_text
+from tedloc_edge.files import atomic_write_with
 from tedloc_edge.console import console, next_commands, progress
 from tedloc_edge.errors import UserError
+from tedloc_edge.rundir import RunDir
 from tedloc_edge.train import data as D
 from tedloc_edge.train.config import TrainConfig
 from tedloc_edge.train.distributed import Dist, setup_distributed
@@ -65,11 +64,11 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     if cfg.embed_dim < len(class_names):
         raise UserError(f"--embed-dim {cfg.embed_dim} is smaller than the {len(class_names)} classes; "
                         f"use --embed-dim {max(128, len(class_names))}")
-    run = Path(cfg.out)
+    run = RunDir(Path(cfg.out))
     cfg = prepare_run_dir(cfg, run, dist)
     device = dist.device
     if dist.is_main:
-        atomic_write_text(run / "classes.txt", "".join(f"{n}\n" for n in class_names))
+        run.write_classes(class_names)
 
     # -- model: frozen backbone, anchors, head ---------------------------------------------------------
     from tedloc_edge.train.backbone import create_backbone
@@ -83,8 +82,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     # -- features once per image (frozen encoder), cues, sampling regions -----------------------------
     cache = dict(normalize=model.normalize, input_size=cfg.input_size, batch_size=cfg.feature_batch, device=device,
                  rank=dist.rank, world=dist.world, barrier=dist.barrier)
-    train_cache = D.build_cache(split.samples, run / "cache", "train", backbone=backbone, flips=cfg.augment, **cache)
-    val_cache = D.build_cache(val_split.samples, run / "cache", "val", backbone=backbone, **cache) if val_split else None
+    train_cache = D.build_cache(split.samples, run.cache, "train", backbone=backbone, flips=cfg.augment, **cache)
+    val_cache = D.build_cache(val_split.samples, run.cache, "val", backbone=backbone, **cache) if val_split else None
     skipped = {"train": train_cache.skipped, **({"val": val_cache.skipped} if val_cache else {})}
     labels = np.array([s.label for s in split.samples])
     check_after_skips(split, labels, train_cache.ok, skipped, run if dist.is_main else None)
@@ -114,7 +113,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     # -- resume ---------------------------------------------------------------------------------------------
     start_epoch, step, best = 0, 0, {"metric": best_metric_name(val_split), "value": -math.inf, "epoch": -1}
     if cfg.resume:
-        ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
+        ckpt = read_checkpoint(run.checkpoint("last"))
         check_resumable(ckpt, args_to_dict(args), run)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -155,7 +154,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                         parts = cam_loss(out, y)
                 if not torch.isfinite(parts["loss"]):
                     raise UserError(f"loss is {parts['loss'].item()} at epoch {epoch + 1}, step {step + 1}; stopped "
-                                    f"(last.pt keeps epoch {epoch}); lower --lr or check the cues in {run / 'cues'}")
+                                    f"(last.pt keeps epoch {epoch}); lower --lr or check the cues in {run.cues}")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(parts["loss"]).backward()
                 if cfg.grad_clip > 0:
@@ -191,11 +190,10 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                 state = dict(ckpt_common, model=model.state_dict(), optimizer=optimizer.state_dict(),
                              scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch + 1,
                              step=step, best=best, metrics=record)
-                save_checkpoint(run / "checkpoints" / "last.pt", state)
+                save_checkpoint(run.checkpoint("last"), state)
                 if is_best:
-                    save_checkpoint(run / "checkpoints" / "best.pt", state)
-                with open(run / "metrics.jsonl", "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                    save_checkpoint(run.checkpoint("best"), state)
+                run.append_metrics(record)
                 console.print(_epoch_line(record, best))
             best = dist.broadcast(best)
             dist.barrier()
@@ -206,7 +204,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                       f"at epoch {best['epoch']})")
         next_commands("Next:", [f"tedloc-edge eval {run} --calibrate", f"tedloc-edge eval {run} --split test",
                                 f"tedloc-edge export {run}"])
-    return run
+    return run.path
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -221,18 +219,18 @@ def load_val_split(cfg: TrainConfig):
         raise UserError(f"{exc} (or train without validation: --val-split '')") from None
 
 
-def prepare_run_dir(cfg: TrainConfig, run: Path, dist: Dist) -> TrainConfig:
+def prepare_run_dir(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainConfig:
     """Create the run folder (rank 0 decides, every rank gets the same verdict and run id); refuse to overwrite a
     run unless --exist-ok."""
     import secrets
 
-    problem, run_id = None, f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    problem, run_id = None, f"{run.path.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     if dist.is_main:
-        if cfg.resume and not (run / "checkpoints" / "last.pt").is_file():
+        if cfg.resume and not run.checkpoint("last").is_file():
             problem = f"{run}: nothing to resume (no checkpoints/last.pt); drop --resume to start this run"
         elif cfg.resume:
-            run_id = TrainConfig.load(run / "config.json").run_id
-        elif run.exists() and any(run.iterdir()) and not cfg.exist_ok:
+            run_id = TrainConfig.load(run.config).run_id
+        elif run.path.exists() and any(run.path.iterdir()) and not cfg.exist_ok:
             problem = (f"{run}: run folder exists; pass --resume to continue it, --exist-ok to overwrite, "
                        "or choose another --out")
     problem, run_id = dist.broadcast((problem, run_id))
@@ -240,16 +238,12 @@ def prepare_run_dir(cfg: TrainConfig, run: Path, dist: Dist) -> TrainConfig:
         raise UserError(problem)
     cfg = cfg.replace(run_id=run_id)
     if dist.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:
-            for stale in ("metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "threshold.json", "skipped.json"):
-                (run / stale).unlink(missing_ok=True)
-        atomic_write_text(run / "config.json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
+        run.start(cfg.to_dict(), fresh=not cfg.resume)
     dist.barrier()
     return cfg
 
 
-def resolve_anchors(cfg: TrainConfig, run: Path, class_names: list[str], dist: Dist):
+def resolve_anchors(cfg: TrainConfig, run: RunDir, class_names: list[str], dist: Dist):
     """Rank 0 computes (or reads the cached / user) anchors into the run folder; every rank loads them there."""
     from tedloc_edge.train import anchors as A
 
@@ -260,9 +254,9 @@ def resolve_anchors(cfg: TrainConfig, run: Path, class_names: list[str], dist: D
             anchors, info = A.text_anchors(class_names, cfg.embed_dim, clip_model=cfg.clip_model,
                                            clip_pretrained=cfg.clip_pretrained, template=cfg.prompt_template,
                                            cache_dir=anchor_cache_dir())
-        A.save_anchors(run, anchors, info)
+        A.save_anchors(run.path, anchors, info)
     dist.barrier()
-    return A.load_anchors(run)
+    return A.load_anchors(run.path)
 
 
 def anchor_cache_dir() -> Path:
@@ -270,10 +264,10 @@ def anchor_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tedloc-edge" / "anchors"
 
 
-def resolve_cues(cfg: TrainConfig, run: Path, split, cache: D.SplitCache, grid, dist: Dist) -> np.ndarray:
+def resolve_cues(cfg: TrainConfig, run: RunDir, split, cache: D.SplitCache, grid, dist: Dist) -> np.ndarray:
     """Cue maps (N, gh, gw) for every training image (rank 0 computes, everyone reads RUN/cues/cues.npy).
     Undecodable images get a flat (all-zero) map: they never train."""
-    path = run / "cues" / "cues.npy"
+    path = run.cues / "cues.npy"
     if dist.is_main:
         from tedloc_edge.train.cues import compute_cues, save_cue_picture
 
@@ -281,24 +275,22 @@ def resolve_cues(cfg: TrainConfig, run: Path, split, cache: D.SplitCache, grid, 
         samples = [split.samples[i] for i in rows]
         found = compute_cues(cfg.cue, samples, list(split.class_names), out_size=tuple(grid),
                              features=lambda: D.features_tensor(cache, rows), features_key=cache.key,
-                             cache_dir=run / "cues", clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained,
+                             cache_dir=run.cues, clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained,
                              cue_dir=Path(cfg.cue_dir) if cfg.cue_dir else None, device=str(dist.device), seed=cfg.seed)
         cues = np.zeros((len(split.samples), *grid), dtype=np.float32)
         cues[rows] = found
-        buf = io.BytesIO()
-        np.save(buf, cues)
-        atomic_write_bytes(path, buf.getvalue())
-        save_cue_picture(run / "cues" / "cues.png", samples, found, class_names=list(split.class_names))
+        atomic_write_with(path, lambda fh: np.save(fh, cues))
+        save_cue_picture(run.cues / "cues.png", samples, found, class_names=list(split.class_names))
     dist.barrier()
     return np.load(path)
 
 
 def check_after_skips(split, labels: np.ndarray, ok: np.ndarray, skipped: dict[str, list[str]],
-                      run: Path | None) -> None:
+                      run: RunDir | None) -> None:
     """Say how many images failed to decode (and save which, when `run` is given); every class must keep one."""
     total = sum(len(v) for v in skipped.values())
     if total and run is not None:
-        D.write_skipped(run, skipped)
+        run.write_skipped(skipped)
         console.print(f"[yellow]skipped {total} undecodable image(s)[/] "
                       + ", ".join(f"{k}: {len(v)}" for k, v in skipped.items() if v) + " (listed in skipped.json)")
     counts = np.bincount(labels[ok], minlength=len(split.class_names))
@@ -341,12 +333,12 @@ def best_metric_name(val_split) -> str:
     return "val_top1_loc" if val_split.has_boxes else "val_top1_cls"
 
 
-def check_resumable(ckpt: dict, model_args: dict, run: Path) -> None:
+def check_resumable(ckpt: dict, model_args: dict, run: RunDir) -> None:
     saved = ckpt.get("model_args", {})
     diff = [k for k in model_args if saved.get(k) != model_args[k] and not isinstance(model_args[k], tuple)]
     diff += [k for k in model_args if isinstance(model_args[k], tuple) and tuple(saved.get(k, ())) != model_args[k]]
     if diff:
-        raise UserError(f"{run}/checkpoints/last.pt: trained with other {', '.join(diff)}; resume with the run's "
+        raise UserError(f"{run.checkpoint('last')}: trained with other {', '.join(diff)}; resume with the run's "
                         "own settings (they are in config.json) or start a new --out")
 
 

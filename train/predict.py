@@ -7,43 +7,29 @@ included, so a run folder needs no download to be rebuilt), optimizer and schedu
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.bundle import BundleMeta, Preprocess
 from tedloc_edge.errors import UserError, first_line
-from tedloc_edge.train.data import resize_rgb
+from tedloc_edge.files import atomic_write_with
+from tedloc_edge.images import resize_image
+from tedloc_edge.rundir import RunDir
 from tedloc_edge.train.model import Localizer, ModelArgs, create_model
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "tedloc-edge/checkpoint"
 CHECKPOINT_VERSION = 1
-MAP_KINDS = {"tedloc": "probability", "cam": "cam"}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, then rename: an interrupted save never corrupts it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is as readable as any file the user writes
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through the atomic writer: an interrupted save never corrupts the previous checkpoint."""
+    atomic_write_with(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, fh))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -63,26 +49,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
-    """`checkpoint` is "best", "last" or a path to a .pt file."""
-    if checkpoint in ("best", "last"):
-        return Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
-    return Path(checkpoint)
-
-
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, BundleMeta]:
-    """Rebuild a trained model (eval mode, CPU, graph contract) and its bundle metadata from a run folder."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run folder; pass the --out folder of `tedloc-edge train`")
-    ckpt = read_checkpoint(checkpoint_path(run_dir, checkpoint))
+    """Rebuild a trained model (eval mode, CPU, graph contract) and its bundle metadata from a run folder;
+    `checkpoint` is "best", "last" or a path to a .pt file."""
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise UserError(f"{run}: no such run folder; pass the --out folder of `tedloc-edge train`")
+    ckpt = read_checkpoint(run.checkpoint(checkpoint))
     try:
         args = ModelArgs.from_dict(ckpt["model_args"])
         anchors = ckpt["model"].get("head.anchors")
         model = create_model(args, anchors, pretrained=False)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise UserError(f"{run_dir}: checkpoint does not match its model ({first_line(exc, 120)}); "
+        raise UserError(f"{run}: checkpoint does not match its model ({first_line(exc, 120)}); "
                         "retrain with this tedloc-edge") from None
     model.eval()
     anchor_info = ckpt.get("anchor_info") or {}
@@ -90,25 +70,17 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, 
         class_names=tuple(ckpt["class_names"]),
         input_size=(args.input_size, args.input_size),
         patch_grid=tuple(args.grid),
-        mean=tuple(args.mean),
-        std=tuple(args.std),
+        preprocess=Preprocess(mean=args.mean, std=args.std),
         method=args.method,
-        map_kind=MAP_KINDS[args.method],
         backbone=f"{args.backbone} ({ckpt.get('backbone_weights', '')})",
         anchor_source=anchor_info.get("source", "none (CAM baseline)" if args.method == "cam" else ""),
         anchors_have_text_semantics=bool(anchor_info.get("has_text_semantics", False)),
         run_id=str(ckpt.get("run_id", "")),
         extra={"epoch": int(ckpt.get("epoch", 0)), "checkpoint": checkpoint},
     )
-    threshold_file = run_dir / "threshold.json"
-    if threshold_file.is_file():
-        try:
-            doc = json.loads(threshold_file.read_text(encoding="utf-8"))
-            source = f"{doc.get('split', 'val')}:{doc.get('criterion', 'unknown')}"
-            meta = meta.replace(threshold=float(doc["threshold"]), threshold_source=source)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{threshold_file}: unreadable ({exc}); recalibrate with `tedloc-edge eval {run_dir} "
-                            "--calibrate` or delete it") from None
+    calibrated = run.read_threshold()
+    if calibrated is not None:
+        meta = meta.replace(threshold=calibrated[0], threshold_source=calibrated[1])
     return model, meta
 
 
@@ -138,11 +110,11 @@ class TorchPredictor:
 
     @torch.no_grad()
     def forward_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self.meta.input_size
+        size, interpolation = self.meta.input_size, self.meta.preprocess.interpolation
         maps, logits = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = [_check_image(im, start + i) for i, im in enumerate(images[start:start + self.batch_size])]
-            m, lg = self.forward_batch(np.stack([resize_rgb(im, h) if h == w else _resize(im, h, w) for im in chunk]))
+            m, lg = self.forward_batch(np.stack([resize_image(im, size, interpolation) for im in chunk]))
             maps.append(m)
             logits.append(lg)
         if not maps:
@@ -182,15 +154,9 @@ class TorchPredictor:
         return static_in, outputs, graph
 
 
-def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    import cv2
-
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def _check_image(image: np.ndarray, index: int) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
         raise UserError(f"image {index}: expected an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
-                        f"{shape}; load it with tedloc_edge.datasets.load_image")
+                        f"{shape}; load it with tedloc_edge.images.load_image")
     return image

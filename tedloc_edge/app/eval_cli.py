@@ -6,7 +6,6 @@ matplotlib only for --plot.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -16,9 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tedloc_edge.console import next_commands, setup_logging, user_errors
-
 from tedloc_edge.errors import UserError
 from tedloc_edge.metric_names import METRIC_NAMES
+from tedloc_edge.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def evaluate(
         print_report(report)
         _write_outputs(report, json_out, plot)
         if calibrate:
-            _calibrate(report, criterion, threshold_path(target, maps), target, data)
+            _calibrate(report, criterion, threshold_dir(target, maps), target, data)
 
 
 def _check_options(target: Optional[Path], split: str, criterion: str, calibrate: bool, maps: Optional[Path],
@@ -92,12 +91,8 @@ def _check_options(target: Optional[Path], split: str, criterion: str, calibrate
 
 def _maps_threshold(maps: Path, threshold: Optional[float], calibrate: bool) -> tuple[Optional[float], str]:
     """--threshold, else DIR/threshold.json from an earlier --calibrate on these maps' val split."""
-    from tedloc_edge.evaluate import read_threshold
-
-    stored = maps / "threshold.json"
-    if threshold is not None or calibrate or not stored.is_file():
-        return threshold, "given"
-    return read_threshold(stored)
+    stored = None if threshold is not None or calibrate else RunDir(maps).read_threshold()
+    return stored or (threshold, "given")
 
 
 def load_predictor(target: Path, device: str, batch: int) -> Any:
@@ -113,7 +108,7 @@ def load_predictor(target: Path, device: str, batch: int) -> Any:
                             "pip install 'tedloc-edge[train]', or evaluate an exported .onnx") from None
         if target.is_dir():
             return TorchPredictor(target, device=device, batch_size=batch)
-        return TorchPredictor(run_folder(target), device=device, checkpoint=str(target), batch_size=batch)
+        return TorchPredictor(RunDir.of(target).path, device=device, checkpoint=str(target), batch_size=batch)
     if suffix in MODEL_SUFFIXES:
         from tedloc_edge.runtime import Localizer
 
@@ -123,34 +118,21 @@ def load_predictor(target: Path, device: str, batch: int) -> Any:
 
 def run_data(target: Optional[Path]) -> Path:
     """The dataset a run was trained on (RUN/config.json "data"), when --data is not given."""
-    run = None if target is None else (target if target.is_dir() else run_folder(target))
-    config = None if run is None else run / "config.json"
-    if config is not None and config.is_file():
-        try:
-            data = json.loads(config.read_text(encoding="utf-8")).get("data")
-        except (OSError, json.JSONDecodeError):
-            data = None
-        if data:
-            logger.info("--data %s (from %s)", data, config)
-            return Path(data)
-    raise UserError("--data DIR is required (the dataset root); it defaults to the data of a run folder's config.json")
+    run = None if target is None else RunDir.of(target)
+    data = None if run is None else run.data_root()
+    if data is None:
+        raise UserError("--data DIR is required (the dataset root); it defaults to the data of a run folder's config.json")
+    logger.info("--data %s (from %s)", data, run.config)
+    return data
 
 
-def run_folder(checkpoint: Path) -> Path:
-    """RUN for RUN/checkpoints/x.pt, else the checkpoint's own folder."""
-    parent = checkpoint.resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
-def threshold_path(target: Optional[Path], maps: Optional[Path]) -> Path:
-    """Where --calibrate writes: RUN/threshold.json (export reads it), or DIR/threshold.json for --maps."""
+def threshold_dir(target: Optional[Path], maps: Optional[Path]) -> RunDir:
+    """Where --calibrate writes threshold.json: the run folder (export reads it), or DIR for --maps."""
     if maps is not None:
-        return maps / "threshold.json"
+        return RunDir(maps)
     assert target is not None
-    if target.is_dir():
-        return target / "threshold.json"
-    if target.suffix.lower() == ".pt":
-        return run_folder(target) / "threshold.json"
+    if target.is_dir() or target.suffix.lower() == ".pt":
+        return RunDir.of(target)
     raise UserError(f"{target}: --calibrate stores the threshold in the run folder for export; run "
                     "`tedloc-edge eval RUN --split val --calibrate` on the model's run, then export it again")
 
@@ -205,14 +187,14 @@ def _write_outputs(report: Any, json_out: Optional[Path], plot: Optional[Path]) 
         save_report_plot(report, plot)
 
 
-def _calibrate(report: Any, criterion: str, path: Path, target: Optional[Path], data: Path) -> None:
-    from tedloc_edge.evaluate import calibrate_threshold, write_threshold
+def _calibrate(report: Any, criterion: str, run: RunDir, target: Optional[Path], data: Path) -> None:
+    from tedloc_edge.evaluate import calibrate_threshold
 
     doc = calibrate_threshold(report, criterion)
-    write_threshold(path, doc)
+    path = run.write_threshold(doc)
     Console(highlight=False).print(
         f"calibrated: tau {doc['threshold']:.3f} maximizes {criterion} on {report.split} ({doc['value']:.2f}%) -> {path}"
     )
     if target is not None:
         next_commands("Next:", [f"tedloc-edge eval {target} --data {data} --split test",
-                                f"tedloc-edge export {path.parent}"])
+                                f"tedloc-edge export {run}"])

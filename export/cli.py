@@ -30,6 +30,8 @@ def export(
     batch_max: Optional[int] = typer.Option(None, help="engine/triton: largest batch (8); Triton's max_batch_size."),
     workspace_gib: Optional[float] = typer.Option(None, help="engine: TensorRT workspace limit in GiB (2)."),
     timing_cache: Optional[Path] = typer.Option(None, help="engine: persistent timing cache file (default beside the plan)."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="engine: build for this DLA core (Jetson AGX/NX Orin, Xavier); fp16/int8, one batch size (docs/jetson.md)."),
+    gpu_fallback: Optional[bool] = typer.Option(None, "--gpu-fallback", help="engine, --dla-core: run the layers the DLA cannot on the GPU instead of failing the build."),
     triton_backend: Optional[str] = typer.Option(None, help="triton: what tedloc_model runs on: onnxruntime (default) | tensorrt."),
     triton_variant: Optional[List[str]] = typer.Option(None, "--triton-variant", help="triton: model | decode | ensemble | python (repeat; default all). See docs/triton.md."),
     exist_ok: Optional[bool] = typer.Option(None, "--exist-ok", help="triton: replace existing model folders in the repository."),
@@ -48,7 +50,7 @@ def export(
             images=tuple(images or ()), verify_images=verify_images, calib_images=calib_images,
             calib_dir=tuple(calib_dir or ()), int8_max_drop=int8_max_drop, int8_allow_drop=int8_allow_drop, int8_mode=int8_mode,
             batch_min=batch_min, batch_opt=batch_opt, batch_max=batch_max, workspace_gib=workspace_gib,
-            timing_cache=timing_cache, triton_backend=triton_backend,
+            timing_cache=timing_cache, dla_core=dla_core, gpu_fallback=gpu_fallback, triton_backend=triton_backend,
             triton_variants=tuple(triton_variant) if triton_variant else None, exist_ok=exist_ok, static_batch=static_batch,
         )
         result = run_export(source, opts)

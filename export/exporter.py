@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from tedloc_edge.export.tensorrt_build import EngineSpec
+
 logger = logging.getLogger(__name__)
 
 SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
@@ -54,6 +56,8 @@ class ExportOptions:
     batch_max: int | None = None
     workspace_gib: float | None = None
     timing_cache: Path | None = None
+    dla_core: int | None = None  # engine: build for this DLA core (Jetson), tensorrt_build.EngineSpec
+    gpu_fallback: bool | None = None  # engine, DLA: layers the DLA cannot run go to the GPU
     triton_backend: str | None = None  # onnxruntime (default) or tensorrt: what tedloc_model runs on
     triton_variants: tuple[str, ...] | None = None  # triton_repo variants; None: all
     exist_ok: bool | None = None  # replace existing Triton model folders
@@ -61,7 +65,7 @@ class ExportOptions:
 
     def format_options(self) -> dict[str, object]:
         keys = ("batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "triton_backend", "triton_variants", "exist_ok",
-                "static_batch")
+                "static_batch", "dla_core", "gpu_fallback")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -209,6 +213,24 @@ def _int8_gate(
         result.gate = run_gate(fp32_path, int8_path, split, opts.int8_max_drop, opts.int8_allow_drop, label=final)
 
 
+def engine_spec(opts: ExportOptions, onnx_path: Path | None = None, plan: Path | None = None) -> "EngineSpec":
+    """The TensorRT build settings of these options (a DLA build defaults to batch 1: DLA takes one batch size)."""
+    from tedloc_edge.export.tensorrt_build import EngineSpec
+
+    top = 1 if opts.dla_core is not None else 8
+    batches = fmts.check_batch_range(opts.batch_min or 1, opts.batch_opt or 1, opts.batch_max or top)
+    dla = "" if opts.dla_core is None else f" --dla-core {opts.dla_core}" + (" --gpu-fallback" if opts.gpu_fallback else "")
+    return EngineSpec(
+        *batches,
+        workspace_gib=opts.workspace_gib or 2.0,
+        timing_cache=opts.timing_cache or (plan.with_name("timing.cache") if plan is not None else None),
+        rebuild_command=f"tedloc-edge export {onnx_path} --format engine --batch-min {batches[0]} "
+        f"--batch-opt {batches[1]} --batch-max {batches[2]}{dla}",
+        dla_core=opts.dla_core,
+        gpu_fallback=bool(opts.gpu_fallback),
+    )
+
+
 def engine_stage(
     onnx_path: Path, plan: Path, precision: str, opts: ExportOptions, result: ExportResult, model: "torch.nn.Module | None"
 ) -> Path:
@@ -218,13 +240,7 @@ def engine_stage(
     from tedloc_edge.export.verify import ENGINE_TOLERANCE, require_passed, runtime_runner, verify_export
 
     check_writable(plan.parent)
-    spec = EngineSpec(
-        *fmts.check_batch_range(opts.batch_min or 1, opts.batch_opt or 1, opts.batch_max or 8),
-        workspace_gib=opts.workspace_gib or 2.0,
-        timing_cache=opts.timing_cache or plan.with_name("timing.cache"),
-        rebuild_command=f"tedloc-edge export {onnx_path} --format engine --batch-min {opts.batch_min or 1} "
-        f"--batch-opt {opts.batch_opt or 1} --batch-max {opts.batch_max or 8}",
-    )
+    spec = engine_spec(opts, onnx_path, plan)
     start = time.perf_counter()
     verified = "-" if model is None else "skipped (--no-verify)"
     with staged(plan) as tmp:
@@ -283,10 +299,10 @@ def _resolve_int8_mode(opts: ExportOptions, needs_trt: bool) -> ExportOptions:
     """--int8-mode: cpu (fast in ONNX Runtime on a CPU) unless the export builds a TensorRT engine."""
     from dataclasses import replace
 
-    from tedloc_edge.export.int8 import check_mode
-
     if opts.int8_mode is None:
         return replace(opts, int8_mode="tensorrt" if needs_trt else "cpu")
+    from tedloc_edge.export.int8 import check_mode  # imports onnx: only when the mode is given
+
     if check_mode(opts.int8_mode) == "cpu" and needs_trt:
         raise UserError("--int8-mode cpu makes uint8 activations with zero points, which TensorRT cannot build; "
                         "use --int8-mode tensorrt (the default for engines)")
@@ -310,7 +326,7 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
     if needs_trt:
         from tedloc_edge.export.tensorrt_build import preflight
 
-        preflight()
+        preflight(engine_spec(opts), opts.precision or (None if source.is_onnx else "fp32"))
     if opts.static_batch is not None:
         from tedloc_edge.export.static_batch import check_static_batch
 

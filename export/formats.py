@@ -39,7 +39,7 @@ FORMATS: dict[str, ExportFormat] = {
         ),
         ExportFormat(
             "engine", ".plan", True, PRECISIONS,
-            frozenset({"batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache"}),
+            frozenset({"batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache", "dla_core", "gpu_fallback"}),
             "TensorRT plan + <plan>.json build record; built on the device that runs it",
         ),
         ExportFormat(

@@ -66,6 +66,8 @@ def make_build_record(
     workspace_bytes: int,
     rebuild: str,
     built_at: str,
+    dla_core: int | None = None,
+    gpu_fallback: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``build`` section of a plan's sidecar JSON, with every field the check and a reader need."""
@@ -81,6 +83,8 @@ def make_build_record(
         "workspace_bytes": int(workspace_bytes),
         "built_at": built_at,
         "rebuild_command": rebuild,
+        "dla_core": dla_core,  # None: built for the GPU
+        "gpu_fallback": bool(gpu_fallback),
     }
     if extra:
         record.update(extra)

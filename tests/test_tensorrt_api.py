@@ -187,7 +187,7 @@ def _no_tensorrt_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-ALL_STEPS = ("bindings", "build_record", "builder", "backend", "cli")
+ALL_STEPS = ("bindings", "build_record", "builder", "backend", "cli", "notorch")
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +287,17 @@ def test_cli_without_tensorrt(probed_without_tensorrt: dict[str, dict]) -> None:
     for step in ("cli_export", "cli_infer"):
         line = _cli_error(got[step], step)
         assert "TensorRT" in line and "install" in line, f"{step}: does not say what to install: {line!r}"
+
+
+def test_engine_build_without_torch_or_onnx(trt_api: harness.TrtApi, probed: dict[str, dict]) -> None:
+    """The device install (`pip install tedloc-edge[tensorrt]`: no torch, no onnx package) builds engines from an
+    ONNX file: with torch, timm, open_clip and onnx hidden, `tedloc-edge export X.onnx --format engine` (fp16,
+    int8, DLA) and build_engine in-process run up to where the GPU is needed and stop there with the project's
+    line, never having tried to import a hidden module."""
+    for step in ("notorch_fp16", "notorch_int8", "notorch_dla"):
+        line = _cli_error(probed[step], step)
+        assert line.startswith(f"error: TensorRT {trt_api.release.version} is installed but cannot create a builder"), line
+    got = probed["notorch_build"]
+    assert got["message"].startswith(f"UserError: TensorRT {trt_api.release.version} is installed but cannot create a builder"), got
+    assert got["heavy"] == [] and got["attempted"] == [], f"torch/onnx import tried on the engine path: {got}"
+    assert not [p for p in got["plans"] if p != "model.plan"], f"a failed build left a plan: {got['plans']}"

@@ -248,9 +248,10 @@ def test_engine_builder_without_gpu(probed: dict[str, dict]) -> None:
 
 
 def test_tensorrt_backend_without_gpu(probed: dict[str, dict]) -> None:
-    """TensorRTRunner and Localizer on a plan with the real bindings: the project's one line, before any GPU call."""
+    """TensorRTRunner and Localizer on a plan with the real bindings (and a trtexec plan with --metadata): the
+    project's one line, before any GPU call."""
     got = probed
-    for step in ("backend", "localizer"):
+    for step in ("backend", "localizer", "backend_foreign"):
         message = _one_line_project_error(got[step], step)
         assert "GPU" in message and WHERE.search(message), f"{step}: says neither what is missing nor where engines run: {message!r}"
 
@@ -300,4 +301,4 @@ def test_engine_build_without_torch_or_onnx(trt_api: harness.TrtApi, probed: dic
     got = probed["notorch_build"]
     assert got["message"].startswith(f"UserError: TensorRT {trt_api.release.version} is installed but cannot create a builder"), got
     assert got["heavy"] == [] and got["attempted"] == [], f"torch/onnx import tried on the engine path: {got}"
-    assert not [p for p in got["plans"] if p != "model.plan"], f"a failed build left a plan: {got['plans']}"
+    assert not [p for p in got["plans"] if p not in ("model.plan", "trtexec.plan")], f"a failed build left a plan: {got['plans']}"

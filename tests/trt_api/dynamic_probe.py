@@ -159,6 +159,9 @@ def step_backend() -> None:
         emit("localizer", raised="ImportError", project_error=False, message=str(exc))
         return
     emit("localizer", **outcome(lambda: Localizer(plan)))
+    foreign = WORK / "trtexec.plan"  # a plan built elsewhere: no sidecar, its bundle from the .onnx
+    foreign.write_bytes(b"not a real plan either")
+    emit("backend_foreign", **outcome(lambda: TensorRTRunner(foreign, metadata=tiny_onnx(WORK / "tiny.onnx"))))
 
 
 def cli_command() -> list[str]:

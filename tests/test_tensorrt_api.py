@@ -28,6 +28,7 @@ TRT_MODULES = {
     "tedloc_edge.export.tensorrt_build": "export/tensorrt_build.py",
     "tedloc_edge.runtime.backend_tensorrt": "runtime/backend_tensorrt.py",
     "tedloc_edge.build_record": "tedloc_edge/build_record.py",
+    "tedloc_edge.app.inspect": "tedloc_edge/app/inspect.py",
 }
 BUILDER = "tedloc_edge.export.tensorrt_build"
 PROBE = Path(__file__).parent / "trt_api" / "dynamic_probe.py"

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from tedloc_edge.console import user_errors
 from tedloc_edge.errors import UserError, first_line
 
+if TYPE_CHECKING:
+    from tedloc_edge.bundle import BundleMeta
+
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
 
-def _bundle(meta: Any) -> dict[str, Any]:
+def _bundle(meta: "BundleMeta") -> dict[str, Any]:
     extra = dict(meta.extra)
     h, w = meta.input_size
     thresholds: dict[str, Any] = {"box": meta.threshold, "box_source": meta.threshold_source, "contour_mode": meta.contour_mode}
@@ -78,7 +81,7 @@ def _plan_runs_here(build: dict[str, Any] | None) -> dict[str, Any]:
         import tensorrt
     except (ImportError, OSError):
         return {"ok": False, "why": "no: TensorRT is not installed here (engines run on the GPU they were built for)"}
-    version = str(getattr(tensorrt, "__version__", "unknown"))
+    version = str(tensorrt.__version__)
     try:
         gpu = gpu_facts()
     except UserError as exc:

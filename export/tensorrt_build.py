@@ -17,14 +17,13 @@ Without TensorRT, or with TensorRT but no usable GPU (or no DLA), the build stop
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from tedloc_edge.build_record import make_build_record
+from tedloc_edge.build_record import file_sha256, make_build_record
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta, write_plan_sidecar
 from tedloc_edge.errors import UserError
 from tedloc_edge.files import atomic_write_bytes
@@ -84,15 +83,6 @@ def require_tensorrt() -> str:
     except (ImportError, OSError):
         raise UserError(NO_TENSORRT) from None
     return str(getattr(tensorrt, "__version__", "unknown"))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The ONNX file's digest for the build record (export/onnx_export.py has the same, but needs onnx)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _make_builder(trt_logger: "trt.ILogger", version: str) -> "trt.Builder":

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tedloc_edge.build_record import file_sha256
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta
 from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.runtime.runner import INPUT_NAME
@@ -124,14 +125,6 @@ def tensorrt_library_version() -> str:
     return ""
 
 
-def _file_key(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def _writable(folder: Path) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -160,7 +153,7 @@ def tensorrt_cache_dirs(model: Path, cache: Path | None, ort_version: str) -> tu
             root = base / f"{model.stem}-{where}{TRT_CACHE_SUFFIX}"
             logger.warning("%s: its folder is read-only; TensorRT's caches go to %s (--trt-cache DIR to choose)", model, root)
             root.mkdir(parents=True, exist_ok=True)
-    key = f"engine-{_file_key(model)}-ort{ort_version}-trt{tensorrt_library_version() or 'unknown'}"
+    key = f"engine-{file_sha256(model)[:16]}-ort{ort_version}-trt{tensorrt_library_version() or 'unknown'}"
     for stale in root.glob("engine-*"):
         if stale.name != key and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)

@@ -188,15 +188,21 @@ def _int8_gate(
         result.gate = run_gate(fp32_path, int8_path, split, opts.int8_max_drop, opts.int8_allow_drop, label=final)
 
 
-def engine_spec(opts: ExportOptions, onnx_path: Path, plan: Path) -> "EngineSpec":
-    """The TensorRT build settings the user set; EngineSpec's own defaults (batch 1..8, 2 GiB) for the rest."""
+def engine_spec(opts: ExportOptions, onnx_path: Path | None = None, plan: Path | None = None) -> "EngineSpec":
+    """The TensorRT build settings the user set; EngineSpec's own defaults (batch 1..8, 2 GiB) for the rest, and a
+    DLA build defaults to batch 1 (a DLA takes one batch size)."""
     from tedloc_edge.export.tensorrt_build import EngineSpec
 
-    spec = EngineSpec(**{k: v for k in fmts.ENGINE_OPTIONS if (v := getattr(opts, k)) is not None})
+    given = {k: v for k in fmts.ENGINE_OPTIONS | fmts.DLA_OPTIONS if (v := getattr(opts, k)) is not None}
+    if opts.dla_core is not None:
+        given.setdefault("batch_max", 1)
+    spec = EngineSpec(**given)
     fmts.check_batch_range(spec.batch_min, spec.batch_opt, spec.batch_max)
-    return replace(spec, timing_cache=spec.timing_cache or plan.with_name("timing.cache"),
+    dla = "" if spec.dla_core is None else f" --dla-core {spec.dla_core}" + (" --gpu-fallback" if spec.gpu_fallback else "")
+    cache = spec.timing_cache or (plan.with_name("timing.cache") if plan is not None else None)
+    return replace(spec, timing_cache=cache,
                    rebuild_command=f"tedloc-edge export {onnx_path} --format engine --batch-min {spec.batch_min} "
-                   f"--batch-opt {spec.batch_opt} --batch-max {spec.batch_max}")
+                   f"--batch-opt {spec.batch_opt} --batch-max {spec.batch_max}{dla}")
 
 
 # The steps after the ONNX, named by the format table (`ExportFormat.stage`), share one signature: (the model
@@ -273,10 +279,10 @@ def triton_stage(
 
 def _resolve_int8_mode(opts: ExportOptions, needs_trt: bool) -> ExportOptions:
     """--int8-mode: cpu (fast in ONNX Runtime on a CPU) unless the export builds a TensorRT engine."""
-    from tedloc_edge.export.int8 import check_mode
-
     if opts.int8_mode is None:
         return replace(opts, int8_mode="tensorrt" if needs_trt else "cpu")
+    from tedloc_edge.export.int8 import check_mode  # imports onnx: only when the mode is given
+
     if check_mode(opts.int8_mode) == "cpu" and needs_trt:
         raise UserError("--int8-mode cpu makes uint8 activations with zero points, which TensorRT cannot build; "
                         "use --int8-mode tensorrt (the default for engines)")
@@ -298,7 +304,7 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
     if needs_trt:
         from tedloc_edge.export.tensorrt_build import preflight
 
-        preflight()  # one line when there is no TensorRT or GPU, before any export work
+        preflight(engine_spec(opts), opts.precision or (None if source.is_onnx else "fp32"))
     if opts.static_batch is not None:
         from tedloc_edge.export.static_batch import check_static_batch
 

@@ -31,11 +31,12 @@ class ExportFormat:
 
 
 ENGINE_OPTIONS = frozenset({"batch_min", "batch_opt", "batch_max", "workspace_gib", "timing_cache"})  # EngineSpec's
+DLA_OPTIONS = frozenset({"dla_core", "gpu_fallback"})  # EngineSpec's too: a native engine only (docs/jetson.md)
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     # ONNX with the bundle metadata; runs in ONNX Runtime anywhere
     ExportFormat("onnx", ".onnx", False, PRECISIONS, frozenset({"static_batch"})),
     # TensorRT plan + <plan>.json build record; built on the device that runs it
-    ExportFormat("engine", ".plan", True, PRECISIONS, ENGINE_OPTIONS, stage="engine_stage"),
+    ExportFormat("engine", ".plan", True, PRECISIONS, ENGINE_OPTIONS | DLA_OPTIONS, stage="engine_stage"),
     # Triton model repository (tedloc_model, tedloc_decode, tedloc ensemble, tedloc_python; docs/triton.md)
     ExportFormat("triton", "/", False, PRECISIONS, ENGINE_OPTIONS | {"triton_backend", "triton_variants", "exist_ok"},
                  stage="triton_stage", wraps_backend=True),
@@ -67,6 +68,10 @@ class ExportOptions:
     batch_max: int | None = option(None, "engine/triton: largest batch (8); Triton's max_batch_size.")
     workspace_gib: float | None = option(None, "engine: TensorRT workspace limit in GiB (2).")
     timing_cache: Path | None = option(None, "engine: persistent timing cache file (default beside the plan).")
+    dla_core: int | None = option(None, "engine: build for this DLA core (Jetson AGX/NX Orin, Xavier); fp16/int8, one "
+                                  "batch size (docs/jetson.md).")
+    gpu_fallback: bool | None = option(None, "engine, --dla-core: run the layers the DLA cannot on the GPU instead of "
+                                       "failing the build.")
     triton_backend: str | None = option(None, "triton: what tedloc_model runs on: onnxruntime (default) | tensorrt.")
     triton_variants: tuple[str, ...] | None = option(None, "triton: model | decode | ensemble | python (repeat; default all). "
                                                      "See docs/triton.md.", flag="--triton-variant")  # None: all

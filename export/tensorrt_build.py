@@ -5,9 +5,13 @@
   TensorRT 11 is always strongly typed and ignores the flag; 10.x needs it. Same code for both.
 - One optimization profile for the batch range; workspace limit by `set_memory_pool_limit`; a persistent
   timing cache file (faster rebuilds on the same device); `build_serialized_network`.
+- DLA (`EngineSpec.dla_core`, Jetson AGX/NX Orin and Xavier): the DLA is the default device, with GPU fallback
+  for the layers it cannot run when asked; DLA takes fp16/int8 only and one batch size (min = opt = max).
 - The plan is written as is (trtexec, Triton and DeepStream load it), atomically; the bundle and the build
   record (`tedloc_edge.build_record`) go in the sidecar JSON that the runtime checks before loading.
-Without TensorRT, or with TensorRT but no usable GPU, the build stops with one line saying what to do.
+- No torch and no onnx package: this is what `pip install tedloc-edge[tensorrt]` runs on a device. The GPU is
+  named by `tedloc_edge.runtime.gpu_facts` (cuda-python, NVML or the driver library).
+Without TensorRT, or with TensorRT but no usable GPU (or no DLA), the build stops with one line saying what to do.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from tedloc_edge.build_record import make_build_record
+from tedloc_edge.build_record import file_sha256, make_build_record
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta, write_plan_sidecar
-from tedloc_edge.files import atomic_write_bytes
 from tedloc_edge.errors import UserError
-from tedloc_edge.export.onnx_export import INPUT_NAME, file_sha256
+from tedloc_edge.files import atomic_write_bytes
+from tedloc_edge.runtime.gpu_facts import GpuFacts, gpu_facts
+from tedloc_edge.runtime.runner import INPUT_NAME
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -44,13 +49,23 @@ class EngineSpec:
     workspace_gib: float = 2.0
     timing_cache: Path | None = None
     rebuild_command: str = ""
+    dla_core: int | None = None  # build for this DLA core (None: the GPU)
+    gpu_fallback: bool = False  # DLA: layers the DLA cannot run go to the GPU instead of failing the build
 
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str
-    cuda_version: str
+    def check_dla(self, precision: str) -> None:
+        """What DLA cannot take, refused before any work: fp32, a batch range, a negative core."""
+        if self.dla_core is None:
+            if self.gpu_fallback:
+                raise UserError("--gpu-fallback applies to DLA builds; add --dla-core N or drop it")
+            return
+        if self.dla_core < 0:
+            raise UserError(f"--dla-core {self.dla_core}: DLA cores are numbered from 0")
+        if precision == "fp32":
+            raise UserError("DLA runs fp16 and int8 layers only and this network is strongly typed fp32; "
+                            "build from the fp16 or int8 ONNX (--precision fp16 | int8)")
+        if not self.batch_min == self.batch_opt == self.batch_max:
+            raise UserError(f"DLA takes one batch size, not {self.batch_min}..{self.batch_max}; pass the same N to "
+                            "--batch-min, --batch-opt and --batch-max")
 
 
 def tensorrt_available() -> bool:
@@ -70,19 +85,6 @@ def require_tensorrt() -> str:
     return str(getattr(tensorrt, "__version__", "unknown"))
 
 
-def gpu_info() -> GpuInfo:
-    """Name, compute capability and CUDA version of GPU 0 (through torch, which export already needs)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(
-            "TensorRT is installed but torch sees no CUDA GPU (CPU-only torch or no driver): install a CUDA build "
-            "of torch on this device so the build record can name the GPU, or build with trtexec"
-        )
-    major, minor = torch.cuda.get_device_capability(0)
-    return GpuInfo(torch.cuda.get_device_name(0), f"{major}.{minor}", str(torch.version.cuda or "unknown"))
-
-
 def _make_builder(trt_logger: "trt.ILogger", version: str) -> "trt.Builder":
     import tensorrt as trt
 
@@ -95,13 +97,36 @@ def _make_builder(trt_logger: "trt.ILogger", version: str) -> "trt.Builder":
         ) from None
 
 
-def preflight() -> GpuInfo:
-    """Fail fast, before any ONNX work, when this machine cannot build engines (no TensorRT, GPU or CUDA torch)."""
+def _use_dla(builder: "trt.Builder", config: "trt.IBuilderConfig | None", spec: EngineSpec) -> None:
+    """Check the DLA core exists here; with a config, make it the default device (and allow GPU fallback)."""
+    import tensorrt as trt
+
+    if spec.dla_core is None:
+        return
+    cores = int(builder.num_DLA_cores)
+    if cores == 0:
+        raise UserError(f"--dla-core {spec.dla_core}: this device has no DLA (TensorRT reports 0 DLA cores; Jetson AGX "
+                        "and NX Orin and Xavier have them, Orin Nano does not); drop --dla-core to build for the GPU")
+    if spec.dla_core >= cores:
+        raise UserError(f"--dla-core {spec.dla_core}: this device has {cores} DLA core(s), numbered 0..{cores - 1}")
+    if config is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = spec.dla_core
+        if spec.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def preflight(spec: EngineSpec = EngineSpec(), precision: str | None = None) -> GpuFacts:
+    """Fail fast, before any ONNX work, when this machine cannot build this engine (no TensorRT, GPU or DLA)."""
+    if precision is not None:
+        spec.check_dla(precision)
     version = require_tensorrt()
     import tensorrt as trt
 
-    _make_builder(trt.Logger(trt.Logger.ERROR), version)
-    return gpu_info()
+    builder = _make_builder(trt.Logger(trt.Logger.ERROR), version)
+    facts = gpu_facts()
+    _use_dla(builder, None, spec)
+    return facts
 
 
 def _parse(parser: "trt.OnnxParser", onnx_path: Path) -> None:
@@ -160,17 +185,21 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, spe
 
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     meta = read_onnx_meta(onnx_path)
+    spec.check_dla(meta.precision)
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = _make_builder(trt_logger, version)
-    gpu = gpu_info()
+    gpu = gpu_facts()
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, trt_logger)
     _parse(parser, onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_gib * (1 << 30)))
     config.add_optimization_profile(_profile(builder, meta, spec))
+    _use_dla(builder, config, spec)
     _load_timing_cache(config, spec.timing_cache)
-    logger.info("building a %s TensorRT %s engine for %s (sm %s); this takes minutes", meta.precision, version, gpu.name, gpu.compute_capability)
+    where = "GPU" if spec.dla_core is None else f"DLA core {spec.dla_core}" + (" (GPU fallback)" if spec.gpu_fallback else "")
+    logger.info("building a %s TensorRT %s engine for %s on %s (sm %s); this takes minutes", meta.precision, version, gpu.name,
+                where, gpu.compute_capability)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError(f"{onnx_path}: TensorRT could not build an engine (see its log above); try a larger --workspace-gib")
@@ -186,6 +215,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, spe
         workspace_bytes=int(spec.workspace_gib * (1 << 30)),
         rebuild=spec.rebuild_command or f"tedloc-edge export {onnx_path} --format engine",
         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        dla_core=spec.dla_core,
+        gpu_fallback=spec.gpu_fallback,
+        extra={"gpu_facts_from": gpu.source},
     )
     try:
         atomic_write_bytes(plan_path, _host_bytes(serialized))

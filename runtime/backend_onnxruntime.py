@@ -29,6 +29,7 @@ from tedloc_edge.runtime.ort_providers import (
     graph_providers,
     preload_cuda_libraries,
     with_cuda_options,
+    with_tensorrt_options,
 )
 from tedloc_edge.runtime.runner import INPUT_NAME, OUTPUT_NAMES, Runner
 
@@ -50,6 +51,7 @@ class OnnxRuntimeRunner(Runner):
         spin: bool = False,
         cuda_graph: bool = False,
         cuda_options: Mapping[str, str] | None = None,
+        trt_cache: str | Path | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -61,6 +63,7 @@ class OnnxRuntimeRunner(Runner):
             names = graph_providers(self.path, device, names)
             options["enable_cuda_graph"] = "1"
         chosen = with_cuda_options(names, options)
+        chosen = with_tensorrt_options(ort, chosen, self.path, max_batch, None if trt_cache is None else Path(trt_cache))
         wants_cuda = CUDA_EP in names
         preload_notes = preload_cuda_libraries(ort) if wants_cuda else ""
         self.session = self._open_session(ort, chosen, threads, spin)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tedloc_edge.bundle import read_plan_sidecar
+from tedloc_edge.build_record import plan_bundle
 from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.cuda_memory import open_cuda, same_buffer
 from tedloc_edge.runtime.runner import INPUT_NAME, OUTPUT_NAMES, Runner
@@ -64,14 +64,14 @@ class TensorRTRunner(Runner):
     """One engine, one execution context, one stream. `infer` is serialized by a lock (an execution context
     is not re-entrant); with pycuda the CUDA context is the device's primary one, pushed at load."""
 
-    def __init__(self, path: str | Path, max_batch: int = 8) -> None:
+    def __init__(self, path: str | Path, max_batch: int = 8, metadata: str | Path | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such engine file; build one with `tedloc-edge export RUN --format engine`")
         require_tensorrt(self.path)
         import tensorrt as trt
 
-        self.meta, self.build = read_plan_sidecar(self.path)
+        self.meta, self.build = plan_bundle(self.path, metadata)  # no build record: a plan built elsewhere
         self._trt_logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = self._create_runtime()
         self.cuda = open_cuda()
@@ -104,11 +104,18 @@ class TensorRTRunner(Runner):
     def _check_build(self, trt_version: str) -> None:
         from tedloc_edge.build_record import check_build_record
 
+        if self.build is None:
+            logger.warning("%s: built elsewhere (no build record): the TensorRT version and GPU checks are skipped, so a "
+                           "mismatch shows as TensorRT's own error; `tedloc-edge export MODEL.onnx --format engine` "
+                           "builds one that is checked", self.path)
+            return
         capability = self.cuda.compute_capability()
         check_build_record(self.build, trt_version, capability, source=str(self.path))
         logger.debug("%s: TensorRT %s on %s (sm %d.%d)", self.path, trt_version, self.cuda.device_name(), *capability)
 
     def _deserialize(self) -> "trt.ICudaEngine":
+        if self.build is not None and self.build.get("dla_core") is not None:
+            self._runtime.DLA_core = int(self.build["dla_core"])  # the DLA core the plan was built for
         engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
             raise UserError(f"{self.path}: TensorRT could not deserialize this plan (corrupt, or from another build); rebuild the engine")

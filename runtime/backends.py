@@ -49,6 +49,8 @@ def load_runner(
     threads: int = 0,
     cuda_graph: bool = False,
     cuda_options: Mapping[str, str] | None = None,
+    trt_cache: str | Path | None = None,
+    metadata: str | Path | None = None,
 ) -> Runner:
     """Load a model for inference; every problem is a one-line UserError naming the file and the fix."""
     path = Path(path)
@@ -71,8 +73,10 @@ def load_runner(
             raise UserError(f"{path}: --cuda-graph applies to ONNX Runtime's CUDA EP; drop it for a TensorRT engine")
         from tedloc_edge.runtime.backend_tensorrt import TensorRTRunner
 
-        return TensorRTRunner(path, max_batch=max_batch)
+        return TensorRTRunner(path, max_batch=max_batch, metadata=metadata)
+    if metadata is not None:
+        raise UserError(f"{path}: --metadata is for a TensorRT plan built elsewhere (trtexec); an .onnx carries its own")
     from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(path, device=device, providers=providers, max_batch=max_batch, threads=threads,
-                             cuda_graph=cuda_graph, cuda_options=cuda_options)
+                             cuda_graph=cuda_graph, cuda_options=cuda_options, trt_cache=trt_cache)

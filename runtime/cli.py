@@ -34,6 +34,8 @@ def infer(
     timeout: float = typer.Option(10.0, help="Seconds to wait for a URL or camera to answer (open and each read)."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write the annotated mp4 for video sources."),
     triton: Optional[str] = typer.Option(None, "--triton", help="Run the model on a Triton server instead: http://HOST:8000/MODEL or grpc://HOST:8001/MODEL."),
+    trt_cache: Optional[Path] = typer.Option(None, "--trt-cache", help="ONNX Runtime's TensorRT EP: folder for its engine and timing caches (default: MODEL.trt-cache beside the model)."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="A plan built elsewhere (trtexec): the .onnx it came from, or a bundle JSON; its build checks are skipped."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run a model on a video, images, a stream or a camera: annotated outputs, JSONL, a speed summary."""
@@ -46,6 +48,7 @@ def infer(
             source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
             classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
             threads=threads, cuda_graph=cuda_graph, hwaccel=hwaccel, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
+            trt_cache=trt_cache, metadata=metadata,
         )
         summary = run_infer(opts)
         print_summary(summary)

@@ -51,6 +51,8 @@ class InferOptions:
     video: bool = True
     show_progress: bool = True
     triton: str | None = None  # run the model on a Triton server (runtime/triton_client.py) instead of in-process
+    trt_cache: Path | None = None  # ORT TensorRT EP engine/timing caches (default: <model>.trt-cache beside the model)
+    metadata: Path | None = None  # the bundle of a plan built elsewhere (trtexec): an .onnx or a bundle JSON
 
 
 @dataclass
@@ -132,7 +134,8 @@ def open_localizer(opts: InferOptions) -> tuple[Any, tuple[type[Exception], ...]
         raise UserError("infer needs --model MODEL.onnx (or .plan), or --triton URL of a server that runs it")
     if opts.threads < 0:
         raise UserError(f"--threads must be 0 (one per core) or more, not {opts.threads}")
-    return Localizer(opts.model, backend=opts.backend, device=opts.device, threads=opts.threads, cuda_graph=opts.cuda_graph, **kwargs), ()
+    return Localizer(opts.model, backend=opts.backend, device=opts.device, threads=opts.threads, cuda_graph=opts.cuda_graph,
+                     trt_cache=opts.trt_cache, metadata=opts.metadata, **kwargs), ()
 
 
 def _run_batch(loc: Any, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:

@@ -63,7 +63,8 @@ class Localizer:
     to a subset (names or ids); return_map keeps each frame's (gh, gw) map on its Result; threads sets ONNX
     Runtime's intra-op threads (0: its default, one per core); cuda_graph replays the model as one CUDA graph
     (ONNX Runtime's CUDA EP, a model exported with --static-batch); cuda_options are ORT CUDA EP provider
-    options (e.g. {"prefer_nhwc": "1"}).
+    options (e.g. {"prefer_nhwc": "1"}); trt_cache is the folder of ORT TensorRT EP's caches (default beside the
+    model); metadata (an .onnx or bundle JSON) describes a plan built without the project's sidecar (trtexec).
     """
 
     def __init__(
@@ -82,9 +83,12 @@ class Localizer:
         threads: int = 0,
         cuda_graph: bool = False,
         cuda_options: Mapping[str, str] | None = None,
+        trt_cache: str | Path | None = None,
+        metadata: str | Path | None = None,
     ) -> None:
         self.model_path = Path(model)
-        self.runner = load_runner(self.model_path, backend, device, providers, max_batch, threads, cuda_graph, cuda_options)
+        self.runner = load_runner(self.model_path, backend, device, providers, max_batch, threads, cuda_graph, cuda_options,
+                                  trt_cache, metadata)
         self.meta: BundleMeta = self.runner.meta
         self.decode = DecodeConfig(
             threshold=self.meta.threshold if threshold is None else float(threshold),

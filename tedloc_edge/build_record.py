@@ -8,10 +8,14 @@ instead of TensorRT's "serialization version mismatch". Pure python: no numpy, n
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
-from tedloc_edge.bundle import BundleError
+from tedloc_edge.bundle import BundleError, BundleMeta, read_onnx_meta, read_plan_sidecar, sidecar_path
 
 RECORD_VERSION = 1
 REQUIRED_KEYS = ("tensorrt_version", "compute_capability", "precision", "onnx_sha256")
@@ -19,6 +23,41 @@ REQUIRED_KEYS = ("tensorrt_version", "compute_capability", "precision", "onnx_sh
 
 class BuildRecordError(BundleError):
     """An engine that this machine must not (or cannot) run; the message carries the rebuild command."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """A model file's digest: the build record's ``onnx_sha256``, and the key of ORT's TensorRT engine caches."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def plan_bundle(plan_path: str | os.PathLike, metadata: str | os.PathLike | None = None) -> tuple[BundleMeta, dict[str, Any] | None]:
+    """The bundle and build record of a plan: from its ``<plan>.json``; or, for a plan built elsewhere (trtexec),
+    from `metadata` (the .onnx it was built from, or a bundle JSON) with no build record, so the version and GPU
+    checks cannot run (the caller says so). A sidecar given as `metadata` describes another plan: its record is
+    dropped."""
+    if metadata is None:
+        if not sidecar_path(plan_path).is_file():
+            raise BundleError(f"{plan_path}: no {sidecar_path(plan_path).name} beside it (the bundle and build record "
+                              "`tedloc-edge export` writes); rebuild with `tedloc-edge export MODEL.onnx --format engine`, "
+                              "or run a plan built elsewhere (trtexec) with --metadata MODEL.onnx")
+        return read_plan_sidecar(plan_path)
+    source = Path(metadata)
+    if not source.is_file():
+        raise BundleError(f"{source}: no such metadata file; pass the .onnx the plan was built from, or a bundle JSON")
+    if source.suffix.lower() == ".onnx":
+        return read_onnx_meta(source), None
+    try:
+        doc = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{source}: not a JSON bundle ({exc}); pass the .onnx the plan was built from") from None
+    if not isinstance(doc, dict):
+        raise BundleError(f"{source}: not a JSON bundle (not an object); pass the .onnx the plan was built from")
+    doc.pop("build", None)
+    return BundleMeta.from_dict(doc, str(source)), None
 
 
 def normalize_compute_capability(cc: Any) -> str:
@@ -66,6 +105,8 @@ def make_build_record(
     workspace_bytes: int,
     rebuild: str,
     built_at: str,
+    dla_core: int | None = None,
+    gpu_fallback: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``build`` section of a plan's sidecar JSON, with every field the check and a reader need."""
@@ -81,6 +122,8 @@ def make_build_record(
         "workspace_bytes": int(workspace_bytes),
         "built_at": built_at,
         "rebuild_command": rebuild,
+        "dla_core": dla_core,  # None: built for the GPU
+        "gpu_fallback": bool(gpu_fallback),
     }
     if extra:
         record.update(extra)

@@ -39,7 +39,7 @@ def fake_run(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
         ran.append("engine")
 
     monkeypatch.setattr(exporter, "export_onnx_stage", onnx_stage)
-    monkeypatch.setattr(tensorrt_build, "preflight", lambda: ran.append("gpu check"))
+    monkeypatch.setattr(tensorrt_build, "preflight", lambda *args: ran.append("gpu check"))
     monkeypatch.setattr(tensorrt_build, "build_engine", build_engine)
     return run, ran
 
@@ -75,7 +75,7 @@ def test_a_stage_is_called_by_the_name_the_table_gives(fake_run, monkeypatch):
 def test_a_gpu_format_without_a_gpu_is_one_line_before_any_work(fake_run, monkeypatch, args):
     run, ran = fake_run
 
-    def no_gpu():
+    def no_gpu(*args):
         raise UserError(tensorrt_build.NO_TENSORRT)
 
     monkeypatch.setattr(tensorrt_build, "preflight", no_gpu)

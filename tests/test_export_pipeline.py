@@ -221,7 +221,7 @@ def _fake_engine(monkeypatch, tmp_path):
         shutil.copyfile(path, onnx_copy)
         return verify.onnxruntime_runner(onnx_copy)
 
-    monkeypatch.setattr(tensorrt_build, "preflight", lambda: None)
+    monkeypatch.setattr(tensorrt_build, "preflight", lambda *args: None)
     monkeypatch.setattr(tensorrt_build, "build_engine", build)
     monkeypatch.setattr(verify, "runtime_runner", runner)
     return built

@@ -28,6 +28,7 @@ TRT_MODULES = {
     "tedloc_edge.export.tensorrt_build": "export/tensorrt_build.py",
     "tedloc_edge.runtime.backend_tensorrt": "runtime/backend_tensorrt.py",
     "tedloc_edge.build_record": "tedloc_edge/build_record.py",
+    "tedloc_edge.app.inspect": "tedloc_edge/app/inspect.py",
 }
 BUILDER = "tedloc_edge.export.tensorrt_build"
 PROBE = Path(__file__).parent / "trt_api" / "dynamic_probe.py"
@@ -187,7 +188,7 @@ def _no_tensorrt_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-ALL_STEPS = ("bindings", "build_record", "builder", "backend", "cli")
+ALL_STEPS = ("bindings", "build_record", "builder", "backend", "cli", "notorch")
 
 
 @pytest.fixture(scope="module")
@@ -248,9 +249,10 @@ def test_engine_builder_without_gpu(probed: dict[str, dict]) -> None:
 
 
 def test_tensorrt_backend_without_gpu(probed: dict[str, dict]) -> None:
-    """TensorRTRunner and Localizer on a plan with the real bindings: the project's one line, before any GPU call."""
+    """TensorRTRunner and Localizer on a plan with the real bindings (and a trtexec plan with --metadata): the
+    project's one line, before any GPU call."""
     got = probed
-    for step in ("backend", "localizer"):
+    for step in ("backend", "localizer", "backend_foreign"):
         message = _one_line_project_error(got[step], step)
         assert "GPU" in message and WHERE.search(message), f"{step}: says neither what is missing nor where engines run: {message!r}"
 
@@ -287,3 +289,17 @@ def test_cli_without_tensorrt(probed_without_tensorrt: dict[str, dict]) -> None:
     for step in ("cli_export", "cli_infer"):
         line = _cli_error(got[step], step)
         assert "TensorRT" in line and "install" in line, f"{step}: does not say what to install: {line!r}"
+
+
+def test_engine_build_without_torch_or_onnx(trt_api: harness.TrtApi, probed: dict[str, dict]) -> None:
+    """The device install (`pip install tedloc-edge[tensorrt]`: no torch, no onnx package) builds engines from an
+    ONNX file: with torch, timm, open_clip and onnx hidden, `tedloc-edge export X.onnx --format engine` (fp16,
+    int8, DLA) and build_engine in-process run up to where the GPU is needed and stop there with the project's
+    line, never having tried to import a hidden module."""
+    for step in ("notorch_fp16", "notorch_int8", "notorch_dla"):
+        line = _cli_error(probed[step], step)
+        assert line.startswith(f"error: TensorRT {trt_api.release.version} is installed but cannot create a builder"), line
+    got = probed["notorch_build"]
+    assert got["message"].startswith(f"UserError: TensorRT {trt_api.release.version} is installed but cannot create a builder"), got
+    assert got["heavy"] == [] and got["attempted"] == [], f"torch/onnx import tried on the engine path: {got}"
+    assert not [p for p in got["plans"] if p not in ("model.plan", "trtexec.plan")], f"a failed build left a plan: {got['plans']}"

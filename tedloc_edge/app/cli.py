@@ -10,6 +10,7 @@ import typer
 from tedloc_edge.console import console, next_commands, user_errors
 from tedloc_edge.app.demo import demo
 from tedloc_edge.app.eval_cli import evaluate
+from tedloc_edge.app.inspect import inspect_model
 from tedloc_edge.export.cli import export
 from tedloc_edge.runtime.cli import bench, infer
 from tedloc_edge.train.cli import synth, train
@@ -49,6 +50,7 @@ app.command("export")(export)
 app.command("infer")(infer)
 app.command("bench")(bench)
 app.command("demo")(demo)
+app.command("inspect")(inspect_model)
 app.add_typer(data_app, name="data")
 
 

@@ -86,14 +86,15 @@ def step_build_record() -> None:
          other_cc_refused=outcome(lambda: check_build_record(record(here, "8.7"), here, "11.0")))
 
 
-def tiny_onnx(path: Path) -> Path:
+def tiny_onnx(path: Path, precision: str = "fp32") -> Path:
     """A small valid ONNX obeying the graph contract's names, with the tedloc metadata the builder reads."""
     import onnx
     from onnx import TensorProto, helper
 
     from tedloc_edge.bundle import METADATA_KEY, BundleMeta
 
-    meta = BundleMeta(class_names=("a", "b", "c"), input_size=(64, 64), patch_grid=(64, 64), precision="fp32")
+    extra = {"int8_mode": "tensorrt"} if precision == "int8" else {}
+    meta = BundleMeta(class_names=("a", "b", "c"), input_size=(64, 64), patch_grid=(64, 64), precision=precision, extra=extra)
     graph = helper.make_graph(
         [
             helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
@@ -158,6 +159,9 @@ def step_backend() -> None:
         emit("localizer", raised="ImportError", project_error=False, message=str(exc))
         return
     emit("localizer", **outcome(lambda: Localizer(plan)))
+    foreign = WORK / "trtexec.plan"  # a plan built elsewhere: no sidecar, its bundle from the .onnx
+    foreign.write_bytes(b"not a real plan either")
+    emit("backend_foreign", **outcome(lambda: TensorRTRunner(foreign, metadata=tiny_onnx(WORK / "tiny.onnx"))))
 
 
 def cli_command() -> list[str]:
@@ -166,12 +170,12 @@ def cli_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "tedloc_edge.app.cli"]
 
 
-def run_cli(commands: dict[str, list[str]]) -> None:
+def run_cli(commands: dict[str, list[str]], env: dict[str, str] | None = None) -> None:
     """Run the commands side by side (each is mostly interpreter start-up) and report each as its own step."""
     import subprocess
 
     procs = {
-        step: subprocess.Popen([*cli_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=WORK)
+        step: subprocess.Popen([*cli_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=WORK, env=env)
         for step, args in commands.items()
     }
     for step, proc in procs.items():
@@ -195,8 +199,62 @@ def step_cli() -> None:
     })
 
 
+# What `pip install tedloc-edge[tensorrt]` lacks: importing any of these must never even be tried on the way
+# from an ONNX file to an engine. Each is replaced by a module that logs the attempt and fails as if absent.
+HIDDEN = ("torch", "torchvision", "timm", "open_clip", "onnx", "onnxscript", "onnx_ir")
+HIDE = """import os
+with open(os.environ["TEDLOC_HIDDEN_LOG"], "a") as fh:
+    fh.write(__name__ + "\\n")
+raise ModuleNotFoundError("No module named " + repr(__name__) + " (hidden by the test)", name=__name__)
+"""
+
+IN_PROCESS = """
+import json, sys
+from tedloc_edge.errors import UserError
+from tedloc_edge.export.tensorrt_build import EngineSpec, build_engine
+try:
+    build_engine(sys.argv[1], sys.argv[2], EngineSpec(1, 1, 1, dla_core=int(sys.argv[3]), gpu_fallback=True))
+    message = ""
+except UserError as exc:
+    message = "UserError: " + str(exc)
+except BaseException as exc:
+    message = type(exc).__name__ + ": " + str(exc)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in %r)
+print(json.dumps({"message": message, "heavy": heavy}))
+""" % (HIDDEN,)
+
+
+def step_no_torch() -> None:
+    """`tedloc-edge export X.onnx --format engine --precision fp16|int8 [--dla-core 0 --gpu-fallback]` and
+    build_engine in-process, with torch and onnx hidden (the device install): up to where the GPU is needed."""
+    import os
+    import subprocess
+
+    hidden = WORK / "hidden"
+    hidden.mkdir(exist_ok=True)
+    for name in HIDDEN:
+        (hidden / f"{name}.py").write_text(HIDE)
+    log = WORK / "hidden-imports.log"
+    log.write_text("")
+    for precision in ("fp16", "int8"):
+        tiny_onnx(WORK / f"tiny_{precision}.onnx", precision)  # written here, before anything is hidden
+    env = dict(os.environ, TEDLOC_HIDDEN_LOG=str(log),
+               PYTHONPATH=os.pathsep.join(p for p in (str(hidden), os.environ.get("PYTHONPATH", "")) if p))
+    commands = {
+        "notorch_fp16": ["export", "tiny_fp16.onnx", "--format", "engine", "--precision", "fp16"],
+        "notorch_int8": ["export", "tiny_int8.onnx", "--format", "engine", "--precision", "int8"],
+        "notorch_dla": ["export", "tiny_fp16.onnx", "--format", "engine", "--dla-core", "0", "--gpu-fallback"],
+    }
+    run_cli(commands, env)
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, str(WORK / "tiny_int8.onnx"), str(WORK / "out" / "x.plan"), "0"],
+                          capture_output=True, text=True, env=env, cwd=WORK, timeout=240)
+    doc = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"message": proc.stderr[-2000:], "heavy": ["?"]}
+    emit("notorch_build", **doc, attempted=sorted(set(log.read_text().split())), hidden=list(HIDDEN),
+         plans=sorted(p.name for p in WORK.rglob("*.plan")))
+
+
 STEPS = {"bindings": step_bindings, "build_record": step_build_record, "builder": step_builder, "backend": step_backend,
-         "cli": step_cli}
+         "cli": step_cli, "notorch": step_no_torch}
 
 if __name__ == "__main__":
     for name in sys.argv[2:]:

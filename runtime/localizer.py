@@ -60,14 +60,13 @@ def resolve_classes(classes: str | Iterable[str | int] | None, names: Sequence[s
 class Localizer:
     """A TeD-Loc model ready for frames: class + boxes per frame, boxes in the frame's own pixels.
 
-    `model` is a model file, loaded as backend / device / providers / max_batch / threads / cuda_graph /
-    cuda_options say (threads: ONNX Runtime's intra-op threads, 0 its default; cuda_graph: replay the model as
-    one CUDA graph, ORT's CUDA EP and a --static-batch model; cuda_options: ORT CUDA EP provider options, e.g.
-    {"prefer_nhwc": "1"}), or a ready runner, which brings its own: a `Runner` (the map contract) or a
-    `BoxRunner` (a server whose models decode; the decode settings given here are sent with each request).
-    threshold / contour_mode default to the bundle's (calibrated) values; min_box_area is an inclusive pixel
-    area at the model's input size (as the evaluator's decoder counts it); classes restricts the class choice
-    to a subset (names or ids); return_map keeps each frame's (gh, gw) map on its Result.
+    `model`: a model file, loaded by `load_runner` with backend ... cuda_options (threads: ONNX Runtime's
+    intra-op threads; cuda_graph: one CUDA graph per call, a --static-batch model on ORT's CUDA EP; cuda_options:
+    ORT CUDA EP provider options), or a ready `Runner` / `BoxRunner` (a server that decodes: the decode settings
+    given here go with each request), which brings its own. threshold / contour_mode default to the bundle's
+    (calibrated) values; min_box_area is an inclusive pixel area at the model's input size (as the evaluator's
+    decoder counts it); classes restricts the class choice to a subset (names or ids); return_map keeps each
+    frame's (gh, gw) map on its Result.
     """
 
     def __init__(
@@ -87,11 +86,8 @@ class Localizer:
         cuda_graph: bool = False,
         cuda_options: Mapping[str, str] | None = None,
     ) -> None:
-        self.runner: Runner | BoxRunner
-        if isinstance(model, (Runner, BoxRunner)):
-            self.runner = model
-        else:
-            self.runner = load_runner(Path(model), backend, device, providers, max_batch, threads, cuda_graph, cuda_options)
+        self.runner = model if isinstance(model, (Runner, BoxRunner)) else \
+            load_runner(Path(model), backend, device, providers, max_batch, threads, cuda_graph, cuda_options)
         self.meta: BundleMeta = self.runner.meta
         self.decode = DecodeConfig(
             threshold=self.meta.threshold if threshold is None else float(threshold),

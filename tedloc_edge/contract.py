@@ -8,6 +8,7 @@ batch in and out, so a model that breaks it fails at the first stage that sees i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -34,12 +35,13 @@ class GraphContract:
         gh, gw = meta.patch_grid
         return cls((int(h), int(w)), (int(gh), int(gw)), meta.num_classes)
 
+    @functools.cached_property
     def per_image(self) -> dict[str, tuple[int, ...]]:
         """Each tensor's shape after the batch dimension, by name (input first)."""
         return {INPUT_NAME: (*self.input_size, 3), "fg_map": self.patch_grid, "logits": (self.num_classes,)}
 
     def shape(self, name: str, batch: int) -> tuple[int, ...]:
-        return (batch, *self.per_image()[name])
+        return (batch, *self.per_image[name])
 
     def check_input(self, images: np.ndarray, who: str) -> None:
         h, w = self.input_size
@@ -68,7 +70,7 @@ class GraphContract:
         if dtype != "uint8" or len(dims) != 4:
             raise UserError(f"{where}: input '{INPUT_NAME}' is {dtype} {list(dims)}, expected UINT8 (N, H, W, 3); {fix}")
         declared = {INPUT_NAME: dims, **{name: outputs[name] for name in OUTPUT_NAMES}}
-        for name, want in self.per_image().items():
+        for name, want in self.per_image.items():
             got = list(declared[name])
             if len(got) != len(want) + 1 or any(isinstance(g, int) and g > 0 and g != v for g, v in zip(got[1:], want)):
                 kind = "input" if name == INPUT_NAME else "output"

@@ -481,15 +481,10 @@ def reference_outputs(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.
 
 def boxes_agreement(ref_maps: np.ndarray, got_maps: np.ndarray, meta: Any) -> tuple[float, float]:
     """(% of images whose decoded boxes all lie within 1 px of the reference's, smallest best-box IoU)."""
-    from tedloc_edge.boxes import box_iou, decode_boxes, protocol_boxes
+    from tedloc_edge.export.verify import compare_boxes
 
-    within, ious = 0, []
-    for ref, got in zip(ref_maps, got_maps):
-        a = protocol_boxes(decode_boxes(ref, meta.threshold, meta.input_size, meta.contour_mode))
-        b = protocol_boxes(decode_boxes(got, meta.threshold, meta.input_size, meta.contour_mode))
-        within += int(a.shape == b.shape and int(np.abs(a - b).max()) <= 1)
-        ious.append(float(box_iou(b, a).max(axis=0).min()))
-    return 100.0 * within / len(ref_maps), min(ious)
+    within, ious = compare_boxes(ref_maps, got_maps, meta, pixels=1)
+    return 100.0 * within / len(ref_maps), float(ious.min())
 
 
 def parity(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray], meta: Any) -> dict[str, float]:

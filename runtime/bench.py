@@ -98,12 +98,16 @@ def _row(model: str, backend: str, meta: BundleMeta, batch: int, samples: list[d
     }
 
 
+def _ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def _devices(model: Path, device: str) -> list[str]:
     if device != "auto" or model.suffix.lower() != ".onnx":
         return [device]
-    import onnxruntime as ort
-
-    return ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
+    return ["cpu"] + (["cuda"] if _ort_has_cuda() else [])
 
 
 def _variants(model: Path, device: str, graphs: bool) -> list[tuple[str, bool]]:
@@ -159,11 +163,7 @@ def bench_torch(run: Path, frames: list[np.ndarray], batches: list[int], seconds
 
 def _torch_device(opts: BenchOptions) -> str:
     """Where the torch rows run: where the models run (cuda when asked for or, with auto, when ORT has it)."""
-    if opts.device != "auto":
-        return opts.device
-    import onnxruntime as ort
-
-    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    return opts.device if opts.device != "auto" else ("cuda" if _ort_has_cuda() else "cpu")
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:

@@ -1,11 +1,10 @@
 """The one contract every backend keeps (as Polygraphy's runners do): load once, then `infer` a uint8 batch.
 
 `infer` checks the batch against the graph contract (`tedloc_edge.contract`), times the backend's `_infer`, and
-checks what it returns: float32 ``fg_map`` (n, gh, gw) and ``logits`` (n, C) (a backend may return float16;
-`infer` widens it). Outputs may be views into buffers the runner reuses, so a caller keeps a copy of anything
-it needs past the next call. Runners: ONNX Runtime and TensorRT (runtime/backend_*.py), the torch module
-(`tedloc_edge.train.predict.TorchRunner`), and a Triton server (runtime/triton_client.py), whose models decode
-too and so keep the `BoxRunner` face: frames' sizes in, boxes in frame pixels out. `Localizer` takes either.
+checks its float32 ``fg_map`` (n, gh, gw) and ``logits`` (n, C) (float16 is widened). Outputs may be views into
+buffers the runner reuses: a caller copies what it needs past the next call. Runners: ONNX Runtime, TensorRT,
+torch (`tedloc_edge.train.predict.TorchRunner`); a Triton server's models decode too, so `TritonRunner` is a
+`BoxRunner` (frames' sizes in, boxes in frame pixels out). `Localizer` takes either.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Self, Sequence
+from typing import Callable, Self, Sequence, TypeVar
 
 import numpy as np
 
@@ -23,6 +22,8 @@ from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.contract import INPUT_NAME, GraphContract
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class RunnerBase(abc.ABC):
@@ -44,14 +45,18 @@ class RunnerBase(abc.ABC):
         """The host buffer the preprocessor writes into; backends that copy to a device give pinned memory."""
         return np.empty(self.contract.shape(INPUT_NAME, max_batch), dtype=np.uint8)
 
-    def _checked(self, images: np.ndarray) -> np.ndarray:
+    def _run(self, run: Callable[..., T], images: np.ndarray, *args: object) -> T:
+        """`run` on the checked, contiguous batch (and `args`), timed."""
         self.contract.check_input(images, self.name)
         n = images.shape[0]
         if self.fixed_batch is not None and n != self.fixed_batch:
             raise ValueError(f"{self.name}: this model takes batches of exactly {self.fixed_batch}, got {n}")
         if not 0 < n <= self.max_batch:
             raise ValueError(f"{self.name}: batch of {n}; this runner takes 1..{self.max_batch}")
-        return np.ascontiguousarray(images)
+        start = time.perf_counter()
+        out = run(np.ascontiguousarray(images), *args)
+        self.last_inference_ms = (time.perf_counter() - start) * 1e3
+        return out
 
     def warmed_up(self) -> None:
         """The Localizer's warm-up call is done: a runner that counts its calls starts from zero here."""
@@ -73,10 +78,7 @@ class Runner(RunnerBase):
     """The graph contract as a call: uint8 (n, H, W, 3) -> (fg_map, logits)."""
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = self._checked(images)
-        start = time.perf_counter()
-        fg_map, logits = self._infer(images)
-        self.last_inference_ms = (time.perf_counter() - start) * 1e3
+        fg_map, logits = self._run(self._infer, images)
         outputs = fg_map.astype(np.float32, copy=False), logits.astype(np.float32, copy=False)  # fp16 outputs widened
         self.contract.check_outputs(outputs, len(images), self.name)
         return outputs
@@ -102,11 +104,7 @@ class BoxRunner(RunnerBase):
     def infer_boxes(self, images: np.ndarray, frame_shapes: Sequence[tuple[int, int]], overrides: dict[str, object]) -> Boxes:
         """`frame_shapes`: each image's (height, width) before the resize; `overrides`: the decode settings the
         caller gave (threshold, contour_mode, min_box_area), which replace the model's own."""
-        images = self._checked(images)
-        start = time.perf_counter()
-        boxes = self._infer_boxes(images, frame_shapes, overrides)
-        self.last_inference_ms = (time.perf_counter() - start) * 1e3
-        return boxes
+        return self._run(self._infer_boxes, images, frame_shapes, overrides)
 
     @abc.abstractmethod
     def _infer_boxes(self, images: np.ndarray, frame_shapes: Sequence[tuple[int, int]], overrides: dict[str, object]) -> Boxes:

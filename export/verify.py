@@ -161,15 +161,12 @@ def verify_export(
     model: "torch.nn.Module", onnx_path: str | Path, meta: BundleMeta, images: np.ndarray, precision: str = "fp32",
     runner: Runner | None = None, batch: int = 8, tolerance: str | None = None,
 ) -> VerifyReport:
-    """torch `model` against the exported file: `runner` (e.g. `runtime_runner` of an engine), or ONNX Runtime
-    on the CPU for `onnx_path`."""
+    """torch `model` against the exported file: `runner` (e.g. `runtime_runner` of an engine; closed after), or
+    ONNX Runtime on the CPU for `onnx_path`."""
     from tedloc_edge.train.predict import TorchRunner
 
-    with TorchRunner(model, meta, max_batch=batch) as reference:
-        if runner is not None:
-            return compare_runners(reference, runner, images, precision, batch, tolerance)
-        with runtime_runner(onnx_path, "onnxruntime", batch) as candidate:
-            return compare_runners(reference, candidate, images, precision, batch, tolerance)
+    with TorchRunner(model, meta, max_batch=batch) as reference, runner or runtime_runner(onnx_path, "onnxruntime", batch) as candidate:
+        return compare_runners(reference, candidate, images, precision, batch, tolerance)
 
 
 def require_passed(report: VerifyReport, path: str | Path) -> None:

@@ -1,9 +1,9 @@
 """The graph contract of docs/architecture.md, once: what every model the project makes or runs takes and returns.
 
-Input ``images``: uint8 (N, H, W, 3) RGB at the bundle's input size. Outputs ``fg_map`` float32 (N, gh, gw) and
-``logits`` float32 (N, C). `GraphContract.of(meta)` states it for one bundle; export checks the traced graph
-against it, each backend the graph it loaded (ONNX Runtime session, TensorRT engine), and every runner each
-batch in and out, so a model that breaks it fails at the first stage that sees it, with the same words.
+Input ``images``: uint8 (N, H, W, 3) RGB at the bundle's input size; outputs ``fg_map`` float32 (N, gh, gw) and
+``logits`` float32 (N, C). `GraphContract.of(meta)` states it for one bundle: export checks the traced graph, each
+backend the graph it loaded, every runner each batch in and out, so a model that breaks it fails at the first
+stage that sees it, in the same words.
 """
 
 from __future__ import annotations

@@ -209,18 +209,15 @@ def test_comparator_catches_a_different_model(fp32, photos):
     assert "\n" not in str(err.value)
 
 
-class _Constant(Runner):
-    """A runner whose map is one value everywhere."""
-
-    def __init__(self, value: float) -> None:
-        self.meta, self.max_batch, self.value = tiny_meta(), 8, value
+class _NaNMap(Runner):
+    meta, max_batch = tiny_meta(), 8
 
     def _infer(self, images):
-        return np.full((len(images), 8, 8), self.value, np.float32), np.zeros((len(images), 4), np.float32)
+        return np.full((len(images), 8, 8), np.nan, np.float32), np.zeros((len(images), 4), np.float32)
 
 
-def test_nan_output_fails_validation(photos):
-    report = compare_runners(_Constant(0.0), _Constant(np.nan), photos, "fp16")
+def test_nan_output_fails_validation(model, photos):
+    report = compare_runners(TorchRunner(model, tiny_meta()), _NaNMap(), photos, "fp16")
     assert "fp16 fg_map has NaN or inf" in report.failures and not report.passed
 
 

@@ -28,7 +28,6 @@ from tedloc_edge.export.int8_gate import Int8AccuracyError
 from tedloc_edge.export.tensorrt_build import tensorrt_available
 from tedloc_edge.runtime import Localizer
 from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
-from tedloc_edge.runtime.runner import Runner
 from tedloc_edge.train.synth import generate
 
 
@@ -202,17 +201,16 @@ def test_engine_without_tensorrt_is_one_line(run):
     assert not (run / "export").exists()  # refused before any work
 
 
-class FakeEngine(Runner):
-    """A stand-in for the TensorRT runner: the plan's ONNX bytes run by ONNX Runtime, plus `shift` on the map,
-    so an engine that computes something else can be made."""
+class FakeEngine(OnnxRuntimeRunner):
+    """A stand-in for the TensorRT runner: the plan's ONNX bytes on ONNX Runtime, plus `shift` on the map (an
+    engine that computes something else)."""
 
     def __init__(self, path: Path, onnx_copy: Path, shift: float) -> None:
-        shutil.copyfile(path, onnx_copy)
-        self.inner = OnnxRuntimeRunner(onnx_copy, device="cpu")
-        self.meta, self.max_batch, self.shift, self.name = self.inner.meta, self.inner.max_batch, shift, "fake-tensorrt"
+        super().__init__(shutil.copyfile(path, onnx_copy), device="cpu")
+        self.shift = shift
 
     def _infer(self, images):
-        fg_map, logits = self.inner.infer(images)
+        fg_map, logits = super()._infer(images)
         return fg_map + np.float32(self.shift), logits
 
 

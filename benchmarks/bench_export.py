@@ -7,7 +7,8 @@ Each ONNX is made by the real export path (`tedloc_edge.export.exporter.export`:
 on the val split, int8 calibrated on the train split; the int8 gate is reported, not enforced, so the table
 always appears). Accuracy: `tedloc_edge.evaluate.evaluate_predictor` on `--split` with the bundle's stored
 threshold for the ``*_at_threshold`` figures; MaxBoxAcc and Top-1 Loc are the protocol's maxima over tau.
-torch eager runs through `TorchPredictor`, the ONNX files through the runtime's `Localizer` (ONNX Runtime CPU).
+Every model runs as a runner under the runtime's `Localizer`: torch eager as `TorchRunner`, the ONNX files on ONNX
+Runtime's CPU.
 Speed: model forward only (no decode, no resize) on one fixed uint8 batch of real split images, after a
 warm-up, repeated for `--seconds`; ``--threads 0`` leaves both frameworks at their defaults.
 """
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     from tedloc_edge.datasets import open_split
     from tedloc_edge.evaluate import evaluate_predictor
     from tedloc_edge.export.images import load_batch, run_data_root, spread
-    from tedloc_edge.export.verify import onnxruntime_runner, torch_runner
     from tedloc_edge.runtime import Localizer
-    from tedloc_edge.train.predict import TorchPredictor, load_run
+    from tedloc_edge.runtime.backends import load_runner
+    from tedloc_edge.train.predict import TorchRunner, load_run
 
     setup_logging(False)
     if args.threads:
@@ -122,13 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     made = export_all(args.run, out, args.calib_images)
 
     rows: list[dict[str, Any]] = []
-    report = evaluate_predictor(TorchPredictor((model, meta)), split, progress=False)
-    speed = images_per_second(torch_runner(model), batch, args.seconds)
+    report = evaluate_predictor(Localizer(TorchRunner(model, meta)), split, progress=False)
+    speed = images_per_second(TorchRunner(model, meta, max_batch=len(batch)).infer, batch, args.seconds)
     rows.append(dict(model="torch eager fp32", file="", size_mb=torch_size_bytes(model) / 1e6, images_per_s=speed,
                      export_s=0.0, note="", **{k: report.metrics[k] for k in ACCURACY}))
     for precision, (path, seconds, note) in made.items():
         report = evaluate_predictor(Localizer(path, backend="onnxruntime", device="cpu"), split, progress=False)
-        speed = images_per_second(onnxruntime_runner(path, args.threads), batch, args.seconds)
+        speed = images_per_second(load_runner(path, "onnxruntime", "cpu", max_batch=len(batch), threads=args.threads).infer,
+                                  batch, args.seconds)
         rows.append(dict(model=f"ONNX Runtime CPU {precision}", file=str(path), size_mb=path.stat().st_size / 1e6,
                          images_per_s=speed, export_s=seconds, note=note, **{k: report.metrics[k] for k in ACCURACY}))
 

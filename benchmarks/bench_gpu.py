@@ -13,20 +13,22 @@ executions of the same weights. It is exported by the real export path: fp32 (`e
 (`convert_fp16`), int8 Q/DQ (`quantize_int8` calibrated on --calib-images photo crops) and, on CUDA, a
 static-batch copy of each per batch (`make_static_batch`), which CUDA graphs need.
 
-What is timed (model only: no resize, no box decoding). One fixed uint8 (N, H, W, 3) batch in pageable host
-memory goes to the device, the model runs, fg_map and logits come back to host memory. Every engine does
-exactly that work, the copies included, since that is what a camera pipeline pays:
+What is timed (model only: no resize, no box decoding): the project's runners (`Runner.infer`, the graph
+contract). One fixed uint8 (N, H, W, 3) batch in pageable host memory goes to the device, the model runs,
+fg_map and logits come back to host memory. Every engine does exactly that work, the copies included, since
+that is what a camera pipeline pays:
 
 - torch-eager fp32; torch-eager fp16 (a .half() copy of the model); torch-cudagraph fp16 (one CUDA graph per
   batch shape over a static input tensor, warmed up on a side stream; each call copies the batch into it and
-  replays): the project's `TorchPredictor.forward_batch`, as `tedloc-edge bench --run` uses on a GPU.
+  replays): `tedloc_edge.train.predict.TorchRunner`, as `tedloc-edge bench --run` uses on a GPU.
   cudnn.benchmark is on, TF32 settings are torch's defaults.
-- ort-cuda fp32/fp16/int8: the runtime's `Localizer(..., device="cuda").runner.infer` (CUDA EP, IO binding)
-  on the dynamic-batch model; ort-cuda-graph: the same on the static-batch model with cuda_graph=True.
+- ort-cuda fp32/fp16/int8: the runtime's `OnnxRuntimeRunner(..., device="cuda")` (CUDA EP, IO binding) on the
+  dynamic-batch model; ort-cuda-graph: the same on the static-batch model with cuda_graph=True.
 - On --device cpu: torch-eager fp32 and ort-cpu fp32/fp16/int8 (no CUDA graphs, no torch fp16).
 
-Each row: warm-up calls, then calls for --seconds (at least 5), each timed with perf_counter and followed by
-a device synchronization: p50/p99 of the per-call latency; images/s = batch x calls / measured wall time.
+Each row: warm-up calls, then calls for --seconds (at least 5), each timed by the runner itself (its outputs
+are host arrays, so a call ends when the device work has): p50/p99 of the per-call latency; images/s = batch
+x calls / measured wall time.
 Torch is timed before any ONNX Runtime session of the backbone exists. The ratio is images/s over
 torch-cudagraph fp16 (on CPU: torch-eager fp32) at the same backbone and batch.
 
@@ -54,9 +56,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from tedloc_edge.errors import first_line
+from tedloc_edge.runtime.runner import Runner
 
-Call = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -141,12 +144,6 @@ def say(text: str) -> None:
     print(f"[bench_gpu {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {line[:240]}" if line else type(exc).__name__
-
-
 # ------------------------------------------------------------------------------------------------ device
 
 
@@ -173,7 +170,7 @@ def check_device(device: str) -> None:
     probe_ort_cuda()
 
 
-def probe_ort_cuda() -> None:
+def probe_ort_cuda() -> list[str]:
     """A one-node session on the CUDA EP: onnxruntime-gpu falls back to the CPU when its CUDA libraries are missing."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -187,11 +184,12 @@ def probe_ort_cuda() -> None:
         session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA_EP, CPU_EP])
         used = session.get_providers()
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types
-        raise SystemExit(f"error: onnxruntime-gpu cannot start its CUDA EP ({first_line(exc)}); "
+        raise SystemExit(f"error: onnxruntime-gpu cannot start its CUDA EP ({first_line(exc, 240)}); "
                          "install the CUDA and cuDNN versions it was built for, or run with --device cpu") from None
     if CUDA_EP not in used:
         raise SystemExit(f"error: onnxruntime-gpu {ort.__version__} fell back to {used}: its CUDA EP did not load "
                          "(CUDA / cuDNN libraries it was built for not found); install them, or run with --device cpu")
+    return used
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -295,7 +293,7 @@ def make_backbone(name: str, input_size: int) -> Any:
     except (UserError, ImportError) as exc:
         if "unknown backbone" in str(exc):
             raise
-        say(f"{name}: no offline weights here ({first_line(exc)[:120]}); using seeded random init")
+        say(f"{name}: no offline weights here ({first_line(exc, 120)}); using seeded random init")
         torch.manual_seed(0)
         return create_backbone(name, RANDOM, input_size=input_size)
 
@@ -338,7 +336,7 @@ def export_all(built: Built, out: Path, calib: np.ndarray, args: argparse.Namesp
         try:
             protos[precision] = make()
         except Exception as exc:  # noqa: BLE001 - one precision failing leaves the others to measure
-            built.notes.append(f"{precision} export failed: {first_line(exc)}")
+            built.notes.append(f"{precision} export failed: {first_line(exc, 240)}")
             say(built.notes[-1])
     static = args.batch_list if args.device == "cuda" else []
     for precision, proto in protos.items():
@@ -347,7 +345,7 @@ def export_all(built: Built, out: Path, calib: np.ndarray, args: argparse.Namesp
             try:
                 built.files[(precision, batch)] = save_model(make_static_batch(proto, batch), f"{stem}_{precision}_b{batch}.onnx")
             except Exception as exc:  # noqa: BLE001
-                built.notes.append(f"{precision} static batch {batch} failed: {first_line(exc)}")
+                built.notes.append(f"{precision} static batch {batch} failed: {first_line(exc, 240)}")
                 say(built.notes[-1])
     built.export_s = time.perf_counter() - start
     say(f"{built.name}: {len(built.files)} ONNX files in {built.export_s:.1f} s ({out})")
@@ -356,108 +354,82 @@ def export_all(built: Built, out: Path, calib: np.ndarray, args: argparse.Namesp
 # ------------------------------------------------------------------------------------------------ engines
 
 
-class TorchEngine:
-    """torch eager (fp32 / fp16) or torch CUDA-graph fp16 of the same module through the project's
-    `TorchPredictor.forward_batch`: uint8 host batch in, host outputs out."""
+@dataclass
+class Engine:
+    """One engine and precision: the runner for a batch size, opened when its first batch comes. A static-batch
+    model (`per_batch`) has a runner per batch, the previous one closed first; any other serves every batch."""
 
-    def __init__(self, built: Built, device: str, precision: str, graph: bool, max_batch: int):
-        import torch
+    name: str
+    precision: str
+    open: Callable[[int], Runner]
+    per_batch: bool = False
+    current: Runner | None = None
 
-        from tedloc_edge.train.predict import TorchPredictor
-
-        self.torch, self.device, self.precision = torch, torch.device(device), precision
-        self.name = "torch-cudagraph" if graph else "torch-eager"
-        self.model = built.model
-        self.predictor: Any = TorchPredictor((built.model, built.meta), device=device, batch_size=max_batch,
-                                             precision=precision, cuda_graph=graph)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            self.torch.cuda.synchronize()
-
-    def call(self, batch: int, shape: tuple[int, ...]) -> Call:
-        return self.predictor.forward_batch
-
-    def close(self) -> None:
-        """Give the device memory back before the ONNX Runtime sessions (the shared module goes back to the CPU)."""
-        self.predictor = None
-        if self.device.type == "cuda":
-            self.model.to("cpu")
-            self.torch.cuda.empty_cache()
-
-
-class OrtEngine:
-    """The runtime's ONNX Runtime runner: dynamic-batch model (one session, every batch) or, with graphs, the
-    static-batch model of each batch (one session per batch)."""
-
-    def __init__(self, built: Built, device: str, precision: str, graph: bool, max_batch: int, cuda_options: dict[str, str]):
-        self.built, self.device, self.precision, self.graph, self.max_batch = built, device, precision, graph, max_batch
-        self.cuda_options = cuda_options
-        self.name = "ort-cpu" if device == "cpu" else ("ort-cuda-graph" if graph else "ort-cuda")
-        self.loc: Any = None
-
-    def sync(self) -> None:
-        """runner.infer returns host arrays: ORT has synchronized its stream when they are filled."""
-
-    def call(self, batch: int, shape: tuple[int, ...]) -> Call:
-        key = (self.precision, batch if self.graph else None)
-        if key not in self.built.files:
-            raise RuntimeError(f"no {self.precision} model{f' with static batch {batch}' if self.graph else ''} (export failed)")
-        if self.loc is None or self.graph:
+    def runner(self, batch: int) -> Runner:
+        if self.current is None or self.per_batch:
             self.close()
-            self.loc = open_localizer(self.built.files[key], self.device, batch if self.graph else self.max_batch, self.graph,
-                                      self.cuda_options)
-        return self.loc.runner.infer
+            self.current = self.open(batch)
+        return self.current
 
     def close(self) -> None:
-        if self.loc is not None:
-            self.loc.close()
-            self.loc = None
+        """Give the device memory back before the next engine (a torch runner returns the shared module to the CPU)."""
+        if self.current is not None:
+            self.current.close()
+            self.current = None
 
 
-def open_localizer(path: Path, device: str, max_batch: int, graph: bool, cuda_options: dict[str, str] | None = None) -> Any:
-    """A runtime Localizer on exactly the CUDA EP (+ CPU), never silently on the CPU only."""
-    from tedloc_edge.runtime.localizer import Localizer
+def torch_runner(built: Built, device: str, precision: str, graph: bool, max_batch: int, batch: int) -> Runner:
+    """The shared module as a TorchRunner (one serves every batch; graphs are captured per batch shape)."""
+    from tedloc_edge.train.predict import TorchRunner
 
-    providers = [CUDA_EP, CPU_EP] if device == "cuda" else [CPU_EP]
-    loc = Localizer(path, backend="onnxruntime", device=device, providers=providers, max_batch=max_batch, cuda_graph=graph,
-                    cuda_options=cuda_options if device == "cuda" else None)
-    if device == "cuda" and CUDA_EP not in loc.runner.providers:
-        loc.close()
-        raise RuntimeError(f"the session fell back to {loc.runner.providers}: the CUDA EP did not load")
-    return loc
+    return TorchRunner(built.model, built.meta, device=device, precision=precision, cuda_graph=graph, max_batch=max_batch)
 
 
-def engines_for(built: Built, args: argparse.Namespace) -> list[tuple[str, str, Callable[[], Any]]]:
-    """(engine, precision, factory) in measuring order: torch first, before any ORT session of the backbone."""
+def ort_runner(built: Built, precision: str, graph: bool, device: str, max_batch: int, cuda_options: dict[str, str] | None,
+               batch: int) -> Runner:
+    """The runtime's ONNX Runtime runner on exactly the CUDA EP (+ CPU), never silently on the CPU only: the
+    dynamic-batch model, or with `graph` the static-batch copy of `batch`, replayed as a CUDA graph."""
+    from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
+
+    path = built.files.get((precision, batch if graph else None))
+    if path is None:
+        raise RuntimeError(f"no {precision} model{f' with static batch {batch}' if graph else ''} (export failed)")
+    runner = OnnxRuntimeRunner(path, device=device, providers=[CUDA_EP, CPU_EP] if device == "cuda" else [CPU_EP],
+                               max_batch=batch if graph else max_batch, cuda_graph=graph,
+                               cuda_options=cuda_options if device == "cuda" else None)
+    if device == "cuda" and CUDA_EP not in runner.providers:
+        runner.close()
+        raise RuntimeError(f"the session fell back to {runner.providers}: the CUDA EP did not load")
+    return runner
+
+
+def engines_for(built: Built, args: argparse.Namespace) -> list[Engine]:
+    """Every engine in measuring order: torch first, before any ORT session of the backbone."""
     dev, top = args.device, max(args.batch_list)
-    plan: list[tuple[str, str, Callable[[], Any]]] = [("torch-eager", "fp32", partial(TorchEngine, built, dev, "fp32", False, top))]
+    plan = [Engine("torch-eager", "fp32", partial(torch_runner, built, dev, "fp32", False, top))]
     if dev == "cuda":
-        plan += [("torch-eager", "fp16", partial(TorchEngine, built, dev, "fp16", False, top)),
-                 ("torch-cudagraph", "fp16", partial(TorchEngine, built, dev, "fp16", True, top))]
+        plan += [Engine("torch-eager", "fp16", partial(torch_runner, built, dev, "fp16", False, top)),
+                 Engine("torch-cudagraph", "fp16", partial(torch_runner, built, dev, "fp16", True, top))]
     ort_kinds = [("ort-cpu", False)] if dev == "cpu" else [("ort-cuda", False), ("ort-cuda-graph", True)]
     for name, graph in ort_kinds:
-        plan += [(name, precision, partial(OrtEngine, built, dev, precision, graph, top, args.cuda_options)) for precision in PRECISIONS]
+        plan += [Engine(name, p, partial(ort_runner, built, p, graph, dev, top, args.cuda_options), per_batch=graph) for p in PRECISIONS]
     return plan
 
 
 # ------------------------------------------------------------------------------------------- measurement
 
 
-def time_calls(call: Call, images: np.ndarray, seconds: float, sync: Callable[[], None], warmup: int) -> dict[str, Any]:
-    """Warm-up, then calls for `seconds` (at least MIN_CALLS): per-call latency after sync, images/s over the window."""
+def time_calls(runner: Runner, images: np.ndarray, seconds: float, warmup: int) -> dict[str, Any]:
+    """Warm-up, then calls for `seconds` (at least MIN_CALLS): the runner's own per-call time, images/s over the window."""
     from tedloc_edge.runtime.bench import percentiles
 
     for _ in range(warmup):
-        call(images)
-    sync()
+        runner.infer(images)
     latencies: list[float] = []
     start = time.perf_counter()
     while True:
-        t0 = time.perf_counter()
-        call(images)
-        sync()
-        latencies.append((time.perf_counter() - t0) * 1e3)
+        runner.infer(images)
+        latencies.append(runner.last_inference_ms)
         if time.perf_counter() - start >= seconds and len(latencies) >= MIN_CALLS:
             break
     wall = time.perf_counter() - start
@@ -466,31 +438,30 @@ def time_calls(call: Call, images: np.ndarray, seconds: float, sync: Callable[[]
             "calls": len(latencies)}
 
 
-def outputs_on(call: Call, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run `images` through `call` in batches of exactly `batch`; copies of (fg_map, logits) for each image once."""
+def outputs_on(runner: Runner, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run `images` through `runner` in batches of exactly `batch`; copies of (fg_map, logits) for each image once."""
     maps, logits = [], []
     for start in range(0, len(images), batch):
-        fg, lg = call(tile(images, start, batch))
+        fg, lg = runner.infer(tile(images, start, batch))
         keep = min(batch, len(images) - start)
         maps.append(np.array(fg[:keep], dtype=np.float32))
         logits.append(np.array(lg[:keep], dtype=np.float32))
     return np.concatenate(maps), np.concatenate(logits)
 
 
-def measure_engine(engine: Any, args: argparse.Namespace, images: np.ndarray, backbone: str) -> tuple[list[dict], list[dict]]:
+def measure_engine(engine: Engine, args: argparse.Namespace, images: np.ndarray, backbone: str) -> tuple[list[dict], list[dict]]:
     """Every batch of one engine: (rows with raw parity outputs, skipped)."""
     rows, skipped = [], []
-    shape = (args.input_size, args.input_size, 3)
     for batch in args.batch_list:
         label = f"{backbone} {engine.name} {engine.precision} batch {batch}"
         try:
-            call = engine.call(batch, shape)
-            timing = time_calls(call, tile(images, 0, batch), args.seconds, engine.sync, WARMUP[args.device])
-            outputs = outputs_on(call, images, batch)
+            runner = engine.runner(batch)
+            timing = time_calls(runner, tile(images, 0, batch), args.seconds, WARMUP[args.device])
+            outputs = outputs_on(runner, images, batch)
         except Exception as exc:  # noqa: BLE001 - a row that cannot run is skipped with its reason
             skipped.append({"backbone": backbone, "engine": engine.name, "precision": engine.precision, "batch": batch,
-                            "reason": first_line(exc)})
-            say(f"SKIP {label}: {first_line(exc)}")
+                            "reason": first_line(exc, 240)})
+            say(f"SKIP {label}: {first_line(exc, 240)}")
             continue
         rows.append({"backbone": backbone, "engine": engine.name, "precision": engine.precision, "batch": batch,
                      **timing, "_outputs": outputs})
@@ -501,11 +472,8 @@ def measure_engine(engine: Any, args: argparse.Namespace, images: np.ndarray, ba
 
 def reference_outputs(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ONNX Runtime CPU fp32 of the dynamic-batch model: the path every row is compared with."""
-    loc = open_localizer(built.files[("fp32", None)], "cpu", len(images), False)
-    try:
-        return outputs_on(loc.runner.infer, images, len(images))
-    finally:
-        loc.close()
+    with ort_runner(built, "fp32", False, "cpu", len(images), None, len(images)) as runner:
+        return outputs_on(runner, images, len(images))
 
 
 # ------------------------------------------------------------------------------------------------ parity
@@ -513,15 +481,10 @@ def reference_outputs(built: Built, images: np.ndarray) -> tuple[np.ndarray, np.
 
 def boxes_agreement(ref_maps: np.ndarray, got_maps: np.ndarray, meta: Any) -> tuple[float, float]:
     """(% of images whose decoded boxes all lie within 1 px of the reference's, smallest best-box IoU)."""
-    from tedloc_edge.boxes import box_iou, decode_boxes, protocol_boxes
+    from tedloc_edge.export.verify import compare_boxes
 
-    within, ious = 0, []
-    for ref, got in zip(ref_maps, got_maps):
-        a = protocol_boxes(decode_boxes(ref, meta.threshold, meta.input_size, meta.contour_mode))
-        b = protocol_boxes(decode_boxes(got, meta.threshold, meta.input_size, meta.contour_mode))
-        within += int(a.shape == b.shape and int(np.abs(a - b).max()) <= 1)
-        ious.append(float(box_iou(b, a).max(axis=0).min()))
-    return 100.0 * within / len(ref_maps), min(ious)
+    within, ious = compare_boxes(ref_maps, got_maps, meta, pixels=1)
+    return 100.0 * within / len(ref_maps), float(ious.min())
 
 
 def parity(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray], meta: Any) -> dict[str, float]:
@@ -548,14 +511,7 @@ def bench_backbone(name: str, args: argparse.Namespace, out: Path, pool: list[np
     images = photo_crops(pool, args.parity_images, args.input_size, seed=2)
     export_all(built, out, calib, args)
     rows, skipped = [], []
-    for engine_name, precision, factory in engines_for(built, args):
-        try:
-            engine = factory()
-        except Exception as exc:  # noqa: BLE001
-            skipped += [{"backbone": name, "engine": engine_name, "precision": precision, "batch": b, "reason": first_line(exc)}
-                        for b in args.batch_list]
-            say(f"SKIP {name} {engine_name} {precision}: {first_line(exc)}")
-            continue
+    for engine in engines_for(built, args):
         try:
             got, missed = measure_engine(engine, args, images, name)
         finally:

@@ -7,7 +7,7 @@ markdown table with the exact commands that reproduce each number.
 For each run: calibrate the deployment threshold on val (writes RUN/threshold.json, the same as
 `tedloc-edge eval RUN --data DATA --split val --calibrate`) unless one is stored and --keep-threshold is
 given, then evaluate on test (`tedloc-edge eval RUN --data DATA --split test --json ...`).
-Needs torch (the runs are evaluated through tedloc_edge.train.predict.TorchPredictor).
+Needs torch (the runs are evaluated through tedloc_edge.train.predict.TorchRunner under the Localizer).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from tedloc_edge.bundle import METADATA_KEY, BundleMeta
+from tedloc_edge.contract import INPUT_NAME, OUTPUT_NAMES, GraphContract
 
 from tedloc_edge.files import atomic_write_bytes
 from tedloc_edge.errors import UserError, first_line
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("fg_map", "logits")
 OPSET_RANGE = (17, 20)
 DEFAULT_OPSET = 17
 PROTOBUF_LIMIT = 2**31 - 1
@@ -80,20 +79,17 @@ def export_to_proto(model: "torch.nn.Module", meta: BundleMeta, opset: int = DEF
 
 
 def check_graph_contract(proto: onnx.ModelProto, meta: BundleMeta) -> None:
-    """The I/O names, dtypes and static dims the runtime relies on; a model that breaks them is a bug."""
-    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    outputs = [o.name for o in proto.graph.output]
-    if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-        raise UserError(
-            f"model graph has inputs {inputs} and outputs {outputs}, expected ['{INPUT_NAME}'] and {list(OUTPUT_NAMES)}; "
-            "the run's model does not follow docs/architecture.md (retrain with this tedloc-edge)"
-        )
-    elem = proto.graph.input[0].type.tensor_type.elem_type
-    if elem != onnx.TensorProto.UINT8:
-        raise UserError(f"model input '{INPUT_NAME}' is {onnx.TensorProto.DataType.Name(elem)}, expected UINT8 NHWC; retrain with this tedloc-edge")
-    dims = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim][1:]
-    if dims and all(dims) and tuple(dims) != tuple(meta.patch_grid):
-        raise UserError(f"model fg_map grid {tuple(dims)} differs from the bundle's patch_grid {meta.patch_grid}; the run is inconsistent, retrain it")
+    """The traced graph against the contract (tedloc_edge/contract.py): a model that breaks it is a bug."""
+    initializers = {t.name for t in proto.graph.initializer}
+
+    def dims(info: onnx.ValueInfoProto) -> list[object]:
+        return [d.dim_value or d.dim_param or None for d in info.type.tensor_type.shape.dim]
+
+    inputs = {i.name: (onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower(), dims(i))
+              for i in proto.graph.input if i.name not in initializers}
+    outputs = {o.name: dims(o) for o in proto.graph.output}
+    GraphContract.of(meta).check_graph(inputs, outputs, "the run's model", "it does not follow docs/architecture.md "
+                                       "(retrain with this tedloc-edge)", exact=True)
 
 
 def set_metadata(proto: onnx.ModelProto, meta: BundleMeta) -> onnx.ModelProto:

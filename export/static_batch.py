@@ -17,18 +17,20 @@ import numpy as np
 import onnx
 
 from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.contract import INPUT_NAME, OUTPUT_NAMES, GraphContract
 from tedloc_edge.errors import UserError
 from tedloc_edge.export.graph_utils import remove_dead_nodes
-from tedloc_edge.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, add_to_extra
+from tedloc_edge.export.onnx_export import add_to_extra
 from tedloc_edge.export.shape_fold import fold_shape_arithmetic
+from tedloc_edge.export.verify import Tolerance, compare_tensors, run_outputs, runtime_runner
 
 logger = logging.getLogger(__name__)
 
 # Q/DQ pairs on weights are what TensorRT builds int8 layers from; folding one would turn a weight to float.
 KEEP_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 MAX_STATIC_BATCH = 4096
-# Relative to an output's range: with fixed shapes ORT may pick kernels that sum in another order, and in
-# fp16 / int8 one rounding step more or less is then possible.
+# Relative to an output's range (verify.compare_tensors' atol): with fixed shapes ORT may pick kernels that sum
+# in another order, and in fp16 / int8 one rounding step more or less is then possible.
 SAME_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
 
 
@@ -77,22 +79,15 @@ def make_static_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
 
 
 def compare_with_dynamic(dynamic: str | Path, static: str | Path, batch: int, meta: BundleMeta) -> dict[str, float]:
-    """Max abs difference per output between the two models on one seeded uint8 batch (ONNX Runtime CPU).
-    The rewrite changes no value, so anything beyond float reassociation is a bug; raises UserError then."""
-    import onnxruntime as ort
-
-    h, w = meta.input_size
-    tolerance = SAME_TOLERANCE.get(meta.precision, SAME_TOLERANCE["fp32"])
-    images = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's graph-cleanup warnings are noise in an export's output
-    outputs = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]).run(list(OUTPUT_NAMES), {INPUT_NAME: images})
-               for p in (dynamic, static)]
-    diffs: dict[str, float] = {}
-    for name, a, b in zip(OUTPUT_NAMES, *outputs):
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        diffs[name] = float(np.abs(a - b).max())
-        if a.shape != b.shape or diffs[name] > tolerance * max(1.0, float(np.abs(a).max())):
-            raise UserError(f"{static}: the static-batch graph differs from {dynamic} on '{name}' "
-                            f"(max abs {diffs[name]:.3g}, shapes {a.shape} vs {b.shape}); please report this model")
-    return diffs
+    """Max abs difference per output between the two models' runners (ONNX Runtime CPU) on one seeded uint8
+    batch. The rewrite changes no value, so anything beyond float reassociation is a bug; raises UserError then."""
+    images = np.random.default_rng(0).integers(0, 256, GraphContract.of(meta).shape(INPUT_NAME, batch), dtype=np.uint8)
+    with runtime_runner(dynamic, "onnxruntime", batch) as a, runtime_runner(static, "onnxruntime", batch) as b:
+        ref, got = run_outputs(a, images, batch), run_outputs(b, images, batch)
+    same = Tolerance(atol=SAME_TOLERANCE.get(meta.precision, SAME_TOLERANCE["fp32"]), rtol=0.0, min_box_iou=1.0, max_top1_disagree=0.0)
+    diffs = [compare_tensors(ref[name], got[name], name, same) for name in OUTPUT_NAMES]
+    for d in diffs:
+        if not d.within:
+            raise UserError(f"{static}: the static-batch graph differs from {dynamic} on '{d.name}' (max abs {d.max_abs:.3g}); "
+                            "please report this model")
+    return {d.name: d.max_abs for d in diffs}

@@ -1,11 +1,12 @@
-"""The export comparator: torch and ONNX Runtime on the same real images, then a stated tolerance.
+"""The export comparator (Polygraphy's shape): two runners on the same images, then validation, then a tolerance.
 
-As Polygraphy's comparator: the runners only run (same uint8 batch in, named outputs out); comparing is a
-separate step that reports, per output, max abs and max rel error, then the task result MMDeploy's
-regression tests check: the decoded boxes (`tedloc_edge.boxes.decode_boxes`, the runtime's and evaluation's
-decoder) and the top-1 class. Validation (NaN / inf) is its own step. Tolerances depend on the precision:
-fp32 must reproduce torch (boxes and classes identical); fp16 and int8 are bounded, and int8 is judged on
-accuracy by the int8 gate, so its tensor errors are reported, not enforced.
+The runners only run (the same uint8 batch into `Runner.infer`, the graph contract's outputs out): the reference
+is the torch module as a `TorchRunner`, the candidate the runtime's own runner for the exported file (ONNX
+Runtime on the CPU, or the TensorRT engine just built). Validation (NaN / inf) is its own step; then, per output,
+max abs and max rel error, and the task result MMDeploy's regression tests check: the decoded boxes
+(`tedloc_edge.boxes.decode_boxes`, the runtime's and evaluation's decoder) and the top-1 class. Tolerances
+depend on the precision: fp32 must reproduce torch (boxes and classes identical); fp16 and int8 are bounded, and
+int8 is judged on accuracy by the int8 gate, so its tensor errors are reported, not enforced.
 """
 
 from __future__ import annotations
@@ -14,21 +15,20 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tedloc_edge.boxes import box_iou, decode_boxes, protocol_boxes
 from tedloc_edge.bundle import BundleMeta
+from tedloc_edge.contract import OUTPUT_NAMES
 from tedloc_edge.errors import UserError
+from tedloc_edge.runtime.runner import Runner
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-
-OUTPUTS = ("fg_map", "logits")
-Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 class VerificationError(UserError):
@@ -84,49 +84,17 @@ class VerifyReport:
         )
 
 
-def torch_runner(model: "torch.nn.Module") -> Runner:
-    import torch
-
-    model.eval()
-
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            outs = model(torch.from_numpy(np.ascontiguousarray(batch)))
-        return {name: t.detach().float().cpu().numpy() for name, t in zip(OUTPUTS, outs)}
-
-    return run
-
-
-def onnxruntime_runner(path: str | Path, threads: int = 0) -> Runner:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        values = session.run(list(OUTPUTS), {"images": batch})
-        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(OUTPUTS, values)}
-
-    return run
-
-
 def runtime_runner(path: str | Path, backend: str, max_batch: int) -> Runner:
-    """A runner over the runtime's own backend (e.g. the TensorRT engine just built), as deployment runs it."""
+    """The runtime's own runner for an exported file (e.g. the TensorRT engine just built), as deployment runs it."""
     from tedloc_edge.runtime.backends import load_runner
 
-    runner = load_runner(path, backend=backend, device="cuda" if backend == "tensorrt" else "cpu", max_batch=max_batch)
-
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(OUTPUTS, runner.infer(batch)))
-
-    return run
+    return load_runner(path, backend=backend, device="cuda" if backend == "tensorrt" else "cpu", max_batch=max_batch)
 
 
-def run_batched(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
-    parts = [runner(images[i : i + batch]) for i in range(0, len(images), batch)]
-    return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUTS}
+def run_outputs(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
+    """The runner's outputs for `images`, `batch` at a time, by name (each copied at once: runners reuse buffers)."""
+    parts = [[np.array(out) for out in runner.infer(images[i : i + batch])] for i in range(0, len(images), batch)]
+    return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(OUTPUT_NAMES)}
 
 
 def compare_tensors(ref: np.ndarray, got: np.ndarray, name: str, tol: Tolerance) -> OutputDiff:
@@ -141,26 +109,28 @@ def compare_tensors(ref: np.ndarray, got: np.ndarray, name: str, tol: Tolerance)
     return OutputDiff(name, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), within)
 
 
-def compare_boxes(ref_maps: np.ndarray, got_maps: np.ndarray, meta: BundleMeta) -> tuple[int, np.ndarray]:
-    """(number of images with identical boxes, per-image best IoU of the exported boxes against torch's)."""
-    identical, ious = 0, np.empty(len(ref_maps))
+def compare_boxes(ref_maps: np.ndarray, got_maps: np.ndarray, meta: BundleMeta, pixels: int = 0) -> tuple[int, np.ndarray]:
+    """(number of images whose boxes agree to `pixels` (0: identical), per-image best IoU of the candidate's boxes
+    against the reference's); boxes as the runtime and evaluation decode them (int64 pixels)."""
+    agree, ious = 0, np.empty(len(ref_maps))
     for i, (ref, got) in enumerate(zip(ref_maps, got_maps)):
         a = protocol_boxes(decode_boxes(ref, meta.threshold, meta.input_size, meta.contour_mode))
         b = protocol_boxes(decode_boxes(got, meta.threshold, meta.input_size, meta.contour_mode))
-        identical += int(a.shape == b.shape and np.array_equal(a, b))
+        agree += int(a.shape == b.shape and np.abs(a - b).max() <= pixels)
         ious[i] = float(box_iou(b, a).max(axis=0).min())
-    return identical, ious
+    return agree, ious
 
 
-def validate_finite(outputs: dict[str, np.ndarray], label: str) -> list[str]:
+def validate(outputs: dict[str, np.ndarray], label: str) -> list[str]:
+    """Polygraphy's validation step: every output finite."""
     return [f"{label} {name} has NaN or inf" for name, v in outputs.items() if not np.isfinite(v).all()]
 
 
 def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], meta: BundleMeta, precision: str) -> VerifyReport:
+    """Tensors, decoded boxes and top-1 classes of `got` against `ref` at the tolerance of `precision`."""
     tol = TOLERANCES[precision]
-    failures = validate_finite(ref, "torch") + validate_finite(got, precision)
-    diffs = [compare_tensors(ref[name], got[name], name, tol) for name in OUTPUTS]
-    failures += [f"{d.name} max abs error {d.max_abs:.2e} exceeds {tol.atol:g}*range + {tol.rtol:g}*|torch|" for d in diffs if not d.within]
+    diffs = [compare_tensors(ref[name], got[name], name, tol) for name in OUTPUT_NAMES]
+    failures = [f"{d.name} max abs error {d.max_abs:.2e} exceeds {tol.atol:g}*range + {tol.rtol:g}*|torch|" for d in diffs if not d.within]
     identical, ious = compare_boxes(ref["fg_map"], got["fg_map"], meta)
     n = len(ious)
     if n and ious.min() < tol.min_box_iou:
@@ -173,20 +143,30 @@ def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], meta: Bundle
     )
 
 
+def compare_runners(reference: Runner, candidate: Runner, images: np.ndarray, precision: str = "fp32", batch: int = 8,
+                    tolerance: str | None = None) -> VerifyReport:
+    """Run both on `images` (uint8 NHWC at the input size), validate each, then compare them with the tolerance
+    of `tolerance` (default: the precision's), decoding boxes with the reference's bundle."""
+    if len(images) == 0:
+        raise UserError("verification needs at least one image; pass --images or use --no-verify")
+    ref, got = run_outputs(reference, images, batch), run_outputs(candidate, images, batch)
+    invalid = validate(ref, "torch") + validate(got, precision)
+    report = compare(ref, got, reference.meta, tolerance or precision)
+    report.precision, report.failures = precision, invalid + report.failures
+    logger.info("verify %s", report.summary())
+    return report
+
+
 def verify_export(
     model: "torch.nn.Module", onnx_path: str | Path, meta: BundleMeta, images: np.ndarray, precision: str = "fp32",
     runner: Runner | None = None, batch: int = 8, tolerance: str | None = None,
 ) -> VerifyReport:
-    """Run torch and the exported model (ONNX Runtime, or `runner`) on `images` (uint8 NHWC at the input
-    size) and compare them with the tolerance of `tolerance` (default: the precision's)."""
-    if len(images) == 0:
-        raise UserError("verification needs at least one image; pass --images or use --no-verify")
-    ref = run_batched(torch_runner(model), images, batch)
-    got = run_batched(runner or onnxruntime_runner(onnx_path), images, batch)
-    report = compare(ref, got, meta, tolerance or precision)
-    report.precision = precision
-    logger.info("verify %s", report.summary())
-    return report
+    """torch `model` against the exported file: `runner` (e.g. `runtime_runner` of an engine; closed after), or
+    ONNX Runtime on the CPU for `onnx_path`."""
+    from tedloc_edge.train.predict import TorchRunner
+
+    with TorchRunner(model, meta, max_batch=batch) as reference, runner or runtime_runner(onnx_path, "onnxruntime", batch) as candidate:
+        return compare_runners(reference, candidate, images, precision, batch, tolerance)
 
 
 def require_passed(report: VerifyReport, path: str | Path) -> None:

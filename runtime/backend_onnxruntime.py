@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta
+from tedloc_edge.contract import INPUT_NAME, OUTPUT_NAMES
 from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.runtime.ort_providers import (
     CUDA_EP,
@@ -31,7 +32,7 @@ from tedloc_edge.runtime.ort_providers import (
     with_cuda_options,
     with_tensorrt_options,
 )
-from tedloc_edge.runtime.runner import INPUT_NAME, OUTPUT_NAMES, Runner
+from tedloc_edge.runtime.runner import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.source = str(self.path)
         names = choose_providers(device, providers, ort.get_available_providers())
         self.cuda_graph = bool(cuda_graph)
         options = dict(cuda_options or {})
@@ -79,12 +81,8 @@ class OnnxRuntimeRunner(Runner):
         if self.cuda_graph and self.fixed_batch is None:
             raise UserError(f"{self.path}: CUDA graphs need a model with a fixed batch; {GRAPH_FIX}")
         self.max_batch = self.fixed_batch or max(1, int(max_batch))
-        self._out_dtypes = {o.name: ORT_TYPES.get(o.type, np.float32) for o in self.session.get_outputs()}
-        gh, gw = self.meta.patch_grid
-        self._outputs = {
-            "fg_map": np.empty((self.max_batch, gh, gw), dtype=self._out_dtypes["fg_map"]),
-            "logits": np.empty((self.max_batch, self.meta.num_classes), dtype=self._out_dtypes["logits"]),
-        }
+        dtypes = {o.name: ORT_TYPES.get(o.type, np.float32) for o in self.session.get_outputs()}
+        self._outputs = {name: np.empty(self.contract.shape(name, self.max_batch), dtypes[name]) for name in OUTPUT_NAMES}
         self._bindings: dict[int, Any] = {}
         self._device_inputs: dict[int, Any] = {}
         self._device_outputs: dict[str, Any] = {}
@@ -119,32 +117,10 @@ class OnnxRuntimeRunner(Runner):
         logger.warning("%s: onnxruntime-gpu's CUDA execution provider did not start%s; running on the CPU", self.path, why)
 
     def _check_io(self) -> int | None:
-        """Check the graph against the contract (docs/architecture.md); returns its static batch, if any."""
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        fix = "re-export it with `tedloc-edge export RUN`"
-        if INPUT_NAME not in inputs or any(name not in outputs for name in OUTPUT_NAMES):
-            raise UserError(
-                f"{self.path}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}, "
-                f"expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}; {fix}"
-            )
-        node = inputs[INPUT_NAME]
-        if node.type != "tensor(uint8)" or len(node.shape) != 4:
-            raise UserError(f"{self.path}: input '{INPUT_NAME}' is {node.type} {node.shape}, expected uint8 (N, H, W, 3); {fix}")
-        h, w = self.meta.input_size
-        for got, want in zip(node.shape[1:], (h, w, 3)):
-            if isinstance(got, int) and got != want:
-                raise UserError(f"{self.path}: input '{INPUT_NAME}' has shape {node.shape} but its metadata says {h}x{w}x3; {fix}")
-        declared = {o.name: o.shape for o in self.session.get_outputs()}
-        gh, gw = self.meta.patch_grid
-        expected: dict[str, tuple[int, ...]] = {"fg_map": (gh, gw), "logits": (self.meta.num_classes,)}
-        for name, dims in expected.items():
-            shape = declared[name][1:]
-            if len(shape) != len(dims) or any(isinstance(g, int) and g != v for g, v in zip(shape, dims)):
-                implied = ", ".join(str(d) for d in dims)
-                raise UserError(f"{self.path}: output '{name}' has shape {declared[name]}, its metadata implies (N, {implied}); {fix}")
-        batch = node.shape[0]
-        return batch if isinstance(batch, int) and batch > 0 else None
+        """Check the graph against the contract (tedloc_edge/contract.py); returns its static batch, if any."""
+        inputs = {i.name: (i.type.removeprefix("tensor(").removesuffix(")"), i.shape) for i in self.session.get_inputs()}
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        return self.contract.check_graph(inputs, outputs, str(self.path), "re-export it with `tedloc-edge export RUN`")
 
     def _binding(self, n: int) -> Any:
         io = self._bindings.get(n)
@@ -158,8 +134,8 @@ class OnnxRuntimeRunner(Runner):
             if self.on_cuda:
                 import onnxruntime as ort
 
-                h, w = self.meta.input_size
-                value = ort.OrtValue.ortvalue_from_shape_and_type((n, h, w, 3), np.uint8, self.io_device, self.device_id)
+                shape = self.contract.shape(INPUT_NAME, n)
+                value = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.uint8, self.io_device, self.device_id)
                 io.bind_ortvalue_input(INPUT_NAME, value)
                 self._device_inputs[n] = value
             self._bindings[n] = io
@@ -169,10 +145,9 @@ class OnnxRuntimeRunner(Runner):
         """Input and outputs as device tensors at fixed addresses: what a captured graph replays."""
         import onnxruntime as ort
 
-        h, w = self.meta.input_size
-        # the outputs take the host buffers' per-image shapes and dtypes, at this batch
-        layouts = {INPUT_NAME: ((n, h, w, 3), np.uint8),
-                   **{name: ((n, *out.shape[1:]), out.dtype) for name, out in self._outputs.items()}}
+        # the outputs take the host buffers' dtypes; every shape is the contract's at this batch
+        layouts = {INPUT_NAME: (self.contract.shape(INPUT_NAME, n), np.uint8),
+                   **{name: (self.contract.shape(name, n), out.dtype) for name, out in self._outputs.items()}}
         values = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.io_device, self.device_id)
                   for k, (shape, dtype) in layouts.items()}
         io = self.session.io_binding()

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tedloc_edge.build_record import plan_bundle
+from tedloc_edge.contract import INPUT_NAME, OUTPUT_NAMES
 from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.cuda_memory import open_cuda, same_buffer
-from tedloc_edge.runtime.runner import INPUT_NAME, OUTPUT_NAMES, Runner
+from tedloc_edge.runtime.runner import Runner
 
 if TYPE_CHECKING:  # the real module is imported lazily, so the CPU-only install never needs it
     import tensorrt as trt
@@ -66,6 +67,7 @@ class TensorRTRunner(Runner):
 
     def __init__(self, path: str | Path, max_batch: int = 8, metadata: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.source = str(self.path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such engine file; build one with `tedloc-edge export RUN --format engine`")
         require_tensorrt(self.path)
@@ -114,15 +116,18 @@ class TensorRTRunner(Runner):
         logger.debug("%s: TensorRT %s on %s (sm %d.%d)", self.path, trt_version, self.cuda.device_name(), *capability)
 
     def _deserialize(self) -> "trt.ICudaEngine":
+        import tensorrt as trt
+
         if self.build is not None and self.build.get("dla_core") is not None:
             self._runtime.DLA_core = int(self.build["dla_core"])  # the DLA core the plan was built for
         engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
             raise UserError(f"{self.path}: TensorRT could not deserialize this plan (corrupt, or from another build); rebuild the engine")
-        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-        missing = [n for n in (INPUT_NAME, *OUTPUT_NAMES) if n not in names]
-        if missing:
-            raise UserError(f"{self.path}: engine lacks tensors {missing} (has {sorted(names)}); rebuild it from the exported .onnx")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        shapes = {name: dims_list(engine.get_tensor_shape(name)) for name in names}
+        inputs = {n: (numpy_dtype(engine.get_tensor_dtype(n)), shapes[n]) for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        outputs = {n: shapes[n] for n in names if n not in inputs}
+        self.contract.check_graph(inputs, outputs, str(self.path), "rebuild it from the exported .onnx")
         return engine
 
     def _batch_range(self, requested: int) -> tuple[int, int | None]:
@@ -134,12 +139,8 @@ class TensorRTRunner(Runner):
         return max(1, min(int(requested), profile_max[0])), None
 
     def _allocate(self) -> None:
-        h, w = self.meta.input_size
-        gh, gw = self.meta.patch_grid
-        b = self.max_batch
-        shapes = {INPUT_NAME: (b, h, w, 3), "fg_map": (b, gh, gw), "logits": (b, self.meta.num_classes)}
-        for name, shape in shapes.items():
-            self._host[name] = self.cuda.pinned(shape, self._dtypes[name])
+        for name in (INPUT_NAME, *OUTPUT_NAMES):
+            self._host[name] = self.cuda.pinned(self.contract.shape(name, self.max_batch), self._dtypes[name])
             self._device[name] = self.cuda.alloc_like(self._host[name])
             if not self.context.set_tensor_address(name, self._device[name]):
                 raise UserError(f"{self.path}: TensorRT refused the buffer of '{name}'; rebuild the engine from the exported .onnx")
@@ -153,8 +154,7 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
 
         if self._shape_set != n:
-            h, w = self.meta.input_size
-            if not self.context.set_input_shape(INPUT_NAME, trt.Dims([n, h, w, 3])):
+            if not self.context.set_input_shape(INPUT_NAME, trt.Dims(list(self.contract.shape(INPUT_NAME, n)))):
                 raise ValueError(f"{self.path}: the engine's profile does not take a batch of {n}")
             self._shape_set = n
 

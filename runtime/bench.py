@@ -2,10 +2,10 @@
 one run so the ratios between rows mean something. Frames are synthetic (deterministic) at a camera size,
 so the resize to the model input is part of "preprocess" as it is in a real pipeline.
 
-With `--run RUN` and torch importable, torch rows of the same run are added (through
-`tedloc_edge.train.predict.TorchPredictor`, imported dynamically here only: the runtime never needs torch):
-eager fp32 on a CPU; eager fp32, eager fp16 and CUDA-graph fp16 when the models run on a GPU. Their frames
-are resized by the runtime's preprocessor first, so both sides time the same work.
+Every row times a `Localizer` over a runner: the model files' backends, and with `--run RUN` and torch
+importable, the run's torch module as `tedloc_edge.train.predict.TorchRunner` (imported dynamically here only:
+the runtime never needs torch): eager fp32 on a CPU; eager fp32, eager fp16 and CUDA-graph fp16 when the models
+run on a GPU. Both sides resize, infer and decode through the same Localizer, so they time the same work.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ from typing import Any, Callable
 import numpy as np
 
 from tedloc_edge.bundle import BundleMeta
-
-from tedloc_edge.files import atomic_write_text
 from tedloc_edge.errors import UserError
+from tedloc_edge.files import atomic_write_text
 from tedloc_edge.runtime.localizer import Localizer
-from tedloc_edge.runtime.postprocess import DecodeConfig, decode_one
-from tedloc_edge.runtime.preprocess import Preprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +98,16 @@ def _row(model: str, backend: str, meta: BundleMeta, batch: int, samples: list[d
     }
 
 
+def _ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def _devices(model: Path, device: str) -> list[str]:
     if device != "auto" or model.suffix.lower() != ".onnx":
         return [device]
-    import onnxruntime as ort
-
-    return ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
+    return ["cpu"] + (["cuda"] if _ort_has_cuda() else [])
 
 
 def _variants(model: Path, device: str, graphs: bool) -> list[tuple[str, bool]]:
@@ -128,7 +129,7 @@ def bench_localizer(loc: Localizer, frames: list[np.ndarray], batch: int, second
 
 
 def torch_variants(device: str, cuda_available: bool) -> list[tuple[str, dict[str, Any]]]:
-    """(backend name, TorchPredictor options) to time: on a GPU what a torch user would run there (eager fp32,
+    """(backend name, TorchRunner options) to time: on a GPU what a torch user would run there (eager fp32,
     eager fp16, CUDA-graph fp16), on a CPU eager fp32, so the baseline runs where the exported model runs."""
     if device == "cpu" or not cuda_available:
         return [("torch-eager-cpu", {"device": "cpu"})]
@@ -153,39 +154,16 @@ def bench_torch(run: Path, frames: list[np.ndarray], batches: list[int], seconds
     model, meta = predict.load_run(run)
     rows = []
     for backend, options in torch_variants(device, torch.cuda.is_available()):
-        predictor = predict.TorchPredictor((model, meta), batch_size=max(batches), **options)
-        rows += [_torch_row(predictor, backend, run, frames, batch, seconds) for batch in batches]
+        runner = predict.TorchRunner(model, meta, max_batch=max(batches), **options)
+        with Localizer(runner) as loc:
+            row_meta = meta.replace(precision=runner.precision)
+            rows += [_row(str(run), backend, row_meta, batch, *bench_localizer(loc, frames, batch, seconds)) for batch in batches]
     return rows
-
-
-def _torch_row(predictor: Any, backend: str, run: Path, frames: list[np.ndarray], batch: int, seconds: float) -> dict[str, Any]:
-    meta: BundleMeta = predictor.meta
-    decode = DecodeConfig(threshold=meta.threshold, contour_mode=meta.contour_mode)
-    pre = Preprocessor(meta.input_size, batch)
-    chunk = frames[:batch]
-
-    def call() -> dict[str, float]:
-        t0 = time.perf_counter()
-        images = pre(chunk)
-        t1 = time.perf_counter()
-        maps, logits = predictor.forward_batch(images)
-        t2 = time.perf_counter()
-        for m, lg, f in zip(maps, logits, chunk):
-            decode_one(m, lg, f.shape[:2], meta.input_size, decode)
-        t3 = time.perf_counter()
-        return {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
-
-    samples, wall = measure(call, seconds)
-    return _row(str(run), backend, meta.replace(precision=predictor.precision), batch, samples, wall)
 
 
 def _torch_device(opts: BenchOptions) -> str:
     """Where the torch rows run: where the models run (cuda when asked for or, with auto, when ORT has it)."""
-    if opts.device != "auto":
-        return opts.device
-    import onnxruntime as ort
-
-    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    return opts.device if opts.device != "auto" else ("cuda" if _ort_has_cuda() else "cpu")
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:

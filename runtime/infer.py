@@ -123,22 +123,22 @@ def _fill(summary: InferSummary, source: ThreadedSource, totals: dict[str, float
     summary.mean_ms = {stage: round(totals[stage] / n, 3) for stage in STAGES}
 
 
-def open_localizer(opts: InferOptions) -> tuple[Any, tuple[type[Exception], ...]]:
-    """The in-process Localizer, or a TritonLocalizer with --triton; and the errors that lose one batch only."""
-    kwargs: dict[str, Any] = dict(threshold=opts.threshold, max_batch=opts.batch, classes=opts.classes, return_map=opts.heatmap)
+def open_localizer(opts: InferOptions) -> Localizer:
+    """The Localizer over the model file, or over a Triton server's model with --triton."""
+    kwargs: dict[str, Any] = dict(threshold=opts.threshold, classes=opts.classes, return_map=opts.heatmap)
     if opts.triton:
-        from tedloc_edge.runtime.triton_client import TritonFrameError, TritonLocalizer
+        from tedloc_edge.runtime.triton_client import TritonRunner
 
-        return TritonLocalizer(opts.triton, timeout=opts.timeout, **kwargs), (TritonFrameError,)
+        return Localizer(TritonRunner(opts.triton, timeout=opts.timeout, max_batch=opts.batch), **kwargs)
     if opts.model is None:
         raise UserError("infer needs --model MODEL.onnx (or .plan), or --triton URL of a server that runs it")
     if opts.threads < 0:
         raise UserError(f"--threads must be 0 (one per core) or more, not {opts.threads}")
-    return Localizer(opts.model, backend=opts.backend, device=opts.device, threads=opts.threads, cuda_graph=opts.cuda_graph,
-                     trt_cache=opts.trt_cache, metadata=opts.metadata, **kwargs), ()
+    return Localizer(opts.model, backend=opts.backend, device=opts.device, max_batch=opts.batch, threads=opts.threads,
+                     cuda_graph=opts.cuda_graph, trt_cache=opts.trt_cache, metadata=opts.metadata, **kwargs)
 
 
-def _run_batch(loc: Any, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:
+def _run_batch(loc: Localizer, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:
     """Model on one batch, then every frame's result to every output; stage times added to `totals` (ms)."""
     results = loc([f.image for f in batch], color="RGB")
     t0 = time.perf_counter()
@@ -157,7 +157,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
     if opts.max_frames is not None and opts.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
     with ExitStack() as cleanup:  # closes, in reverse: outputs (then the summary), source, model
-        loc, batch_errors = open_localizer(opts)
+        loc = open_localizer(opts)
         cleanup.callback(loc.close)
         loc.warmup()
         source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout, hwaccel=opts.hwaccel)
@@ -175,7 +175,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
                 try:
                     _run_batch(loc, outputs, batch, totals)
                     summary.frames_processed += len(batch)
-                except batch_errors as exc:  # this batch is lost (counted); the stream goes on
+                except loc.runner.frame_errors as exc:  # this batch is lost (counted); the stream goes on
                     summary.frame_errors += len(batch)
                     logger.debug("batch of %d frames lost: %s", len(batch), exc)
                 advance(len(batch), summary.frames_processed / max(1e-9, time.perf_counter() - started))

@@ -3,6 +3,7 @@
     loc = Localizer("model.onnx")                 # backend/device picked from the file and the install
     result = loc(frame, color="BGR")              # one HxWx3 uint8 frame -> Result
     results = loc([f1, f2], color="RGB")          # a list (or an (N, H, W, 3) array) -> list[Result]
+    loc = Localizer(runner)                       # any ready runner: TorchRunner, TritonRunner("grpc://host/tedloc")
 
 Thread safety: one lock per Localizer serializes calls (preprocess buffer, session and output buffers are
 shared), so calling one instance from several threads is safe but not parallel; for parallel inference
@@ -23,9 +24,10 @@ import numpy as np
 from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.backends import load_runner
-from tedloc_edge.runtime.postprocess import DecodeConfig, decode_one
+from tedloc_edge.runtime.postprocess import DecodeConfig, Decoded, decode_one, top_classes
 from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color
 from tedloc_edge.runtime.result import Result
+from tedloc_edge.runtime.runner import Boxes, BoxRunner, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +60,19 @@ def resolve_classes(classes: str | Iterable[str | int] | None, names: Sequence[s
 class Localizer:
     """A TeD-Loc model ready for frames: class + boxes per frame, boxes in the frame's own pixels.
 
-    threshold / contour_mode default to the bundle's (calibrated) values; min_box_area is an inclusive pixel
-    area at the model's input size (as the evaluator's decoder counts it); classes restricts the class choice
-    to a subset (names or ids); return_map keeps each frame's (gh, gw) map on its Result; threads sets ONNX
-    Runtime's intra-op threads (0: its default, one per core); cuda_graph replays the model as one CUDA graph
-    (ONNX Runtime's CUDA EP, a model exported with --static-batch); cuda_options are ORT CUDA EP provider
-    options (e.g. {"prefer_nhwc": "1"}); trt_cache is the folder of ORT TensorRT EP's caches (default beside the
-    model); metadata (an .onnx or bundle JSON) describes a plan built without the project's sidecar (trtexec).
+    `model`: a model file, loaded by `load_runner` with backend ... metadata (threads: ONNX Runtime's intra-op
+    threads; cuda_graph: one CUDA graph per call, a --static-batch model on ORT's CUDA EP; cuda_options: ORT CUDA
+    EP provider options; trt_cache: the folder of ORT TensorRT EP's caches, default beside the model; metadata: an
+    .onnx or bundle JSON describing a plan built without the project's sidecar, by trtexec), or a ready `Runner` /
+    `BoxRunner` (a server that decodes: the decode settings given here go with each request), which brings its
+    own. threshold / contour_mode default to the bundle's (calibrated) values; min_box_area is an inclusive pixel
+    area at the model's input size (as the evaluator's decoder counts it); classes restricts the class choice to a
+    subset (names or ids); return_map keeps each frame's (gh, gw) map on its Result.
     """
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | Runner | BoxRunner,
         backend: str = "auto",
         device: str = "auto",
         providers: Sequence[str] | None = None,
@@ -86,9 +89,9 @@ class Localizer:
         trt_cache: str | Path | None = None,
         metadata: str | Path | None = None,
     ) -> None:
-        self.model_path = Path(model)
-        self.runner = load_runner(self.model_path, backend, device, providers, max_batch, threads, cuda_graph, cuda_options,
-                                  trt_cache, metadata)
+        self.runner = model if isinstance(model, (Runner, BoxRunner)) else \
+            load_runner(Path(model), backend, device, providers, max_batch, threads, cuda_graph, cuda_options,
+                        trt_cache, metadata)
         self.meta: BundleMeta = self.runner.meta
         self.decode = DecodeConfig(
             threshold=self.meta.threshold if threshold is None else float(threshold),
@@ -96,12 +99,17 @@ class Localizer:
             min_box_area=int(min_box_area),
             topk=int(topk),
         )
+        given = {"threshold": threshold is not None, "contour_mode": contour_mode is not None, "min_box_area": bool(min_box_area)}
+        self._overrides: dict[str, object] = {k: getattr(self.decode, k) for k, on in given.items() if on}
         self.allowed = resolve_classes(classes, self.meta.class_names)
+        if return_map and isinstance(self.runner, BoxRunner):
+            raise UserError(f"{self.runner.source}: the localization map (--heatmap) is not sent by {self.runner.name}; "
+                            "run without --heatmap or locally")
         self.return_map = return_map
         self.max_batch = self.runner.max_batch
         self._pre = Preprocessor(self.meta.input_size, self.max_batch, self.meta.preprocess, self.runner.host_input(self.max_batch))
         self._lock = threading.Lock()
-        logger.debug("Localizer(%s): %s, %d classes, input %s", self.model_path, self.runner.name, self.meta.num_classes, self.meta.input_size)
+        logger.debug("Localizer(%s): %s, %d classes, input %s", self.runner.source, self.runner.name, self.meta.num_classes, self.meta.input_size)
 
     @property
     def backend(self) -> str:
@@ -113,7 +121,8 @@ class Localizer:
     def __call__(self, frames: Sequence[np.ndarray], color: str = ...) -> list[Result]: ...
 
     def __call__(self, frames: Frames, color: str = "RGB") -> Result | list[Result]:
-        """One frame (HxW[xC] array) -> Result; a list of frames or an (N, H, W, 3) array -> list[Result]."""
+        """One frame (HxW[xC] array) -> Result; a list of frames or an (N, H, W, 3) array -> list[Result].
+        A runner's `frame_errors` (a server's failed request) lose this call only; the next may succeed."""
         color = check_color(color)
         single = isinstance(frames, np.ndarray) and frames.ndim in (2, 3)
         batch: list[np.ndarray] = [cast(np.ndarray, frames)] if single else list(frames)
@@ -125,32 +134,41 @@ class Localizer:
                 results.extend(self._run(batch[start : start + self.max_batch], color))
         return results[0] if single else results
 
-    def _model(self, frames: Sequence[np.ndarray], color: str) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """Preprocess + inference on at most max_batch frames: (fg_map, logits, pre_ms, inf_ms) for the batch."""
-        t0 = time.perf_counter()
+    def _images(self, frames: Sequence[np.ndarray], color: str) -> np.ndarray:
+        """At most max_batch frames resized into the runner's input buffer."""
         images = self._pre(frames, color)
         if self.runner.fixed_batch is not None:  # a static-batch model: run the full buffer, keep the first n
             images = self._pre.buffer[: self.runner.fixed_batch]
-        t1 = time.perf_counter()
-        fg_map, logits = self.runner.infer(images)
-        t2 = time.perf_counter()
-        return fg_map[: len(frames)], logits[: len(frames)], (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        return images
 
     def _run(self, frames: list[np.ndarray], color: str) -> list[Result]:
         frames = [as_uint8_3ch(f, color, f"frame {i}") for i, f in enumerate(frames)]
-        fg_map, logits, pre_ms, inf_ms = self._model(frames, color)
-        n = len(frames)
-        results = []
+        shapes = [(f.shape[0], f.shape[1]) for f in frames]
+        t0 = time.perf_counter()
+        images = self._images(frames, color)
+        t1 = time.perf_counter()
+        if isinstance(self.runner, BoxRunner):
+            out: Boxes | tuple[np.ndarray, np.ndarray] = self.runner.infer_boxes(images, shapes, self._overrides)
+        else:
+            out = self.runner.infer(images)
         t2 = time.perf_counter()
-        for i, frame in enumerate(frames):
-            results.append(self._result(fg_map[i], logits[i], (frame.shape[0], frame.shape[1])))
-        post_ms = (time.perf_counter() - t2) * 1e3
+        maps = out[0] if isinstance(out, tuple) and self.return_map else [None] * len(frames)
+        results = [self._result(d, shape, m) for d, shape, m in zip(self._decoded(out, shapes), shapes, maps)]
+        n = len(frames)
+        speed = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n, "postprocess": (time.perf_counter() - t2) * 1e3 / n}
         for r in results:
-            r.speed = {"preprocess": pre_ms / n, "inference": inf_ms / n, "postprocess": post_ms / n}
+            r.speed = dict(speed)
         return results
 
-    def _result(self, fg_map: np.ndarray, logits: np.ndarray, frame_shape: tuple[int, int]) -> Result:
-        d = decode_one(fg_map, logits, frame_shape, self.meta.input_size, self.decode, self.allowed)
+    def _decoded(self, out: Boxes | tuple[np.ndarray, np.ndarray], shapes: list[tuple[int, int]]) -> list[Decoded]:
+        if isinstance(out, Boxes):  # boxes decoded by the server: the classes are ranked here, as decode_one ranks them
+            return [Decoded(b, s, *top_classes(lg, self.decode.topk, self.allowed))
+                    for b, s, lg in zip(out.boxes, out.box_scores, out.logits)]
+        fg_map, logits = out
+        return [decode_one(m, lg, shape, self.meta.input_size, self.decode, self.allowed)
+                for m, lg, shape in zip(fg_map, logits, shapes)]
+
+    def _result(self, d: Decoded, frame_shape: tuple[int, int], fg_map: np.ndarray | None) -> Result:
         names = self.meta.class_names
         ids, probs = d.topk.tolist(), d.probs[d.topk].tolist()  # plain ints and floats in two calls
         return Result(
@@ -161,26 +179,35 @@ class Localizer:
             score=probs[0],
             topk=[(i, names[i], p) for i, p in zip(ids, probs)],
             orig_shape=frame_shape,
-            fg_map=fg_map.copy() if self.return_map else None,
+            fg_map=None if fg_map is None else fg_map.copy(),
         )
 
     def warmup(self) -> None:
-        """One call on a blank frame, so the first real frame's timings do not carry the backend's start-up."""
+        """One call on a blank frame: the model really runs (on its server too), and the first real frame's timings
+        do not carry the backend's start-up. A server that fails this first request is one line naming it."""
         h, w = self.meta.input_size
-        self(np.zeros((h, w, 3), np.uint8))
+        try:
+            self(np.zeros((h, w, 3), np.uint8))
+        except self.runner.frame_errors as exc:
+            raise UserError(f"{exc}; check the server's log") from None
+        finally:
+            self.runner.warmed_up()
 
     def forward_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Predictor contract (docs/architecture.md): RGB uint8 images of any size -> (maps (N, gh, gw), logits (N, C))."""
+        """The predictor evaluation scores (tedloc_edge.evaluate.Predictor): RGB uint8 images of any size ->
+        (maps (N, gh, gw), logits (N, C)), float32 copies."""
+        runner = self.runner
+        if isinstance(runner, BoxRunner):
+            raise UserError(f"{runner.source}: {runner.name} sends boxes, not the localization map; evaluate the model file")
         maps, logits = [], []
         with self._lock:
             for start in range(0, len(images), self.max_batch):
                 chunk = [as_uint8_3ch(im, "RGB", f"image {start + i}") for i, im in enumerate(images[start : start + self.max_batch])]
-                m, lg, _, _ = self._model(chunk, "RGB")
-                maps.append(m.copy())
-                logits.append(lg.copy())
-        gh, gw = self.meta.patch_grid
+                m, lg = runner.infer(self._images(chunk, "RGB"))
+                maps.append(m[: len(chunk)].copy())
+                logits.append(lg[: len(chunk)].copy())
         if not maps:
-            return np.zeros((0, gh, gw), np.float32), np.zeros((0, self.meta.num_classes), np.float32)
+            return np.zeros(runner.contract.shape("fg_map", 0), np.float32), np.zeros(runner.contract.shape("logits", 0), np.float32)
         return np.concatenate(maps), np.concatenate(logits)
 
     def close(self) -> None:
@@ -193,4 +220,4 @@ class Localizer:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Localizer({str(self.model_path)!r}, backend={self.backend!r}, classes={self.meta.num_classes}, max_batch={self.max_batch})"
+        return f"Localizer({self.runner.source!r}, backend={self.backend!r}, classes={self.meta.num_classes}, max_batch={self.max_batch})"

@@ -53,6 +53,13 @@ def class_probabilities(logits: np.ndarray, allowed: np.ndarray | None) -> np.nd
     return probs
 
 
+def top_classes(logits: np.ndarray, topk: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities, the top-k class ids best first), over `allowed` only when given."""
+    probs = class_probabilities(logits, allowed)
+    k = min(topk, len(probs) if allowed is None else len(allowed))
+    return probs, np.argsort(-probs, kind="stable")[:k]
+
+
 def _cells(lo: float, hi_inclusive: float, cells: int, pixels: int) -> slice:
     """Patch cells whose centre lies inside the pixel span [lo, hi + 1); the centre cell when none does."""
     step = pixels / cells
@@ -90,9 +97,7 @@ def decode_one(
     """Everything the runtime derives from one image's model outputs (frame_shape = (height, width))."""
     # Few numpy calls on purpose: this runs right after inference, on caches the model has just evicted,
     # where each call costs several microseconds (docs/performance.md).
-    probs = class_probabilities(logits, allowed)
-    k = min(config.topk, len(probs) if allowed is None else len(allowed))
-    top = np.argsort(-probs, kind="stable")[:k]
+    probs, top = top_classes(logits, config.topk, allowed)
     model_boxes = decode_boxes(fg_map, config.threshold, input_size, config.contour_mode, config.min_box_area)
     if len(model_boxes) == 0:
         return Decoded(boxes=np.zeros((0, 4), np.float32), box_scores=np.zeros(0, np.float32), probs=probs, topk=top)

@@ -1,7 +1,7 @@
 """`tedloc-edge bench --triton URL --streams N --seconds S`: N simulated cameras against a Triton server,
 beside the in-process Localizer on the same model, in one run.
 
-Each camera is a thread with its own `TritonLocalizer` (its own connection) sending its own synthetic
+Each camera is a thread with its own `Localizer(TritonRunner(...))` (its own connection) sending its own synthetic
 frames back to back (or at `fps`), for `seconds`; the in-process run has the same N threads calling one
 shared `Localizer` (the embedded way: one model, a lock). Per mode: frames answered, errors, throughput and
 per-frame latency percentiles (client resize + request + unpack). From the server's Prometheus metrics
@@ -29,7 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tedloc_edge.errors import UserError
-from tedloc_edge.runtime.triton_client import TritonFrameError, TritonLocalizer, parse_url
+from tedloc_edge.runtime.localizer import Localizer
+from tedloc_edge.runtime.triton_client import TritonFrameError, TritonRunner, parse_url
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +231,8 @@ def run(
         metrics_url = f"http://{host}:8002/metrics"
     frames = [synthetic_frames(8, frame_size, seed=k) for k in range(min(streams, 16))]
 
-    def open_triton(k: int) -> TritonLocalizer:
-        return TritonLocalizer(str(target), timeout=timeout, give_up_s=max(30.0, seconds))
+    def open_triton(k: int) -> Localizer:
+        return Localizer(TritonRunner(str(target), timeout=timeout, give_up_s=max(30.0, seconds)))
 
     before: list[Any] = [None]
     lat, err, wall = _cameras(
@@ -244,8 +245,6 @@ def run(
         "rows": rows, "server": metrics_delta(before[0], after), "metrics_url": metrics_url if after is not None else None,
     }
     if model is not None:
-        from tedloc_edge.runtime import Localizer
-
         with Localizer(model) as loc:
             lat, err, wall = _cameras(streams, seconds, fps, frames, lambda k: loc.__call__, timeout + 2)
         rows.append(_row("in-process", streams, lat, err, wall))

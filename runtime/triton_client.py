@@ -1,22 +1,24 @@
-"""`TritonLocalizer`: the Localizer's face in front of a Triton Inference Server (HTTP or gRPC).
+"""`TritonRunner`: a Triton Inference Server (HTTP or gRPC) as the runner under the one `Localizer`.
 
-    loc = TritonLocalizer("http://127.0.0.1:8000/tedloc")     # or "grpc://host:8001", model= "tedloc_python"
-    result = loc(frame, color="BGR")                          # the same Result as Localizer(...)(frame)
+    loc = Localizer(TritonRunner("http://127.0.0.1:8000/tedloc"))  # or "grpc://host:8001", model= "tedloc_python"
+    result = loc(frame, color="BGR")                                # the same Result as Localizer("model.onnx")(frame)
 
 The server runs the repository `tedloc-edge export --format triton` writes (`tedloc` ensemble or
 `tedloc_python`); both take ``images`` uint8 (n, H, W, 3) at the model's input size plus ``frame_size``
-(n, 2) and return boxes in frame pixels. The client resizes each frame itself with the runtime's own
-`Preprocessor` (so the model sees what the local Localizer feeds it, and a 224x224 frame is ~150 KB on the
+(n, 2) and return boxes in frame pixels, so this is a `BoxRunner`. The Localizer resizes each frame with the
+runtime's own `Preprocessor` (so the model sees what it sees locally, and a 224x224 frame is ~150 KB on the
 wire instead of ~6 MB for 1080p); the server scales the boxes back to the frame. Class probabilities and
-top-k are computed here from the returned logits (so ``classes=`` restricts them exactly as locally).
+top-k are computed by the Localizer from the returned logits (so ``classes=`` restricts them exactly as
+locally); the decode settings given to it (threshold, contour_mode, min_box_area) travel as request
+parameters, honoured by ``tedloc_python`` and ``tedloc_decode`` (an ensemble forwards them to its steps).
 
 Faults: a server that is down raises a one-line `UserError` naming the URL within `timeout` seconds. Once
 running, a failed request raises `TritonFrameError` (the caller counts it and goes on with the next frame);
 while the server is unreachable each call fails fast and the client reconnects (at most every `retry_s`),
 so a restarted server is picked up again; after `give_up_s` without a successful request it raises
-`UserError`. Thread safety: one lock per instance (like Localizer), callable from any thread (an HTTP
-connection is opened per calling thread, as tritonclient's gevent-based HTTP client requires); for parallel
-requests use one TritonLocalizer per thread.
+`UserError`. Thread safety: one lock per instance, callable from any thread (an HTTP connection is opened
+per calling thread, as tritonclient's gevent-based HTTP client requires); for parallel requests use one
+runner (and Localizer) per thread.
 """
 
 from __future__ import annotations
@@ -25,16 +27,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from tedloc_edge.bundle import METADATA_KEY, BundleMeta
 from tedloc_edge.errors import UserError, first_line
-from tedloc_edge.runtime.postprocess import DecodeConfig, class_probabilities
-from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color
-from tedloc_edge.runtime.result import Result
+from tedloc_edge.runtime.runner import Boxes, BoxRunner
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +142,10 @@ class _Connection:
             pass
 
 
-class TritonLocalizer:
-    """Frames in, `Result`s out, inference on a Triton server. Arguments mirror `Localizer`'s.
+class TritonRunner(BoxRunner):
+    """A model served by Triton (`tedloc` ensemble or `tedloc_python`); max_batch never exceeds the server's."""
 
-    `threshold`, `contour_mode`, `min_box_area` are sent as request parameters (honoured by
-    ``tedloc_python`` and ``tedloc_decode``; an ensemble forwards them to its steps) only when given.
-    """
+    frame_errors = (TritonFrameError,)
 
     def __init__(
         self,
@@ -155,23 +153,13 @@ class TritonLocalizer:
         model: str | None = None,
         protocol: str | None = None,
         timeout: float = 5.0,
-        threshold: float | None = None,
-        contour_mode: str | None = None,
-        min_box_area: int = 0,
         max_batch: int = 8,
-        topk: int = 5,
-        classes: str | Iterable[str | int] | None = None,
         retry_s: float = 0.5,
         give_up_s: float = 60.0,
-        return_map: bool = False,
     ) -> None:
-        from tedloc_edge.runtime.localizer import resolve_classes
-
-        if return_map:
-            raise UserError("the localization map (--heatmap) is not sent by the Triton models; run without --heatmap or locally")
-
         self.target = parse_url(url, model, protocol)
-        self.url = str(self.target)
+        self.url = self.source = str(self.target)
+        self.name = f"triton-{self.target.protocol}"
         self.timeout = float(timeout)
         self.retry_s = float(retry_s)
         self.give_up_s = float(give_up_s)
@@ -191,27 +179,8 @@ class TritonLocalizer:
         except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and socket errors
             self.close()
             raise UserError(f"Triton server at {self.url} is not reachable: {first_line(exc)}; start it or check --triton") from None
-        self.decode = DecodeConfig(
-            threshold=self.meta.threshold if threshold is None else float(threshold),
-            contour_mode=contour_mode or self.meta.contour_mode,
-            min_box_area=int(min_box_area),
-            topk=int(topk),
-        )
-        self._params: dict[str, Any] = {}
-        if threshold is not None:
-            self._params["threshold"] = float(threshold)
-        if contour_mode is not None:
-            self._params["contour_mode"] = contour_mode
-        if min_box_area:
-            self._params["min_box_area"] = int(min_box_area)
-        self.allowed = resolve_classes(classes, self.meta.class_names)
-        self.max_batch = max(1, min(int(max_batch), server_batch or int(max_batch)))  # never above the server's
-        self._pre = Preprocessor(self.meta.input_size, self.max_batch, self.meta.preprocess)
-        logger.debug("TritonLocalizer(%s): %d classes, input %s", self.url, self.meta.num_classes, self.meta.input_size)
-
-    @property
-    def backend(self) -> str:
-        return f"triton-{self.target.protocol}"
+        self.max_batch = max(1, min(int(max_batch), server_batch or int(max_batch)))
+        logger.debug("TritonRunner(%s): %d classes, input %s", self.url, self.meta.num_classes, self.meta.input_size)
 
     def _connect(self) -> _Connection:
         conn = _Connection(self.target, self.timeout)
@@ -256,60 +225,36 @@ class TritonLocalizer:
         self._lost = True
         self._next_try = time.monotonic() + self.retry_s
 
-    def __call__(self, frames: np.ndarray | Sequence[np.ndarray], color: str = "RGB") -> Result | list[Result]:
-        """One frame -> Result; a list or an (N, H, W, 3) array -> list[Result]. Raises TritonFrameError for
-        a failed request (count it, go on) and UserError when the server stayed away for give_up_s."""
-        color = check_color(color)
-        single = isinstance(frames, np.ndarray) and frames.ndim in (2, 3)
-        batch = [frames] if single else list(frames)
-        if not batch:
-            return []
-        results: list[Result] = []
+    def _infer_boxes(self, images: np.ndarray, frame_shapes: Sequence[tuple[int, int]], overrides: dict[str, object]) -> Boxes:
+        """One request. Raises TritonFrameError for a failed one (count it, go on) and UserError when the server
+        stayed away for give_up_s."""
+        n = len(images)
+        frame_size = np.array(frame_shapes, dtype=np.int32).reshape(n, 2)
         with self._lock:
-            for start in range(0, len(batch), self.max_batch):
-                results.extend(self._run(batch[start : start + self.max_batch], color))
-        return results[0] if single else results
+            self.stats["requests"] += 1
+            try:
+                conn = self._ensure_connection()
+            except TritonFrameError:
+                self.stats["errors"] += n
+                raise
+            try:
+                out = conn.infer(images, frame_size, overrides or None)
+            except Exception as exc:  # noqa: BLE001 - server error response, timeout, lost connection
+                self.stats["errors"] += n
+                if not self._is_server_error(exc):
+                    self._drop_connection()  # transport problem: reconnect on a later call
+                raise TritonFrameError(f"Triton request to {self.url} failed: {first_line(exc)}") from None
+            self._last_ok = time.monotonic()
+            self.stats["frames"] += n
+        counts = [int(np.ravel(out["num_boxes"][i])[0]) for i in range(n)]  # rows past num_boxes are padding
+        return Boxes(
+            boxes=[np.ascontiguousarray(out["boxes"][i, :k], dtype=np.float32).reshape(k, 4) for i, k in enumerate(counts)],
+            box_scores=[np.ascontiguousarray(out["scores"][i, :k], dtype=np.float32) for i, k in enumerate(counts)],
+            logits=np.asarray(out["logits"], dtype=np.float32),
+        )
 
-    def _run(self, frames: list[np.ndarray], color: str) -> list[Result]:
-        frames = [as_uint8_3ch(f, color, f"frame {i}") for i, f in enumerate(frames)]
-        n = len(frames)
-        t0 = time.perf_counter()
-        images = self._pre(frames, color)
-        frame_size = np.array([f.shape[:2] for f in frames], dtype=np.int32)
-        t1 = time.perf_counter()
-        self.stats["requests"] += 1
-        try:
-            conn = self._ensure_connection()
-        except TritonFrameError:
-            self.stats["errors"] += n
-            raise
-        try:
-            out = conn.infer(images, frame_size, self._params or None)
-        except Exception as exc:  # noqa: BLE001 - server error response, timeout, lost connection
-            self.stats["errors"] += n
-            if not self._is_server_error(exc):
-                self._drop_connection()  # transport problem: reconnect on a later call
-            raise TritonFrameError(f"Triton request to {self.url} failed: {first_line(exc)}") from None
-        self._last_ok = time.monotonic()
-        t2 = time.perf_counter()
-        results = [self._result(out, i, (int(frame_size[i, 0]), int(frame_size[i, 1]))) for i in range(n)]
-        t3 = time.perf_counter()
-        self.stats["frames"] += n
-        speed = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n, "postprocess": (t3 - t2) * 1e3 / n}
-        for r in results:
-            r.speed = dict(speed)
-        return results
-
-    def warmup(self) -> None:
-        """One request on a blank frame: the model really runs on the server, and the first real frame's
-        timings do not carry its start-up. A failure is one line naming the URL."""
-        h, w = self.meta.input_size
-        try:
-            self(np.zeros((h, w, 3), np.uint8))
-        except TritonFrameError as exc:
-            raise UserError(f"{exc}; check the server's log") from None
-        finally:
-            self.stats.update(requests=0, frames=0, errors=0)
+    def warmed_up(self) -> None:
+        self.stats.update(requests=0, frames=0, errors=0)
 
     @staticmethod
     def _is_server_error(exc: BaseException) -> bool:
@@ -320,37 +265,9 @@ class TritonLocalizer:
             return False
         return True
 
-    def _result(self, out: dict[str, np.ndarray], i: int, frame_shape: tuple[int, int]) -> Result:
-        k = int(np.ravel(out["num_boxes"][i])[0])
-        boxes = np.ascontiguousarray(out["boxes"][i, :k], dtype=np.float32).reshape(k, 4)
-        box_scores = np.ascontiguousarray(out["scores"][i, :k], dtype=np.float32)
-        probs = class_probabilities(np.asarray(out["logits"][i], dtype=np.float32), self.allowed)
-        top = np.argsort(-probs, kind="stable")[: min(self.decode.topk, len(probs) if self.allowed is None else len(self.allowed))]
-        names = self.meta.class_names
-        best = int(top[0])
-        return Result(
-            boxes=boxes,
-            box_scores=box_scores,
-            class_id=best,
-            class_name=names[best],
-            score=float(probs[best]),
-            topk=[(int(c), names[int(c)], float(probs[c])) for c in top],
-            orig_shape=frame_shape,
-        )
-
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
                 conn.close()
             self._all.clear()
             self._local = threading.local()
-
-    def __enter__(self) -> "TritonLocalizer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"TritonLocalizer({self.url!r}, classes={self.meta.num_classes}, max_batch={self.max_batch})"
-

@@ -1,8 +1,8 @@
 """Evaluation: run a predictor (or read saved maps) over a Split, score it with the WSOL protocol, calibrate.
 
-Any predictor qualifies (docs/architecture.md): an object with ``meta: BundleMeta`` and
-``forward_maps(images) -> (maps (N, gh, gw), logits (N, C))``. Saved maps are scored the same way
-(`evaluate_maps`), so a map from any method meets the same protocol. Nothing here imports torch.
+A `Predictor` gives maps and logits (the runtime's `Localizer` over any runner, a torch run's `TorchRunner` too);
+saved maps are scored the same way (`evaluate_maps`), so a map from any method meets the same protocol.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
 
 from tedloc_edge.boxes import CAM_THRESHOLDS, boxes_at_level, threshold_level
+from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.errors import UserError
 from tedloc_edge.console import progress as progress_bar
@@ -34,6 +35,14 @@ from tedloc_edge.metrics import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    """What evaluation runs: RGB uint8 images of any size -> (maps (N, gh, gw), logits (N, C)) float32."""
+
+    meta: BundleMeta
+
+    def forward_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
 
 CRITERION_CURVES = {"top1_loc": "top1_loc", "gt_known_loc": "box_acc_largest_iou50", "maxboxacc": "box_acc_largest_iou50"}
 
@@ -107,7 +116,7 @@ class _Item:
 
 
 def evaluate_predictor(
-    predictor: Any,
+    predictor: Predictor,
     split: Split,
     *,
     threshold: float | None = None,
@@ -229,7 +238,7 @@ def protocol_gt_boxes(sample: Sample, image_shape: tuple[int, ...] | None, where
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def _predictor_items(predictor: Any, split: Split, batch: int, source: str) -> Iterator[_Item]:
+def _predictor_items(predictor: Predictor, split: Split, batch: int, source: str) -> Iterator[_Item]:
     samples = split.samples
     num_classes = split.num_classes
     for start in range(0, len(samples), batch):

@@ -117,4 +117,4 @@ def test_cuda_probe_model_loads_in_this_onnxruntime(monkeypatch):
     pinned: onnx 1.23 writes IR 14, which onnxruntime 1.31 refuses); run on the CPU EP as a stand-in."""
     bench = load_bench()
     monkeypatch.setattr(bench, "CUDA_EP", bench.CPU_EP)
-    bench.probe_ort_cuda()
+    assert bench.probe_ort_cuda() == [bench.CPU_EP]  # the session ran on the (stand-in) EP it asked for

@@ -16,8 +16,10 @@ from tedloc_edge.export.fp16 import convert_fp16, drop_repeated_nodes
 from tedloc_edge.export.head_nodes import head_node_names
 from tedloc_edge.export.int8 import check_mode, data_path_nodes, quantize_int8
 from tedloc_edge.export.onnx_export import export_onnx, export_to_proto, save_model
-from tedloc_edge.export.verify import VerificationError, compare, onnxruntime_runner, require_passed, run_batched, torch_runner, verify_export
+from tedloc_edge.export.verify import VerificationError, compare_runners, require_passed, runtime_runner, verify_export
 from tedloc_edge.runtime.preprocess import Preprocessor
+from tedloc_edge.runtime.runner import Runner
+from tedloc_edge.train.predict import TorchRunner
 
 
 @pytest.fixture(scope="module")
@@ -200,17 +202,23 @@ def test_int8_without_images_is_one_line(fp32):
 
 def test_comparator_catches_a_different_model(fp32, photos):
     other = TinyTedLoc(seed=1).eval()
-    report = compare(run_batched(torch_runner(other), photos), run_batched(onnxruntime_runner(fp32), photos), tiny_meta(), "fp32")
+    report = compare_runners(TorchRunner(other, tiny_meta()), runtime_runner(fp32, "onnxruntime", 8), photos, "fp32")
     assert not report.passed
     with pytest.raises(VerificationError, match=r"model.onnx: verification failed \(.*max abs error") as err:
         require_passed(report, "model.onnx")
     assert "\n" not in str(err.value)
 
 
-def test_nan_output_fails_validation(photos):
-    good = {"fg_map": np.zeros((2, 8, 8), np.float32), "logits": np.zeros((2, 4), np.float32)}
-    bad = {"fg_map": np.full((2, 8, 8), np.nan, np.float32), "logits": np.zeros((2, 4), np.float32)}
-    assert "fp16 fg_map has NaN or inf" in compare(good, bad, tiny_meta(), "fp16").failures
+class _NaNMap(Runner):
+    meta, max_batch = tiny_meta(), 8
+
+    def _infer(self, images):
+        return np.full((len(images), 8, 8), np.nan, np.float32), np.zeros((len(images), 4), np.float32)
+
+
+def test_nan_output_fails_validation(model, photos):
+    report = compare_runners(TorchRunner(model, tiny_meta()), _NaNMap(), photos, "fp16")
+    assert "fp16 fg_map has NaN or inf" in report.failures and not report.passed
 
 
 def test_opset_range_and_contract_errors(model, tmp_path):

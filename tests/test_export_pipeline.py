@@ -7,6 +7,7 @@ real tiny training run is exported in test_export_tinyrun.py."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -26,6 +27,7 @@ from tedloc_edge.export.exporter import ExportOptions, export
 from tedloc_edge.export.int8_gate import Int8AccuracyError
 from tedloc_edge.export.tensorrt_build import tensorrt_available
 from tedloc_edge.runtime import Localizer
+from tedloc_edge.runtime.backend_onnxruntime import OnnxRuntimeRunner
 from tedloc_edge.train.synth import generate
 
 
@@ -199,10 +201,21 @@ def test_engine_without_tensorrt_is_one_line(run):
     assert not (run / "export").exists()  # refused before any work
 
 
-def _fake_engine(monkeypatch, tmp_path):
-    """Stand-ins for the GPU steps: the 'plan' is the ONNX bytes, run by ONNX Runtime as the TensorRT runner."""
-    import shutil
+class FakeEngine(OnnxRuntimeRunner):
+    """A stand-in for the TensorRT runner: the plan's ONNX bytes on ONNX Runtime, plus `shift` on the map (an
+    engine that computes something else)."""
 
+    def __init__(self, path: Path, onnx_copy: Path, shift: float) -> None:
+        super().__init__(shutil.copyfile(path, onnx_copy), device="cpu")
+        self.shift = shift
+
+    def _infer(self, images):
+        fg_map, logits = super()._infer(images)
+        return fg_map + np.float32(self.shift), logits
+
+
+def _fake_engine(monkeypatch, tmp_path, shift: float = 0.0):
+    """Stand-ins for the GPU steps: the 'plan' is the ONNX bytes, run by `FakeEngine` as the TensorRT runner."""
     from tedloc_edge.bundle import write_plan_sidecar
     from tedloc_edge.export import tensorrt_build
 
@@ -215,11 +228,13 @@ def _fake_engine(monkeypatch, tmp_path):
         built["onnx"], built["spec"] = Path(onnx_path), spec
         return Path(plan)
 
+    real_runner = verify.runtime_runner
+
     def runner(path, backend, max_batch):
-        assert backend == "tensorrt" and Path(str(path) + ".json").is_file()
-        onnx_copy = tmp_path / "as-onnx.onnx"
-        shutil.copyfile(path, onnx_copy)
-        return verify.onnxruntime_runner(onnx_copy)
+        if backend != "tensorrt":  # the ONNX stage's own verification
+            return real_runner(path, backend, max_batch)
+        assert Path(str(path) + ".json").is_file()
+        return FakeEngine(path, tmp_path / "as-onnx.onnx", shift)
 
     monkeypatch.setattr(tensorrt_build, "preflight", lambda *args: None)
     monkeypatch.setattr(tensorrt_build, "build_engine", build)
@@ -237,6 +252,13 @@ def test_engine_stage_verifies_and_renames_plan_with_sidecar(run, tmp_path, monk
     assert (built["spec"].batch_min, built["spec"].batch_opt, built["spec"].batch_max) == (1, 1, 4)
     assert "--batch-max 4" in built["spec"].rebuild_command
     assert not list((run / "export").glob(".*"))
+
+
+def test_engine_that_computes_something_else_fails_verification(run, tmp_path, monkeypatch):
+    _fake_engine(monkeypatch, tmp_path, shift=0.3)  # the map off by 0.3: far past fp16's bounds
+    with pytest.raises(verify.VerificationError, match=r"model_fp16.plan: verification failed \(fg_map max abs error 3.00e-01"):
+        export(run, ExportOptions(format="engine", precision="fp16"))
+    assert not (run / "export" / "model_fp16.plan").exists() and not list((run / "export").glob(".*"))
 
 
 def test_engine_failing_verification_leaves_no_plan(run, tmp_path, monkeypatch):

@@ -38,6 +38,9 @@ class Engine:
     def get_tensor_dtype(self, name):
         return "UINT8" if name == "images" else "FLOAT"
 
+    def get_tensor_mode(self, name):
+        return "INPUT" if name == "images" else "OUTPUT"
+
     def create_execution_context(self):
         return types.SimpleNamespace(set_tensor_address=lambda n, p: True, set_input_shape=lambda n, d: True,
                                      execute_async_v3=lambda s: True)
@@ -83,6 +86,7 @@ def fake_trt(monkeypatch):
     trt.Runtime = Runtime
     trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", UINT8="UINT8", INT32="INT32")
     trt.Dims = list
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(bt, "open_cuda", Cuda)
     Runtime.made.clear()

@@ -90,7 +90,7 @@ def test_stride_batch_and_max_frames(model, tmp_path):
 def test_threads_option_reaches_the_session_and_changes_no_result(model, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", frames=6)
     opts = InferOptions(source=str(clip), model=model, out=tmp_path / "one", threads=1, show_progress=False)
-    loc, _ = open_localizer(opts)
+    loc = open_localizer(opts)
     with loc:
         assert loc.runner.session.get_session_options().intra_op_num_threads == 1
     run_infer(opts)

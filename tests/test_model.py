@@ -117,25 +117,25 @@ def test_local_weight_file_by_name_and_a_wrong_file(tmp_path, cnn):
         create_backbone("tf_efficientnet_lite0", str(tmp_path / "bad.pt"))
 
 
-def test_predictor_batches_and_half_precision_inputs():
+def test_torch_runner_batches_and_half_precision_inputs():
     from tedloc_edge.bundle import BundleMeta
-    from tedloc_edge.train.predict import TorchPredictor
+    from tedloc_edge.runtime import Localizer
+    from tedloc_edge.train.predict import TorchRunner
 
     backbone = create_backbone("tf_efficientnet_lite0", "random", input_size=64)
     args = model_args_for("tedloc", backbone, 64, num_classes=3, embed_dim=8, hidden=16, temperature=0.1)
     model = create_model(args, anchors(3, 8), backbone=backbone).eval()
     meta = BundleMeta(class_names=("a", "b", "c"), input_size=(64, 64), patch_grid=backbone.grid(64))
-    predictor = TorchPredictor((model, meta), batch_size=2)
     batch = images(3, 64).numpy()
-    maps, logits = predictor.forward_batch(batch)
-    by_image = predictor.forward_maps(list(batch))  # chunks of 2, the same numbers
+    maps, logits = TorchRunner(model, meta, max_batch=3).infer(batch)
+    by_image = Localizer(TorchRunner(model, meta, max_batch=2)).forward_maps(list(batch))  # chunks of 2, the same numbers
     np.testing.assert_allclose(maps, by_image[0], atol=1e-6)
     np.testing.assert_allclose(logits, by_image[1], atol=1e-5)
     assert maps.dtype == np.float32 and maps.shape == (3, 4, 4) and logits.shape == (3, 3)
     for options in ({"precision": "fp16"}, {"cuda_graph": True}):
         with pytest.raises(UserError, match="runs on a CUDA device"):
-            TorchPredictor((model, meta), **options)
+            TorchRunner(model, meta, **options)
     with pytest.raises(UserError, match="fp32 or fp16"):
-        TorchPredictor((model, meta), precision="int8")
+        TorchRunner(model, meta, precision="int8")
     half = create_model(args, anchors(3, 8), backbone=create_backbone("tf_efficientnet_lite0", "random", input_size=64)).half()
     assert half.normalize(images(1, 64)).dtype == torch.float16  # so a .half() model takes uint8 frames as it is

@@ -15,7 +15,8 @@ import torch
 
 from tedloc_edge.errors import UserError
 from tedloc_edge.train import loop
-from tedloc_edge.train.predict import TorchPredictor, load_run, read_checkpoint
+from tedloc_edge.runtime import Localizer
+from tedloc_edge.train.predict import TorchRunner, load_run, read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tinyrun import make_tiny_data, make_tiny_run  # noqa: E402
@@ -44,17 +45,16 @@ def test_tiny_run_writes_the_run_folder_export_needs(tedloc_run):
     assert anchors["has_text_semantics"] is False  # random CLIP offline, recorded
 
 
-def test_load_run_and_torch_predictor(tedloc_run):
+def test_load_run_and_torch_runner(tedloc_run):
     model, meta = load_run(tedloc_run)
     assert meta.method == "tedloc" and meta.map_kind == "probability"
     assert meta.input_size == (64, 64) and meta.patch_grid == (4, 4) and meta.num_classes == 3
     assert meta.anchors_have_text_semantics is False and meta.anchor_source == "clip:ViT-S-32:random"
     assert meta.run_id.startswith("run-tedloc-")
-    predictor = TorchPredictor((model, meta))
     frames = [np.full((50, 80, 3), 30, np.uint8), np.random.default_rng(0).integers(0, 255, (120, 90, 3), np.uint8)]
-    maps, logits = predictor.forward_maps(frames)
+    maps, logits = Localizer(TorchRunner(model, meta)).forward_maps(frames)
     assert maps.shape == (2, 4, 4) and logits.shape == (2, 3) and maps.dtype == np.float32
-    # the predictor's resize is the runtime's (cv2 INTER_LINEAR to the input size), then the graph
+    # the Localizer's resize is the runtime's (cv2 INTER_LINEAR to the input size), then the graph
     import cv2
 
     direct = model(torch.from_numpy(cv2.resize(frames[1], (64, 64), interpolation=cv2.INTER_LINEAR))[None])

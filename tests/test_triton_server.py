@@ -88,6 +88,15 @@ def photos() -> list[np.ndarray]:
     return frames
 
 
+def remote_localizer(address: str, max_batch: int = 8, **kw):
+    """The Localizer over a TritonRunner: runner arguments to the runner, the rest to the Localizer."""
+    from tedloc_edge.runtime import Localizer
+    from tedloc_edge.runtime.triton_client import TritonRunner
+
+    runner_kw = {k: kw.pop(k) for k in ("timeout", "retry_s", "give_up_s") if k in kw}
+    return Localizer(TritonRunner(address, max_batch=max_batch, **runner_kw), **kw)
+
+
 def assert_same(local_result, remote_result):
     assert remote_result.orig_shape == local_result.orig_shape
     assert np.array_equal(remote_result.boxes, local_result.boxes)
@@ -109,9 +118,7 @@ def url(server, protocol: str, model: str) -> str:
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("model_name", ["tedloc_python", "tedloc"])
 def test_same_results_as_local_localizer(server, local, photos, protocol, model_name):
-    from tedloc_edge.runtime.triton_client import TritonLocalizer
-
-    with TritonLocalizer(url(server, protocol, model_name), timeout=10) as remote:
+    with remote_localizer(url(server, protocol, model_name), timeout=10) as remote:
         assert remote.meta == local.meta  # the bundle travels in the config parameters
         for frame in photos:
             assert_same(local(frame), remote(frame))
@@ -119,19 +126,18 @@ def test_same_results_as_local_localizer(server, local, photos, protocol, model_
         bgr = [np.ascontiguousarray(f[:, :, ::-1]) for f in photos[:4]]
         for a, b in zip(local(bgr, color="BGR"), remote(bgr, color="BGR")):
             assert_same(a, b)
-        assert remote.stats["errors"] == 0
+        assert remote.runner.stats["errors"] == 0
 
 
 def test_request_overrides_and_class_subset(server, model, local, photos):
     from tedloc_edge.runtime import Localizer
-    from tedloc_edge.runtime.triton_client import TritonLocalizer
 
     kw = dict(threshold=0.6, contour_mode="all", min_box_area=20, classes="cat,rocket", topk=2)
-    with Localizer(model, **kw) as loc, TritonLocalizer(url(server, "http", "tedloc_python"), timeout=10, **kw) as remote:
+    with Localizer(model, **kw) as loc, remote_localizer(url(server, "http", "tedloc_python"), timeout=10, **kw) as remote:
         for frame in photos:
             assert_same(loc(frame), remote(frame))
     # a client batch larger than the server's max_batch_size is split into requests the server takes
-    with TritonLocalizer(url(server, "grpc", "tedloc_python"), timeout=10, max_batch=64) as remote:
+    with remote_localizer(url(server, "grpc", "tedloc_python"), timeout=10, max_batch=64) as remote:
         assert remote.max_batch == 8
         many = (photos * 3)[:13]
         for a, b in zip(local(many), remote(many)):
@@ -217,7 +223,7 @@ def test_bad_requests_get_triton_errors_and_server_keeps_serving(server, model_n
 
 
 def test_client_disconnects_mid_request_leave_server_healthy(server, photos):
-    from tedloc_edge.runtime.triton_client import TritonFrameError, TritonLocalizer
+    from tedloc_edge.runtime.triton_client import TritonFrameError
 
     # 1. HTTP: send headers and half a body, then hang up
     for _ in range(5):
@@ -247,7 +253,7 @@ def test_client_disconnects_mid_request_leave_server_healthy(server, photos):
     errors: list[str] = []
 
     def camera() -> None:
-        loc = TritonLocalizer(f"grpc://{server.grpc_url}/tedloc_python", timeout=10)
+        loc = remote_localizer(f"grpc://{server.grpc_url}/tedloc_python", timeout=10)
         closer = threading.Timer(0.5, loc.close)  # drops its connections while a request is in flight
         closer.start()
         while time.monotonic() < stop:
@@ -268,13 +274,11 @@ def test_client_disconnects_mid_request_leave_server_healthy(server, photos):
 
 
 def test_server_down_is_one_line_within_seconds():
-    from tedloc_edge.runtime.triton_client import TritonLocalizer
-
     port = ts.free_ports(1)[0]
     for protocol in ("http", "grpc"):
         start = time.monotonic()
         with pytest.raises(UserError) as info:
-            TritonLocalizer(f"{protocol}://127.0.0.1:{port}/tedloc", timeout=3)
+            remote_localizer(f"{protocol}://127.0.0.1:{port}/tedloc", timeout=3)
         took = time.monotonic() - start
         message = str(info.value)
         assert took < 5, took
@@ -285,11 +289,11 @@ def test_restart_mid_stream_reconnects_and_counts_errors(install, repo: Path, mo
     """An HTTP and a gRPC camera stream through a server restart (same ports): failed frames are counted,
     the clients reconnect by themselves, and every answered frame equals local inference."""
     from tedloc_edge.runtime import Localizer
-    from tedloc_edge.runtime.triton_client import TritonFrameError, TritonLocalizer
+    from tedloc_edge.runtime.triton_client import TritonFrameError
 
     srv = ts.TritonServer(install, repo, tmp_path / "server.log", models=["tedloc_python"])
     with srv, Localizer(model) as loc:
-        remotes = {p: TritonLocalizer(url(srv, p, "tedloc_python"), timeout=10, retry_s=0.2, give_up_s=60) for p in ("http", "grpc")}
+        remotes = {p: remote_localizer(url(srv, p, "tedloc_python"), timeout=10, retry_s=0.2, give_up_s=60) for p in ("http", "grpc")}
         restarter = threading.Thread(target=srv.restart, kwargs={"down_s": 1.0})
         outcomes: dict[str, list[str]] = {p: [] for p in remotes}
         deadline = time.monotonic() + 40
@@ -316,8 +320,9 @@ def test_restart_mid_stream_reconnects_and_counts_errors(install, repo: Path, mo
     for protocol, remote in remotes.items():
         seen = outcomes[protocol]
         assert "error" in seen and seen[-5:] == ["ok"] * 5, (protocol, seen[-20:])
-        assert remote.stats["errors"] == seen.count("error") and remote.stats["frames"] == seen.count("ok")
-        assert remote.stats["reconnects"] >= 1
+        stats = remote.runner.stats
+        assert stats["errors"] == seen.count("error") and stats["frames"] == seen.count("ok")
+        assert stats["reconnects"] >= 1
     assert not srv.alive()
 
 
@@ -341,28 +346,27 @@ def test_infer_triton_outputs_stay_valid_across_a_restart(install, repo: Path, m
     import dataclasses
 
     from tedloc_edge.runtime.infer import InferOptions, run_infer
-    from tedloc_edge.runtime.triton_client import TritonLocalizer
+    from tedloc_edge.runtime.triton_client import TritonRunner
 
-    if "triton" not in {f.name for f in dataclasses.fields(InferOptions)}:
-        pytest.skip("the `infer --triton` hook (InferOptions.triton) is not wired into runtime/infer.py yet")
+    assert "triton" in {f.name for f in dataclasses.fields(InferOptions)}, "the `infer --triton` hook is gone"
     runtime_media = pytest.importorskip("runtime_media")
     frames = 400
     clip = runtime_media.make_clip(tmp_path / "clip.mp4", frames=frames)
     srv = ts.TritonServer(install, repo, tmp_path / "server.log", models=["tedloc_python"])
     restarter = threading.Thread(target=srv.restart, kwargs={"down_s": 0.5})
     calls = [0]
-    original = TritonLocalizer.__call__
+    original = TritonRunner.infer_boxes
 
-    def camera_paced(self, batch, color="RGB"):  # a 50 fps camera; the server restarts at the 30th call
+    def camera_paced(self, *args):  # a 50 fps camera; the server restarts at the 30th call
         calls[0] += 1
         if calls[0] == 30:
             restarter.start()
         time.sleep(0.02)
-        return original(self, batch, color)
+        return original(self, *args)
 
     with srv:
         local = run_infer(InferOptions(source=str(clip), model=model, out=tmp_path / "local", show_progress=False))
-        monkeypatch.setattr(TritonLocalizer, "__call__", camera_paced)
+        monkeypatch.setattr(TritonRunner, "infer_boxes", camera_paced)
         try:
             remote = run_infer(InferOptions(source=str(clip), model=model, triton=f"http://{srv.http_url}/tedloc_python",
                                             out=tmp_path / "remote", queue=True, show_progress=False))

@@ -1,6 +1,6 @@
 """TeD-Loc and the CAM baseline: a frozen `PatchBackbone` plus a small trainable head.
 
-`Localizer.forward(images)` is the graph contract of docs/architecture.md, exactly what export puts into ONNX:
+`TeDLocNet.forward(images)` is the graph contract of docs/architecture.md, exactly what export puts into ONNX:
 uint8 NHWC RGB images at the input size -> (fg_map (N, gh, gw) float32, logits (N, C) float32), normalization
 inside. `forward_features` runs the head on precomputed backbone features, which is how training runs fast
 (the encoder is frozen, so its features are computed once per image).
@@ -88,7 +88,7 @@ class CamHead(nn.Module):
         return {"logits": logits, "cams": cams.view(n, -1, gh, gw), "fg_map": fg_map}
 
 
-class Localizer(nn.Module):
+class TeDLocNet(nn.Module):
     """Backbone + head behind the graph contract: forward(uint8 NHWC RGB) -> (fg_map, logits)."""
 
     def __init__(self, args: ModelArgs, backbone: PatchBackbone, head: nn.Module):
@@ -123,11 +123,11 @@ def make_head(args: ModelArgs, anchors: torch.Tensor | None) -> nn.Module:
 
 
 def create_model(args: ModelArgs, anchors: torch.Tensor | None = None, backbone: PatchBackbone | None = None,
-                 backbone_weights: str | None = None, pretrained: bool = True) -> Localizer:
-    """Build a `Localizer`; pass `backbone` to share an already built encoder, else one is created."""
+                 backbone_weights: str | None = None, pretrained: bool = True) -> TeDLocNet:
+    """Build a `TeDLocNet`; pass `backbone` to share an already built encoder, else one is created."""
     if backbone is None:
         backbone = create_backbone(args.backbone, backbone_weights, input_size=args.input_size, pretrained=pretrained)
-    return Localizer(args, backbone, make_head(args, anchors))
+    return TeDLocNet(args, backbone, make_head(args, anchors))
 
 
 def model_args_for(method: str, backbone: PatchBackbone, input_size: int, num_classes: int, embed_dim: int,

@@ -1,4 +1,4 @@
-"""A trained run as a model: checkpoint format, `load_run` (what export and eval use) and `TorchPredictor`.
+"""A trained run as a model: checkpoint format, `load_run` (what export and eval use) and `TorchRunner`.
 
 A checkpoint describes itself: format tag and version, the model args, the full state (frozen backbone
 included, so a run folder needs no download to be rebuilt), optimizer and schedule, epoch, config, classes.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +17,9 @@ import torch
 from tedloc_edge.bundle import BundleMeta, Preprocess
 from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.files import atomic_write_with
-from tedloc_edge.images import resize_image
 from tedloc_edge.rundir import RunDir
-from tedloc_edge.train.model import Localizer, ModelArgs, create_model
+from tedloc_edge.runtime.runner import Runner
+from tedloc_edge.train.model import ModelArgs, TeDLocNet, create_model
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, BundleMeta]:
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[TeDLocNet, BundleMeta]:
     """Rebuild a trained model (eval mode, CPU, graph contract) and its bundle metadata from a run folder;
     `checkpoint` is "best", "last" or a path to a .pt file."""
     run = RunDir(Path(run_dir))
@@ -84,51 +84,41 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Localizer, 
     return model, meta
 
 
-class TorchPredictor:
-    """A predictor over a torch model: `forward_maps(images)` for RGB uint8 images of any size, `forward_batch`
-    for a uint8 (N, H, W, 3) batch already at the input size.
+class TorchRunner(Runner):
+    """A torch module obeying the graph contract (a run's `TeDLocNet`, or any module that takes uint8 NHWC and
+    returns (fg_map, logits)) as a `Runner`: host uint8 batch in, host float32 outputs out, so `Localizer(runner)`
+    evaluates it and `tedloc-edge bench --run` and export verification time and compare it like any backend.
 
-    precision "fp16" runs a half-precision copy of the model and `cuda_graph` captures one CUDA graph per batch
-    shape and replays it (a static input tensor, as `torch.cuda.graphs` needs); both need a CUDA device. They
-    are what `tedloc-edge bench --run` times beside the exported model on a GPU."""
+    precision "fp16" runs a half-precision copy of the module and `cuda_graph` captures one CUDA graph per batch
+    shape and replays it (a static input tensor, as `torch.cuda.graphs` needs); both need a CUDA device."""
 
-    def __init__(self, run: str | Path | tuple[Localizer, BundleMeta], device: str = "cpu",
-                 checkpoint: str = "best", batch_size: int = 32, precision: str = "fp32", cuda_graph: bool = False):
-        model, meta = load_run(run, checkpoint) if isinstance(run, (str, Path)) else run
+    def __init__(self, model: torch.nn.Module, meta: BundleMeta, device: str = "cpu", precision: str = "fp32",
+                 cuda_graph: bool = False, max_batch: int = 32):
         self.device = torch.device(device)
         if precision not in ("fp32", "fp16"):
             raise UserError(f"torch precision must be fp32 or fp16, not {precision!r}")
         if (precision == "fp16" or cuda_graph) and self.device.type != "cuda":
             raise UserError(f"torch {precision}{' with CUDA graphs' if cuda_graph else ''} runs on a CUDA device, not {device!r}")
-        if precision == "fp16":  # a copy: the caller's model stays float32
+        if precision == "fp16":  # a copy: the caller's module stays float32
             model = copy.deepcopy(model).half()
         self.model = model.to(self.device).eval()
-        self.meta = meta
-        self.batch_size = batch_size
+        self.meta, self.max_batch = meta, int(max_batch)
         self.precision, self.cuda_graph = precision, cuda_graph
+        self.name = f"torch-{'cudagraph' if cuda_graph else 'eager'}-{self.device.type}"
+        self.source = meta.run_id or "torch module"
         self._graphs: dict[tuple[int, ...], tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Any]] = {}
 
-    @torch.no_grad()
-    def forward_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        size, interpolation = self.meta.input_size, self.meta.preprocess.interpolation
-        maps, logits = [], []
-        for start in range(0, len(images), self.batch_size):
-            chunk = [_check_image(im, start + i) for i, im in enumerate(images[start:start + self.batch_size])]
-            m, lg = self.forward_batch(np.stack([resize_image(im, size, interpolation) for im in chunk]))
-            maps.append(m)
-            logits.append(lg)
-        if not maps:
-            gh, gw = self.meta.patch_grid
-            return np.zeros((0, gh, gw), np.float32), np.zeros((0, self.meta.num_classes), np.float32)
-        return np.concatenate(maps), np.concatenate(logits)
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", **options: Any) -> "TorchRunner":
+        model, meta = load_run(run_dir, checkpoint)
+        return cls(model, meta, **options)
 
     @torch.no_grad()
-    def forward_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(fg_map, logits) as float32 host arrays for a uint8 (N, H, W, 3) batch at the input size."""
-        images = torch.from_numpy(np.ascontiguousarray(batch))
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = torch.from_numpy(images)
         # graphs: one host->device copy straight into the captured input (no device tensor in between)
-        m, lg = self._replay(images) if self.cuda_graph else self.model(images.to(self.device))
-        return m.float().cpu().numpy(), lg.float().cpu().numpy()
+        m, lg = self._replay(batch) if self.cuda_graph else self.model(batch.to(self.device))
+        return m.float().cpu().numpy(), lg.float().cpu().numpy()  # .cpu() waits for the device: timings are whole
 
     def _replay(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = tuple(images.shape)
@@ -153,10 +143,9 @@ class TorchPredictor:
             outputs = self.model(static_in)
         return static_in, outputs, graph
 
-
-def _check_image(image: np.ndarray, index: int) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        raise UserError(f"image {index}: expected an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
-                        f"{shape}; load it with tedloc_edge.images.load_image")
-    return image
+    def close(self) -> None:
+        """Give the device memory back (the caller's module goes back to the CPU it came from)."""
+        self._graphs.clear()
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()

@@ -1,14 +1,14 @@
 """`tedloc-edge eval`: score a run, a checkpoint, an exported model or saved maps with the WSOL protocol.
 
-Thin: torch is imported only for a run folder or a .pt checkpoint, the runtime only for an exported model,
-matplotlib only for --plot.
+Thin: torch is imported only for a run folder or a .pt checkpoint, the runtime only when a model is scored
+(its `Localizer` runs exported models and the torch run alike), matplotlib only for --plot.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from tedloc_edge.console import next_commands, setup_logging, user_errors
 from tedloc_edge.errors import UserError
 from tedloc_edge.metric_names import METRIC_NAMES
 from tedloc_edge.rundir import RunDir
+
+if TYPE_CHECKING:
+    from tedloc_edge.runtime.localizer import Localizer
 
 logger = logging.getLogger(__name__)
 
@@ -95,23 +98,22 @@ def _maps_threshold(maps: Path, threshold: Optional[float], calibrate: bool) -> 
     return stored or (threshold, "given")
 
 
-def load_predictor(target: Path, device: str, batch: int) -> Any:
-    """A predictor for a run folder or checkpoint (torch) or an exported model (runtime)."""
+def load_predictor(target: Path, device: str, batch: int) -> "Localizer":
+    """The Localizer over a run folder or checkpoint (torch) or an exported model (runtime)."""
     if not target.exists():
         raise UserError(f"{target}: no such run folder or model file")
+    from tedloc_edge.runtime import Localizer
+
     suffix = target.suffix.lower()
     if target.is_dir() or suffix == ".pt":
         try:
-            from tedloc_edge.train.predict import TorchPredictor
+            from tedloc_edge.train.predict import TorchRunner
         except ImportError as exc:
             raise UserError(f"{target}: evaluating a run needs torch ({exc.name} is missing); "
                             "pip install 'tedloc-edge[train]', or evaluate an exported .onnx") from None
-        if target.is_dir():
-            return TorchPredictor(target, device=device, batch_size=batch)
-        return TorchPredictor(RunDir.of(target).path, device=device, checkpoint=str(target), batch_size=batch)
+        run, checkpoint = (target, "best") if target.is_dir() else (RunDir.of(target).path, str(target))
+        return Localizer(TorchRunner.from_run(run, checkpoint, device=device, max_batch=batch))
     if suffix in MODEL_SUFFIXES:
-        from tedloc_edge.runtime import Localizer
-
         return Localizer(target, backend="auto", device=device)
     raise UserError(f"{target}: not a run folder, .pt checkpoint or {'/'.join(MODEL_SUFFIXES)} model")
 

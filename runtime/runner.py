@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Self, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from tedloc_edge.contract import INPUT_NAME, GraphContract
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", bound="RunnerBase")  # typing.Self is 3.11; the device install is 3.10
 
 
 class RunnerBase(abc.ABC):
@@ -64,7 +65,7 @@ class RunnerBase(abc.ABC):
     def close(self) -> None:
         """Release sessions, contexts and device memory (idempotent)."""
 
-    def __enter__(self) -> Self:
+    def __enter__(self: R) -> R:
         return self
 
     def __exit__(self, *exc: object) -> None:

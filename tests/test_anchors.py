@@ -67,3 +67,14 @@ def test_user_anchor_file(tmp_path):
         file_anchors(tmp_path / "a.npy", ["x", "y", "z"], 16)
     with pytest.raises(UserError, match="no such anchors file"):
         file_anchors(tmp_path / "missing.npy", ["x"], 8)
+
+
+def test_default_embed_dim_fits_any_class_count():
+    from tedloc_edge.train.config import TrainConfig, auto_embed_dim
+
+    assert [auto_embed_dim(c) for c in (3, 8, 128, 129, 150, 200, 1000)] == [128, 128, 128, 192, 192, 256, 1024]
+    assert TrainConfig().resolved(200).embed_dim == 256 and TrainConfig(embed_dim=300).resolved(200).embed_dim == 300
+    assert TrainConfig(cue="ddt").resolved(8).fg_rule != "auto" and TrainConfig(cue="clip-es").resolved(8).fg_rule == "otsu"
+    wide = np.random.default_rng(0).standard_normal((600, 512))  # more classes than the CLIP width: projected up
+    q = orthonormalize(wide, auto_embed_dim(600))
+    assert q.shape == (600, 640) and np.abs(q @ q.T - np.eye(600)).max() < 1e-5

@@ -1,11 +1,13 @@
-"""Patch sampling: fg above Otsu, bg from the lowest fraction, redrawn each step, flat maps excluded."""
+"""Patch sampling: fg/bg rules (otsu, frac, quantile), ties drawn uniformly, redrawn each step, flat maps excluded."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from tedloc_edge.train.sampling import flip_regions, otsu_threshold, patch_regions, sample_patches
+from tedloc_edge.errors import UserError
+from tedloc_edge.train.sampling import flip_regions, otsu_threshold, parse_rule, patch_regions, sample_patches
 
 
 def hand_cue() -> np.ndarray:
@@ -25,7 +27,7 @@ def test_otsu_splits_a_bimodal_histogram_between_its_modes():
 
 
 def test_regions_on_a_hand_made_map():
-    regions = patch_regions(hand_cue()[None], bg_fraction=0.2)
+    regions = patch_regions(hand_cue()[None], bg_rule="quantile:0.2")
     fg = regions.fg[0].view(5, 5).numpy()
     bg = regions.bg[0].view(5, 5).numpy()
     expected_fg = np.zeros((5, 5), bool)
@@ -55,3 +57,35 @@ def test_flip_mirrors_columns():
     bg = regions.bg[0].view(5, 5).numpy()
     assert bg[:, 0].all() and not bg[:, 1:].any()
     assert regions.fg[0].view(5, 5)[0:2, 3:5].all()
+
+
+def test_background_ties_are_drawn_from_the_whole_grid_not_raster_order():
+    """A DDT-like map: an object blob in the top rows, exactly 0 over most of the grid. "The lowest 20%" must not
+    be the first zeros in raster order (the top rows): every tied patch is a candidate, bottom rows included."""
+    cue = np.zeros((14, 14), np.float32)
+    cue[1:5, 4:10] = np.linspace(0.3, 1.0, 24, dtype=np.float32).reshape(4, 6)
+    regions = patch_regions(cue[None], bg_rule="quantile:0.2")
+    bg = regions.bg[0].view(14, 14).numpy()
+    assert bg[11:14].all()  # the bottom rows are background candidates
+    assert bg.sum() == (cue == 0).sum()  # every tie at the cut, nothing above it
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.cat([sample_patches(regions, torch.tensor([0]), 10, 50, gen)[1][0] for _ in range(20)]) // 14
+    assert (rows >= 11).any() and (rows <= 2).any()  # draws reach both ends of the grid
+
+
+def test_fg_rules_frac_quantile_and_otsu():
+    cue = hand_cue()[None]
+    fg = lambda rule: patch_regions(cue, fg_rule=rule).fg[0].view(5, 5).numpy()  # noqa: E731
+    np.testing.assert_array_equal(fg("frac:0.95"), hand_cue() > 0.95)  # the two 1.0 patches
+    np.testing.assert_array_equal(fg("frac:0.5"), hand_cue() > 0.5)  # the whole 2x2 object
+    np.testing.assert_array_equal(fg("quantile:0.9"), hand_cue() > 0.9)  # top 10%: above the 0.9 quantile
+    np.testing.assert_array_equal(fg("otsu"), hand_cue() > 0.5)
+    bg = patch_regions(cue, bg_rule="frac:0.3").bg[0].view(5, 5).numpy()
+    np.testing.assert_array_equal(bg, hand_cue() <= 0.3)  # ring and dark column, never the object
+
+
+@pytest.mark.parametrize("bad", ["otsu:0.5", "frac", "frac:1.5", "quantile:x", "median"])
+def test_bad_rules_are_user_errors(bad):
+    with pytest.raises(UserError, match="otsu, frac:F or quantile:Q"):
+        parse_rule(bad)
+    assert parse_rule("frac:0.7") == ("frac", 0.7) and parse_rule("otsu") == ("otsu", 0.0)

@@ -40,7 +40,9 @@ def orthonormalize(vectors: np.ndarray, dim: int, seed: int = PROJECTION_SEED) -
     """(C, D) L2-normalized embeddings -> (C, dim) orthonormal rows (the columns of Q of a QR decomposition).
 
     When D != dim a fixed seeded Gaussian projection (D, dim) maps them first; dim must be >= C, since C
-    orthonormal vectors need C dimensions."""
+    orthonormal vectors need C dimensions. With more classes than the CLIP width (C > D), the projected vectors
+    span only D dimensions; the QR still gives C orthonormal columns (Householder QR does for any rank), the
+    first D of them from the text, the rest completing the basis."""
     vectors = np.asarray(vectors, dtype=np.float64)
     num, width = vectors.shape
     if dim < num:
@@ -56,7 +58,8 @@ def orthonormalize(vectors: np.ndarray, dim: int, seed: int = PROJECTION_SEED) -
 
 
 def cache_key(clip_model: str, clip_weights: str | None, template: str, class_names: list[str], dim: int) -> str:
-    doc = json.dumps([clip_model, clip_weights or "random", template, list(class_names), dim], ensure_ascii=False)
+    # "v2": random text towers are built under PROJECTION_SEED (before, under whatever RNG state the caller had)
+    doc = json.dumps(["v2", clip_model, clip_weights or "random", template, list(class_names), dim], ensure_ascii=False)
     return hashlib.sha256(doc.encode("utf-8")).hexdigest()[:16]
 
 
@@ -80,8 +83,9 @@ def text_anchors(class_names: list[str], dim: int, *, clip_model: str = "ViT-B-1
             return anchors, info
     from tedloc_edge.train.clip import load_clip
 
-    clip = load_clip(clip_model, clip_pretrained, device=device)
-    with torch.no_grad():
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # a random tower is the same in every process
+        torch.manual_seed(PROJECTION_SEED)
+        clip = load_clip(clip_model, clip_pretrained, device=device)
         emb = clip.encode_text([template.format(name) for name in class_names]).cpu().numpy()
     anchors = orthonormalize(emb, dim)
     if cache is not None:

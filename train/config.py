@@ -26,6 +26,15 @@ OPTIMIZERS = ("adamw", "sgd")
 DATA, MODEL, ANCHORS, CUES, LOSS, OPTIM, RUN = ("Data", "Model", "Class anchors", "Localization cues",
                                                 "Sampling and losses", "Optimization", "Run folder")
 RESUMABLE = ("out", "epochs", "device", "workers")  # what --resume takes from the command line; the rest is the run's
+# --fg-rule auto: Otsu (the paper's rule) for CLIP-ES and the other cues; for the offline DDT cues the rule chosen
+# by the val sweep of benchmarks/sweep_rules.py (docs/results.md). The resolved rule is what config.json keeps.
+AUTO_FG_RULES = {"ddt": "frac:0.7"}
+LEGACY_KEYS = {"bg_fraction": lambda v: ("bg_rule", f"quantile:{v}")}  # config.json of older runs
+
+
+def auto_embed_dim(num_classes: int) -> int:
+    """d = max(128, the next multiple of 64 >= classes): the anchors need d >= classes."""
+    return max(128, -(-num_classes // 64) * 64)
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class TrainConfig:
     backbone: str = option("tf_efficientnet_lite0", "Frozen timm encoder (CNN or ViT).", panel=MODEL)
     backbone_weights: str | None = option(None, "timm tag, local file, or 'random'. Default: offline ImageNet weights for tf_efficientnet_lite0.", panel=MODEL)
     input_size: int = option(224, "Square input side, a multiple of the backbone stride.", panel=MODEL)
-    embed_dim: int = option(128, "d: patch embedding and anchor width (>= classes).", panel=MODEL)
+    embed_dim: int = option(0, "d: patch embedding and anchor width (>= classes); 0: max(128, next multiple of 64 >= classes).", panel=MODEL)
     decoder_hidden: int = option(256, panel=MODEL)
     temperature: float = option(0.1, "Cosine logits are divided by T.", panel=MODEL)  # CLIP-like sharpness on orthonormal anchors
     # anchors
@@ -54,10 +63,14 @@ class TrainConfig:
     # sampling and losses (METHOD.md; defaults are the paper lab's)
     k_fg: int = option(10, "Foreground patches per image per step.", panel=LOSS)  # enough to cover a small object's grid cells
     k_bg: int = option(10, "Background patches per image per step.", panel=LOSS)  # same count as fg so P_CL stays balanced
-    bg_fraction: float = option(0.2, "Background = this lowest fraction of the cue map.", panel=LOSS)  # paper: "lowest ~20%"
+    fg_rule: str = option("auto", "Foreground patches: otsu, frac:F (cue > F x max) or quantile:Q; auto: otsu, or the "
+                          "val-chosen rule for ddt cues.", panel=LOSS)
+    bg_rule: str = option("quantile:0.2", "Background patches: quantile:Q (lowest Q of the map, ties kept), frac:F "
+                          "(cue <= F x max) or otsu.", panel=LOSS)  # paper: "lowest ~20%"
     w_kd: float = option(1.0, panel=LOSS)
     w_pcl: float = option(1.0, panel=LOSS)
     w_icl: float = option(1.0, panel=LOSS)
+    label_smoothing: float = option(0.0, "Label smoothing of the image-level cross-entropy (I_CL).", panel=LOSS)
     # optimisation
     epochs: int = option(10, "Default 10; with --resume, the new total.", panel=OPTIM, no_default=True)
     batch_size: int = option(32, "Per process.", panel=OPTIM)
@@ -87,15 +100,27 @@ class TrainConfig:
         if self.cue == "files" and not self.cue_dir:
             raise UserError("--cue files needs --cue-dir DIR holding one map per training image")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "input_size": self.input_size,
-                    "embed_dim": self.embed_dim, "k_fg": self.k_fg, "k_bg": self.k_bg, "feature_batch": self.feature_batch}
+                    "k_fg": self.k_fg, "k_bg": self.k_bg, "feature_batch": self.feature_batch}
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if not 0.0 < self.bg_fraction < 1.0:
-            raise UserError(f"--bg-fraction {self.bg_fraction} must be between 0 and 1")
+        if self.embed_dim < 0:
+            raise UserError(f"--embed-dim must be at least 1 (or 0 for automatic), not {self.embed_dim}")
+        from tedloc_edge.train.sampling import parse_rule
+
+        if self.fg_rule != "auto":
+            parse_rule(self.fg_rule, "--fg-rule")
+        parse_rule(self.bg_rule, "--bg-rule")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         if self.temperature <= 0 or self.lr <= 0:
             raise UserError("--temperature and --lr must be positive")
         return self
+
+    def resolved(self, num_classes: int) -> "TrainConfig":
+        """`auto` settings made concrete (fg rule by cue kind, embed_dim by class count), as the run stores them."""
+        fg = AUTO_FG_RULES.get(self.cue, "otsu") if self.fg_rule == "auto" else self.fg_rule
+        return self.replace(fg_rule=fg, embed_dim=self.embed_dim or auto_embed_dim(num_classes))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -106,6 +131,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str = "<config>") -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        doc = dict(doc)
+        for key, convert in LEGACY_KEYS.items():
+            if key in doc and key not in known:
+                new, value = convert(doc.pop(key))
+                doc.setdefault(new, value)
         unknown = sorted(set(doc) - known)
         if unknown:
             raise UserError(f"{source}: unknown config keys {', '.join(unknown)}; was it written by a newer tedloc-edge?")

@@ -50,9 +50,7 @@ def train(cfg: TrainConfig) -> Path:
 
 def _train(cfg: TrainConfig, dist: Dist) -> Path:
     # -- set-up -----------------------------------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.set_float32_matmul_precision("high")
+    seed_everything(cfg.seed, dist.device)
     t_start = time.perf_counter()
 
     # -- data (checked before anything is written) ----------------------------------------------------
@@ -61,9 +59,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     class_names = list(split.class_names)
     if val_split is not None and list(val_split.class_names) != class_names:
         raise UserError(f"{cfg.data}: splits {cfg.train_split!r} and {cfg.val_split!r} list different classes")
-    if cfg.embed_dim < len(class_names):
-        raise UserError(f"--embed-dim {cfg.embed_dim} is smaller than the {len(class_names)} classes; "
-                        f"use --embed-dim {max(128, len(class_names))}")
+    cfg = cfg.resolved(len(class_names))  # the fg rule and d this run uses, as config.json keeps them
     run = RunDir(Path(cfg.out))
     cfg = prepare_run_dir(cfg, run, dist)
     device = dist.device
@@ -77,7 +73,9 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     args = model_args_for(cfg.method, backbone, cfg.input_size, len(class_names), cfg.embed_dim,
                           cfg.decoder_hidden, cfg.temperature)
     anchors, anchor_info = resolve_anchors(cfg, run, class_names, dist) if cfg.method == "tedloc" else (None, None)
-    model = create_model(args, None if anchors is None else torch.from_numpy(anchors), backbone).to(device)
+    with torch.random.fork_rng(devices=[]):  # the head's init does not depend on what ran before (cached or not)
+        torch.manual_seed(cfg.seed)
+        model = create_model(args, None if anchors is None else torch.from_numpy(anchors), backbone).to(device)
 
     # -- features once per image (frozen encoder), cues, sampling regions -----------------------------
     cache = dict(normalize=model.normalize, input_size=cfg.input_size, batch_size=cfg.feature_batch, device=device,
@@ -90,13 +88,14 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     regions = None
     if cfg.method == "tedloc":
         cues = resolve_cues(cfg, run, split, train_cache, args.grid, dist)
-        regions = patch_regions(cues, cfg.bg_fraction)
+        regions = patch_regions(cues, cfg.bg_rule, cfg.fg_rule)
         if dist.is_main:
-            log.info("cues: %d of %d training images give fg/bg patches (the rest have flat cue maps)",
-                     int(regions.valid.sum()), len(cues))
+            log.info("cues: %d of %d training images give fg/bg patches (fg %s, bg %s; the rest have flat cue maps)",
+                     int(regions.valid.sum()), len(cues), cfg.fg_rule, cfg.bg_rule)
     dataset = D.RowDataset(train_cache, labels)
     sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=False)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=False,
+                        worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(cfg.seed))
 
     # -- optimizer, schedule, precision ----------------------------------------------------------------
     head = model.head
@@ -149,9 +148,9 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                         reg = regions if flip is None else _flip_rows(regions, rows, flip, args.grid)
                         fg_idx, bg_idx, valid = sample_patches(reg, rows, cfg.k_fg, cfg.k_bg, gen)
                         parts = tedloc_loss(out, y, fg_idx.to(device), bg_idx.to(device), valid.to(device),
-                                            head.anchors, cfg.temperature, weights)
+                                            head.anchors, cfg.temperature, weights, cfg.label_smoothing)
                     else:
-                        parts = cam_loss(out, y)
+                        parts = cam_loss(out, y, cfg.label_smoothing)
                 if not torch.isfinite(parts["loss"]):
                     raise UserError(f"loss is {parts['loss'].item()} at epoch {epoch + 1}, step {step + 1}; stopped "
                                     f"(last.pt keeps epoch {epoch}); lower --lr or check the cues in {run.cues}")
@@ -208,6 +207,31 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """`--seed S` is bit-reproducible on CPU: seeded generators and deterministic algorithms. On CUDA, cuBLAS gets
+    its deterministic workspace, but some kernels (atomics in backward) have no deterministic version: there
+    torch warns instead of failing, and runs may differ in the last bits."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.set_float32_matmul_precision("high")
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader workers inherit a seed derived from the loader's seeded generator."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def load_val_split(cfg: TrainConfig):

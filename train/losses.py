@@ -44,9 +44,9 @@ def pcl_loss(fg_logits: torch.Tensor, bg_logits: torch.Tensor, valid: torch.Tens
     return _masked_mean(bce, valid if valid is not None else torch.ones(len(bce), dtype=torch.bool, device=bce.device))
 
 
-def icl_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """I_CL: cross-entropy of image-level class scores (B, C)."""
-    return F.cross_entropy(logits, labels)
+def icl_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """I_CL: cross-entropy of image-level class scores (B, C), optionally label-smoothed."""
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class LossWeights:
 
 def tedloc_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, fg_idx: torch.Tensor, bg_idx: torch.Tensor,
                 valid: torch.Tensor, anchors: torch.Tensor, temperature: float,
-                weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
+                weights: LossWeights = LossWeights(), label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
     """All parts from a model output dict (``embeddings`` (B, d, P), ``fg_logits`` (B, P), ``logits`` (B, C)).
 
     Returns {"loss", "kd", "pcl", "icl"}; "loss" is the weighted sum the optimizer steps on."""
@@ -67,13 +67,13 @@ def tedloc_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, fg_idx: torc
     parts = {
         "kd": kd_loss(fg_emb, labels, anchors, temperature, valid),
         "pcl": pcl_loss(torch.gather(out["fg_logits"], 1, fg_idx), torch.gather(out["fg_logits"], 1, bg_idx), valid),
-        "icl": icl_loss(out["logits"], labels),
+        "icl": icl_loss(out["logits"], labels, label_smoothing),
     }
     parts["loss"] = weights.kd * parts["kd"] + weights.pcl * parts["pcl"] + weights.icl * parts["icl"]
     return parts
 
 
-def cam_loss(out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def cam_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
     """The CAM baseline's only loss: image classification."""
-    ce = F.cross_entropy(out["logits"], labels)
+    ce = F.cross_entropy(out["logits"], labels, label_smoothing=label_smoothing)
     return {"loss": ce, "icl": ce}

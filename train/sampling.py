@@ -1,7 +1,13 @@
-"""Which patches teach what: foreground above the Otsu threshold of the cue map, background from its lowest part.
+"""Which patches teach what: the foreground and background rules of the cue map, as settings.
 
-Candidate regions are fixed per image (the cues are computed once); the k patches drawn from them are redrawn
-at every step, with replacement when a region is smaller than k, so each step sees a fresh subset.
+Rules (`--fg-rule`, `--bg-rule`), per image on its cue map c over the patch grid:
+- ``otsu``: fg = c > Otsu threshold of c (the paper's rule for CLIP-ES cues); as a bg rule, c <= that threshold.
+- ``frac:F``: fg = c > F * max(c); as a bg rule, c <= F * max(c).
+- ``quantile:Q``: fg = c > the Q-quantile of c (the top 1-Q); as a bg rule, the lowest Q fraction of the patches.
+  Ties at the cut are all kept: DDT maps are clamped at 0 and most of a map can be exactly 0, so "the lowest 20%"
+  is every patch at the 20% value, and draws are uniform among them (never the first ones in raster order).
+Background never overlaps foreground. Candidate regions are fixed per image (the cues are computed once); the k
+patches drawn from them are redrawn at every step, with replacement when a region is smaller than k.
 """
 
 from __future__ import annotations
@@ -11,7 +17,36 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tedloc_edge.errors import UserError
+
 OTSU_BINS = 256
+RULE_KINDS = ("otsu", "frac", "quantile")
+
+
+def parse_rule(spec: str, option: str = "--fg-rule") -> tuple[str, float]:
+    """'otsu' | 'frac:F' | 'quantile:Q' (F, Q in (0, 1)) -> (kind, value); a UserError names the option."""
+    kind, _, value = str(spec).strip().partition(":")
+    if kind == "otsu" and not value:
+        return kind, 0.0
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if kind not in RULE_KINDS or kind == "otsu" or not 0.0 < number < 1.0:
+        raise UserError(f"{option} {spec!r}: write otsu, frac:F or quantile:Q with F, Q between 0 and 1 "
+                        "(e.g. frac:0.7, quantile:0.2)")
+    return kind, number
+
+
+def rule_cut(row: np.ndarray, rule: tuple[str, float]) -> float:
+    """The cue value a rule cuts at: fg is row > cut, bg is row <= cut."""
+    kind, value = rule
+    if kind == "otsu":
+        return otsu_threshold(row)
+    if kind == "frac":
+        return float(value * row.max())
+    k = max(1, int(round(value * row.size)))  # quantile: the k-th smallest value, ties included
+    return float(np.partition(row, k - 1)[k - 1])
 
 
 def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
@@ -38,28 +73,25 @@ def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
 class PatchRegions:
     """Per image, over the flattened patch grid (N, P): candidate masks and whether the cue can teach at all."""
 
-    fg: torch.Tensor  # (N, P) bool, cue > Otsu threshold
-    bg: torch.Tensor  # (N, P) bool, cue within the lowest `bg_fraction` of the map
+    fg: torch.Tensor  # (N, P) bool, cue above the fg rule's cut
+    bg: torch.Tensor  # (N, P) bool, cue at or below the bg rule's cut, outside fg
     valid: torch.Tensor  # (N,) bool, False for a constant cue map (no foreground to tell apart)
 
 
-def patch_regions(cues: np.ndarray, bg_fraction: float = 0.2) -> PatchRegions:
-    """Candidate regions from cue maps (N, gh, gw) in [0, 1]. Background: the round(bg_fraction * P) patches
-    with the lowest cue (at least one), never overlapping the foreground."""
+def patch_regions(cues: np.ndarray, bg_rule: str = "quantile:0.2", fg_rule: str = "otsu") -> PatchRegions:
+    """Candidate regions from cue maps (N, gh, gw) in [0, 1] under the two rules (see the module docstring)."""
+    fg_r, bg_r = parse_rule(fg_rule, "--fg-rule"), parse_rule(bg_rule, "--bg-rule")
     cues = np.asarray(cues, dtype=np.float32)
     n = cues.shape[0]
     flat = cues.reshape(n, -1)
-    num_bg = max(1, int(round(bg_fraction * flat.shape[1])))
     fg = np.zeros(flat.shape, dtype=bool)
     bg = np.zeros(flat.shape, dtype=bool)
     valid = np.zeros(n, dtype=bool)
     for i, row in enumerate(flat):
         if row.max() - row.min() < 1e-6:
             continue
-        fg[i] = row > otsu_threshold(row)
-        order = np.argsort(row, kind="stable")[:num_bg]
-        bg[i, order] = True
-        bg[i] &= ~fg[i]
+        fg[i] = row > rule_cut(row, fg_r)
+        bg[i] = (row <= rule_cut(row, bg_r)) & ~fg[i]
         valid[i] = fg[i].any() and bg[i].any()
     return PatchRegions(torch.from_numpy(fg), torch.from_numpy(bg), torch.from_numpy(valid))
 

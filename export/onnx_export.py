@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -132,14 +131,6 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     except OSError as exc:
         raise UserError(f"{path}: cannot write ({exc.strerror}); choose a writable --output") from None
     return path
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_onnx(model: "torch.nn.Module", meta: BundleMeta, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:

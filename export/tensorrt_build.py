@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from tedloc_edge.build_record import file_sha256, make_build_record
+from tedloc_edge.build_record import make_build_record
+from tedloc_edge.files import file_sha256
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta, write_plan_sidecar
 from tedloc_edge.errors import UserError
 from tedloc_edge.files import atomic_write_bytes

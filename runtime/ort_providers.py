@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tedloc_edge.build_record import file_sha256
+from tedloc_edge.files import file_sha256
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta
 from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.runtime.runner import INPUT_NAME

@@ -8,7 +8,6 @@ instead of TensorRT's "serialization version mismatch". Pure python: no numpy, n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,15 +22,6 @@ REQUIRED_KEYS = ("tensorrt_version", "compute_capability", "precision", "onnx_sh
 
 class BuildRecordError(BundleError):
     """An engine that this machine must not (or cannot) run; the message carries the rebuild command."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """A model file's digest: the build record's ``onnx_sha256``, and the key of ORT's TensorRT engine caches."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def plan_bundle(plan_path: str | os.PathLike, metadata: str | os.PathLike | None = None) -> tuple[BundleMeta, dict[str, Any] | None]:

@@ -36,9 +36,13 @@ NOTES = {
              "with the background-tie fix. The chosen rule is `AUTO_FG_RULES` in `train/config.py` (what "
              "`--fg-rule auto` gives DDT cues); CLIP-ES and the other cues keep Otsu, the paper's rule.",
     "tries": "A setting replaces the default only when it beats it on val Top-1 Loc by more than one image "
-             "(1.25 points on 80 images); the defaults in `train/config.py` are what was kept. Not tried here: "
-             "fine-tuning a backbone stage (the encoder would run every step instead of once per image) and "
-             "cached random-resized-crop views (each view needs its own cue crop and feature cache).",
+             "(1.25 points on 80 images) without losing GT-known Loc; the defaults in `train/config.py` are what was "
+             "kept. \"(chosen)\" marks the sweep's best row, not the default. The 0 rows of `finetune_stages` and "
+             "`dropout` are the default run (bit-reproducible). `finetune_stages=1` trains the backbone's last stage "
+             "(the cache holds its input): it costs about 2.2x the head's step on this CPU (timed alone, same batch), "
+             "over the 1.5x budget, and loses on val; `finetune_stages=2` (5 more blocks per step) was stopped "
+             "before it finished, unmeasured. "
+             "Not tried: cached random-resized-crop views (each view needs its own cue crop and feature cache).",
 }
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 

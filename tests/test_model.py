@@ -139,3 +139,29 @@ def test_torch_runner_batches_and_half_precision_inputs():
         TorchRunner(model, meta, precision="int8")
     half = create_model(args, anchors(3, 8), backbone=create_backbone("tf_efficientnet_lite0", "random", input_size=64)).half()
     assert half.normalize(images(1, 64)).dtype == torch.float16  # so a .half() model takes uint8 frames as it is
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_finetune_tail_splits_the_encoder_without_changing_it(stages):
+    backbone = create_backbone("tf_efficientnet_lite0", "random")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = backbone(x)
+        backbone.set_tail(stages, 64)
+        packed = backbone.encode(x)
+        assert packed.ndim == 2  # the cache holds the tail's input, packed flat
+        torch.testing.assert_close(backbone.finish(packed), whole, rtol=0, atol=0)
+        torch.testing.assert_close(backbone(x), whole, rtol=0, atol=0)  # the exported graph: the whole encoder
+    trainable = {".".join(n.split(".")[:2]) for n, p in backbone.model.named_parameters() if p.requires_grad}
+    assert trainable == {f"blocks.{i}" for i in range(7 - stages, 7)}  # the last `stages` of lite0's 7
+    assert backbone.train().model.training is False  # batch-norm statistics stay frozen
+    backbone.set_tail(0, 64)
+    assert not backbone.tail_parameters()
+    with pytest.raises(UserError, match="finetune-stages 5"):
+        backbone.set_tail(5, 64)
+
+
+def test_finetune_tail_needs_an_efficientnet_style_cnn():
+    vit = create_backbone("vit_tiny_patch16_224", "random", input_size=64)
+    with pytest.raises(UserError, match="--finetune-stages"):
+        vit.set_tail(1, 64)

@@ -205,3 +205,22 @@ def test_cli_train_resume_and_one_line_errors(data, tmp_path):
                                  "--test", "0", "--min-size", "64", "--max-size", "72"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "syn" / "metadata" / "val" / "localization.txt").is_file()
+
+
+def test_finetuned_backbone_stage_is_trained_saved_and_exported(data, tmp_path):
+    run = make_tiny_run(tmp_path, "tedloc", finetune_stages=1)
+    ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["config"]["finetune_stages"] == 1
+    from tedloc_edge.train.backbone import create_backbone
+
+    fresh = create_backbone("tf_efficientnet_lite0", input_size=64).state_dict()
+    moved = [k for k, v in fresh.items() if not torch.equal(v, ckpt["model"][f"backbone.{k}"])]
+    assert moved and all(k.startswith("model.blocks.6.") for k in moved)  # only the last stage trained
+    model, _ = load_run(run, "last")  # the whole encoder with the fine-tuned weights: what export traces
+    x = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fg_map, logits = model(x)
+        model.backbone.set_tail(1, 64)
+        out = model.forward_features(model.backbone.encode(model.normalize(x)))
+    torch.testing.assert_close(out["logits"], logits)
+    torch.testing.assert_close(out["fg_map"], fg_map)

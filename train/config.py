@@ -51,7 +51,11 @@ class TrainConfig:
     input_size: int = option(224, "Square input side, a multiple of the backbone stride.", panel=MODEL)
     embed_dim: int = option(0, "d: patch embedding and anchor width (>= classes); 0: max(128, next multiple of 64 >= classes).", panel=MODEL)
     decoder_hidden: int = option(256, panel=MODEL)
+    finetune_stages: int = option(0, "Train the backbone's last N stages too (EfficientNet-style CNNs); the cache "
+                                  "holds their input, so a step runs only them.", panel=MODEL)
+    finetune_lr: float = option(0.1, "Learning rate of the fine-tuned stages, as a fraction of --lr.", panel=MODEL)
     temperature: float = option(0.1, "Cosine logits are divided by T.", panel=MODEL)  # CLIP-like sharpness on orthonormal anchors
+    dropout: float = option(0.0, "Dropout on the pooled embedding (the image-level classification path).", panel=MODEL)
     # anchors
     clip_model: str = option("ViT-B-16", "open_clip model for anchors (and clip-es cues).", panel=ANCHORS)
     clip_pretrained: str | None = option(None, "open_clip tag (e.g. openai) or a local file. Default: random, NO text semantics.", panel=ANCHORS)
@@ -104,6 +108,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.finetune_stages < 0 or self.finetune_lr < 0:
+            raise UserError("--finetune-stages and --finetune-lr must be at least 0")
         if self.embed_dim < 0:
             raise UserError(f"--embed-dim must be at least 1 (or 0 for automatic), not {self.embed_dim}")
         from tedloc_edge.train.sampling import parse_rule
@@ -111,6 +117,8 @@ class TrainConfig:
         if self.fg_rule != "auto":
             parse_rule(self.fg_rule, "--fg-rule")
         parse_rule(self.bg_rule, "--bg-rule")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"--dropout {self.dropout} must be in [0, 1)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         if self.temperature <= 0 or self.lr <= 0:

@@ -71,6 +71,9 @@ def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: t
     the images (rows rank::world) and write one shared memory map; rank 0 creates the files."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     what = {"tag": tag, "size": input_size, "backbone": backbone.name, "weights": backbone.weights}
+    if getattr(backbone, "tail_stages", 0):  # the cache holds the input of the fine-tuned stages instead
+        what["tail_stages"] = backbone.tail_stages
+    encode = getattr(backbone, "encode", backbone)
     key = _cache_key(samples, what)
     done = cache_dir / f"{tag}.json"
     paths = {name: cache_dir / f"{tag}-{name}.npy" for name in ("features", "flipped", "ok")}
@@ -81,7 +84,7 @@ def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: t
             return _open(paths, flips, samples, key)
     n = len(samples)
     with torch.no_grad():
-        probe = backbone(normalize(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8, device=device)))
+        probe = encode(normalize(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8, device=device)))
     if rank == 0:
         done.unlink(missing_ok=True)
         for name in ("features", "flipped") if flips else ("features",):
@@ -108,9 +111,9 @@ def build_cache(samples: list[Sample], cache_dir: Path, tag: str, *, backbone: t
                 images = torch.from_numpy(np.stack(batch)).to(device)
                 ok[good] = True
                 with torch.no_grad():
-                    feats[good] = backbone(normalize(images)).float().cpu().numpy().astype(np.float16)
+                    feats[good] = encode(normalize(images)).float().cpu().numpy().astype(np.float16)
                     if flipped is not None:
-                        mirrored = backbone(normalize(images.flip(2))).float().cpu().numpy()
+                        mirrored = encode(normalize(images.flip(2))).float().cpu().numpy()
                         flipped[good] = mirrored.astype(np.float16)
             bar.update(task, advance=len(rows))
     for arr in (feats, flipped, ok):

@@ -70,8 +70,9 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     from tedloc_edge.train.backbone import create_backbone
 
     backbone = create_backbone(cfg.backbone, cfg.backbone_weights, input_size=cfg.input_size).to(device)
+    backbone.set_tail(cfg.finetune_stages, cfg.input_size)  # 0: all frozen; N: the last N stages train
     args = model_args_for(cfg.method, backbone, cfg.input_size, len(class_names), cfg.embed_dim,
-                          cfg.decoder_hidden, cfg.temperature)
+                          cfg.decoder_hidden, cfg.temperature, cfg.dropout)
     anchors, anchor_info = resolve_anchors(cfg, run, class_names, dist) if cfg.method == "tedloc" else (None, None)
     with torch.random.fork_rng(devices=[]):  # the head's init does not depend on what ran before (cached or not)
         torch.manual_seed(cfg.seed)
@@ -87,7 +88,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     check_after_skips(split, labels, train_cache.ok, skipped, run if dist.is_main else None)
     regions = None
     if cfg.method == "tedloc":
-        cues = resolve_cues(cfg, run, split, train_cache, args.grid, dist)
+        cues = resolve_cues(cfg, run, split, train_cache, args.grid, dist, backbone)
         regions = patch_regions(cues, cfg.bg_rule, cfg.fg_rule)
         if dist.is_main:
             log.info("cues: %d of %d training images give fg/bg patches (fg %s, bg %s; the rest have flat cue maps)",
@@ -99,8 +100,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
 
     # -- optimizer, schedule, precision ----------------------------------------------------------------
     head = model.head
-    trained = dist.wrap(head)
-    optimizer = make_optimizer(cfg, head)
+    trained = dist.wrap(FeatureStep(model))
+    optimizer = make_optimizer(cfg, head, backbone.tail_parameters())
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -158,7 +159,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                 scaler.scale(parts["loss"]).backward()
                 if cfg.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_([*head.parameters(), *backbone.tail_parameters()], cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -288,7 +289,8 @@ def anchor_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tedloc-edge" / "anchors"
 
 
-def resolve_cues(cfg: TrainConfig, run: RunDir, split, cache: D.SplitCache, grid, dist: Dist) -> np.ndarray:
+def resolve_cues(cfg: TrainConfig, run: RunDir, split, cache: D.SplitCache, grid, dist: Dist,
+                 backbone=None) -> np.ndarray:
     """Cue maps (N, gh, gw) for every training image (rank 0 computes, everyone reads RUN/cues/cues.npy).
     Undecodable images get a flat (all-zero) map: they never train."""
     path = run.cues / "cues.npy"
@@ -298,7 +300,7 @@ def resolve_cues(cfg: TrainConfig, run: RunDir, split, cache: D.SplitCache, grid
         rows = np.flatnonzero(cache.ok)
         samples = [split.samples[i] for i in rows]
         found = compute_cues(cfg.cue, samples, list(split.class_names), out_size=tuple(grid),
-                             features=lambda: D.features_tensor(cache, rows), features_key=cache.key,
+                             features=lambda: full_features(backbone, cache, rows), features_key=cache.key,
                              cache_dir=run.cues, clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained,
                              cue_dir=Path(cfg.cue_dir) if cfg.cue_dir else None, device=str(dist.device), seed=cfg.seed)
         cues = np.zeros((len(split.samples), *grid), dtype=np.float32)
@@ -332,11 +334,37 @@ def _flip_rows(regions, rows: torch.Tensor, flip: torch.Tensor, grid):
     return type(regions)(fg, bg, regions.valid)
 
 
-def make_optimizer(cfg: TrainConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only (not biases)."""
+class FeatureStep(torch.nn.Module):
+    """What a step trains: cached features -> (backbone tail ->) head outputs; one module for DDP to wrap."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.forward_features(features)
+
+
+@torch.no_grad()
+def full_features(backbone, cache: D.SplitCache, rows: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """The patch-grid features of cached rows (through the backbone tail, as initialized, when one is fine-tuned)."""
+    x = D.features_tensor(cache, rows)
+    if backbone is None or not backbone.tail_stages:
+        return x
+    device = next(backbone.parameters()).device
+    return torch.cat([backbone.finish(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
+
+
+def make_optimizer(cfg: TrainConfig, module: torch.nn.Module, tail: list | None = None) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only (not biases); fine-tuned backbone stages (`tail`) at
+    --finetune-lr x --lr."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    if tail:
+        lr = cfg.lr * cfg.finetune_lr
+        groups += [{"params": [p for p in tail if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": [p for p in tail if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))

@@ -3,7 +3,8 @@
 `TeDLocNet.forward(images)` is the graph contract of docs/architecture.md, exactly what export puts into ONNX:
 uint8 NHWC RGB images at the input size -> (fg_map (N, gh, gw) float32, logits (N, C) float32), normalization
 inside. `forward_features` runs the head on precomputed backbone features, which is how training runs fast
-(the encoder is frozen, so its features are computed once per image).
+(the encoder is frozen, so its features are computed once per image; with a fine-tuned tail, the
+cache holds the input of the tail stages and `forward_features` runs them).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ModelArgs:
     embed_dim: int = 128
     hidden: int = 256
     temperature: float = 0.1
+    dropout: float = 0.0  # on the pooled embedding (I_CL's input), training only
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -53,6 +55,7 @@ class TeDLocHead(nn.Module):
     def __init__(self, args: ModelArgs, anchors: torch.Tensor):
         super().__init__()
         self.temperature = args.temperature
+        self.dropout = args.dropout
         self.decoder = decoder(args.channels, args.hidden, args.embed_dim)
         self.fg_head = nn.Conv2d(args.embed_dim, 1, 1)
         self.register_buffer("anchors", anchors.float().clone(), persistent=True)
@@ -64,6 +67,8 @@ class TeDLocHead(nn.Module):
         fg_logits = self.fg_head(z).flatten(1)  # (N, P)
         m = torch.sigmoid(fg_logits)
         pooled = (emb * m.unsqueeze(1)).sum(2) / (m.sum(1, keepdim=True) + 1e-6)  # map-weighted mean
+        if self.dropout and self.training:
+            pooled = F.dropout(pooled, self.dropout, training=True)
         logits = F.normalize(pooled, dim=1) @ self.anchors.t() / self.temperature
         return {"embeddings": emb, "fg_logits": fg_logits, "logits": logits, "fg_map": m.view(n, gh, gw)}
 
@@ -105,7 +110,8 @@ class TeDLocNet(nn.Module):
         return (x - self.mean) / self.std
 
     def forward_features(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(features)
+        """The head on cached `backbone.encode` features (through the trainable backbone tail, if any)."""
+        return self.head(self.backbone.finish(features))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(self.backbone(self.normalize(images)))
@@ -131,10 +137,10 @@ def create_model(args: ModelArgs, anchors: torch.Tensor | None = None, backbone:
 
 
 def model_args_for(method: str, backbone: PatchBackbone, input_size: int, num_classes: int, embed_dim: int,
-                   hidden: int, temperature: float) -> ModelArgs:
+                   hidden: int, temperature: float, dropout: float = 0.0) -> ModelArgs:
     return ModelArgs(method=method, backbone=backbone.name, input_size=input_size, channels=backbone.channels,
                      grid=backbone.grid(input_size), num_classes=num_classes, embed_dim=embed_dim, hidden=hidden,
-                     temperature=temperature, mean=backbone.mean, std=backbone.std)
+                     temperature=temperature, dropout=dropout, mean=backbone.mean, std=backbone.std)
 
 
 def args_to_dict(args: ModelArgs) -> dict:

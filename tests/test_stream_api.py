@@ -72,9 +72,10 @@ def test_smoothing_votes_the_class_and_averages_the_box():
     r, _ = smooth(fake(0, [30, 30, 40, 40]))
     assert r.class_id == 0 and r.boxes[0].tolist() == [20, 20, 30, 30]
     assert r.score == pytest.approx((0.9 + 0.4 + 0.6) / 3)
-    smooth(fake(1, [0, 0, 1, 1]))
-    r, _ = smooth(fake(1, [40, 40, 50, 50]))  # now class 1 wins the vote: the box average restarts
-    assert r.class_id == 1 and r.class_name == "c1" and r.boxes[0].tolist() == [40, 40, 50, 50]
+    r, _ = smooth(fake(1, [0, 0, 2, 2]))  # class 1 now has 2 of the last 3 frames: it wins, the box average restarts
+    assert r.class_id == 1 and r.class_name == "c1" and r.boxes[0].tolist() == [0, 0, 2, 2]
+    r, _ = smooth(fake(1, [40, 40, 50, 50]))
+    assert r.class_id == 1 and r.boxes[0].tolist() == [20, 20, 26, 26]
     r, _ = smooth(fake(0, None), restart=True)  # a gap: the window starts again
     assert r.class_id == 0 and len(r.boxes) == 0 and len(smooth.window) == 1
     with pytest.raises(UserError, match="--smooth 1"):

@@ -217,7 +217,10 @@ def run_multi(opts: InferOptions, specs: list[str]) -> MultiSummary:
             cleanup.callback(_finish, cam.summary, cam.source, cam.outputs, cam.totals, started)
             cam.source.notify = ready
             cam.source.start()
-        stop_all = lambda: [cam.source.interrupt() for cam in cameras]  # noqa: E731
+        def stop_all() -> None:
+            for cam in cameras:
+                cam.source.interrupt()
+
         with graceful_stop(stop_all) as stop, CameraTable(names, cameras, opts.show_progress) as table:
             turn = 0
             while not stop.event.is_set():

@@ -44,9 +44,10 @@ def stream(
     color = check_color(color)
     smoother = Smoother(smooth) if smooth else None
     owned = not isinstance(source, ThreadedSource)
-    reader = open_stream(source, queue=queue, stride=stride, timeout=timeout, hwaccel=hwaccel, reconnect=reconnect) \
-        if owned else source
-    assert isinstance(reader, ThreadedSource)
+    if isinstance(source, ThreadedSource):
+        reader = source
+    else:
+        reader = open_stream(source, queue=queue, stride=stride, timeout=timeout, hwaccel=hwaccel, reconnect=reconnect)
     try:
         for frames in reader.batches(batch or loc.max_batch):
             results = loc([f.image for f in frames], color="RGB")

@@ -1,5 +1,6 @@
 """Live streams that survive, against a real RTSP server (gst-rtsp-server, tests/rtsp_server.py): the server is
-killed mid-stream and started again, and `infer` reconnects, counts the gap and keeps every processed frame."""
+killed mid-stream and started again, and `infer` reconnects, counts the gap and keeps every processed frame.
+And an HTTP stream of unknown length (MPEG-TS) that hangs up: live, so it reconnects too."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tedloc_edge.runtime.reconnect import EXIT_SOURCE_LOST
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = rtsp_unavailable()
-pytestmark = pytest.mark.skipif(SKIP is not None, reason=f"no RTSP server here: {SKIP}")
+needs_rtsp = pytest.mark.skipif(SKIP is not None, reason=f"no RTSP server here: {SKIP}")
 SIZE = (320, 180)
 
 
@@ -33,6 +34,8 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def server():
+    if SKIP is not None:
+        pytest.skip(f"no RTSP server here: {SKIP}")
     with RtspServer(*SIZE, fps=30) as running:
         yield running
 
@@ -50,6 +53,7 @@ def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+@needs_rtsp
 def test_rtsp_server_killed_and_restarted_reconnects_counts_the_gap_and_keeps_every_frame(server, model, tmp_path):
     out = tmp_path / "out"
     opts = InferOptions(source=server.url, model=model, out=out, max_frames=90, timeout=5, show_progress=False)
@@ -85,6 +89,7 @@ def test_rtsp_server_killed_and_restarted_reconnects_counts_the_gap_and_keeps_ev
     assert json.loads((out / "summary.json").read_text())["gaps"][0]["cause"] == gap["cause"]
 
 
+@needs_rtsp
 def test_live_source_lost_for_good_exits_with_its_own_code_and_the_cause(server, model, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "TEDLOC_NO_PROGRESS": "1"}
@@ -101,3 +106,43 @@ def test_live_source_lost_for_good_exits_with_its_own_code_and_the_cause(server,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lost"] is True and "2 reconnect attempts failed" in summary["stream_error"]
     assert summary["frames_processed"] == len(read_jsonl(out / "predictions.jsonl")) >= 10
+
+
+def test_http_stream_of_unknown_length_is_live_and_reconnects(model, tmp_path):
+    """MPEG-TS over HTTP without a length (a live HTTP camera): each request is cut half way, and the run goes on."""
+    import http.server
+
+    import av
+    import numpy as np
+
+    ts = tmp_path / "clip.ts"
+    with av.open(str(ts), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 160, 120, "yuv420p", {"preset": "ultrafast", "g": "5"}
+        for i in range(60):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i * 4, np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    data = ts.read_bytes()
+
+    class HangUp(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])  # no length, then the connection closes
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HangUp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cam.ts"
+        summary = run_infer(InferOptions(source=url, model=model, out=tmp_path / "out", max_frames=40, reconnect="3",
+                                         queue=True, video=False, timeout=5, show_progress=False))
+    finally:
+        server.shutdown()
+    assert summary.reconnect == "3" and summary.reconnects >= 1 and summary.frames_processed == 40 and not summary.lost
+    assert [line["frame"] for line in read_jsonl(tmp_path / "out" / "predictions.jsonl")] == list(range(40))

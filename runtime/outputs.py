@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tedloc_edge.errors import UserError
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.runtime.annotate import draw_result
-from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.frames import Frame, ThreadedSource, utc_iso
 from tedloc_edge.runtime.result import Result
 from tedloc_edge.runtime.segments import Segments, part_name

@@ -4,7 +4,8 @@ One model. Each source has its own reader thread (a ThreadedSource: live ones dr
 runtime/reconnect.py). The main thread takes what is waiting from every source, round robin from a turning
 start, into one batch of up to `--batch` frames, runs the model once, and hands each result to its source's
 outputs under OUT/<name>/ (mp4, JSONL, summary.json, as a single source writes them). A source with nothing to
-give (stalled, reconnecting, lost, ended) is passed over, so a dead camera never holds up the others.
+give (stalled, reconnecting, lost, ended) is passed over, so a dead camera never holds up the others; a stream
+URL that does not answer at start is tried again in the background while the others run (`--reconnect` applies).
 OUT/summary.json holds every camera's fps and share of the total.
 """
 
@@ -19,19 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from tedloc_edge.errors import UserError
+from tedloc_edge.errors import UserError, first_line
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.runtime.camera_table import CameraTable
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.infer import STAGES, InferOptions, InferSummary, _finish, graceful_stop, open_localizer, smoothed
 from tedloc_edge.runtime.localizer import Localizer
 from tedloc_edge.runtime.outputs import Outputs
-from tedloc_edge.runtime.reconnect import ReconnectingSource, open_stream
+from tedloc_edge.runtime.reconnect import Reconnect, ReconnectingSource, open_stream
 from tedloc_edge.runtime.segments import parse_duration
 from tedloc_edge.runtime.sinks import check_writable
 from tedloc_edge.runtime.smoothing import Smoother
+from tedloc_edge.runtime.sources import URL_RE
+from tedloc_edge.runtime.video_source import LIVE_SCHEMES, VideoSource, open_url
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +45,21 @@ class Camera:
 
     name: str
     source: ThreadedSource
-    outputs: Outputs
     summary: InferSummary
+    make_outputs: Callable[[ThreadedSource], Outputs]
     smoother: Smoother | None = None
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     done: bool = False
+    outputs: Outputs | None = None  # a camera that did not answer at start gets them with its first frame (its fps)
+
+    def open_outputs(self) -> Outputs:
+        if self.outputs is None:
+            self.outputs = self.make_outputs(self.source)
+            self.summary.outputs = self.outputs.paths()
+        return self.outputs
+
+    def finish(self, started: float) -> None:
+        _finish(self.summary, self.source, self.open_outputs(), self.totals, started)
 
     @property
     def state(self) -> str:
@@ -116,8 +129,22 @@ def camera_names(specs: list[str]) -> list[str]:
 
 
 def _open(opts: InferOptions, spec: str) -> ThreadedSource:
-    return open_stream(spec, queue=opts.queue, stride=opts.stride, timeout=opts.timeout, hwaccel=opts.hwaccel,
-                       reconnect=opts.reconnect)
+    """The source; a stream URL that does not answer yet becomes a source that keeps trying (unless --reconnect 0)."""
+    video = dict(queue_frames=opts.queue, stride=opts.stride, timeout=opts.timeout, hwaccel=opts.hwaccel)
+    try:
+        return open_stream(spec, queue=opts.queue, stride=opts.stride, timeout=opts.timeout, hwaccel=opts.hwaccel,
+                           reconnect=opts.reconnect)
+    except UserError as exc:
+        policy = Reconnect.parse(opts.reconnect)
+        if not URL_RE.match(spec) or spec.split("://", 1)[0].lower() not in LIVE_SCHEMES or policy.attempts == 0:
+            raise
+        error = first_line(exc).removeprefix(f"{spec}: ")
+        logger.warning("%s: %s; the other sources start, this one keeps trying (--reconnect %s)", spec, error, policy)
+
+        def opener() -> VideoSource:
+            return open_url(spec, **video)
+
+        return ReconnectingSource.waiting(opener, spec, error, policy, queue_frames=opts.queue, stride=opts.stride)
 
 
 def open_cameras(opts: InferOptions, specs: list[str], names: list[str], loc: Localizer, cleanup: ExitStack) -> list[Camera]:
@@ -137,11 +164,20 @@ def open_cameras(opts: InferOptions, specs: list[str], names: list[str], loc: Lo
         cleanup.callback(source.close)
     cameras = []
     for name, spec, source in zip(names, specs, opened):
-        outputs = Outputs(Path(opts.out) / name, source, opts.exist_ok, opts.video, opts.heatmap, segment_s)
-        summary = InferSummary(source=spec, model=str(opts.triton or opts.model), backend=loc.backend, outputs=outputs.paths(),
-                               smooth=opts.smooth,
+        folder = Path(opts.out) / name
+
+        def make_outputs(source: ThreadedSource, folder: Path = folder) -> Outputs:
+            return Outputs(folder, source, opts.exist_ok, opts.video, opts.heatmap, segment_s)
+
+        summary = InferSummary(source=spec, model=str(opts.triton or opts.model), backend=loc.backend, smooth=opts.smooth,
                                reconnect=str(source.policy) if isinstance(source, ReconnectingSource) else None)
-        cameras.append(Camera(name, source, outputs, summary, Smoother(opts.smooth) if opts.smooth else None))
+        cam = Camera(name, source, summary, make_outputs, Smoother(opts.smooth) if opts.smooth else None)
+        if getattr(source, "conn", True) is not None:  # open now: an existing file stops the run before it starts
+            cam.open_outputs()
+        else:
+            for existing in ("summary.json", "predictions.jsonl"):
+                check_writable(folder / existing, opts.exist_ok)
+        cameras.append(cam)
     return cameras
 
 
@@ -178,7 +214,7 @@ def _run_batch(loc: Localizer, batch: list[tuple[Camera, Frame]]) -> None:
     results = loc([frame.image for _, frame in batch], color="RGB")
     for (cam, frame), result in zip(batch, results):
         t0 = time.perf_counter()
-        cam.outputs.write(frame, *smoothed(cam.smoother, frame, result))
+        cam.open_outputs().write(frame, *smoothed(cam.smoother, frame, result))
         cam.summary.frames_processed += 1
         cam.totals["decode"] += frame.decode_ms
         for stage in ("preprocess", "inference", "postprocess"):
@@ -214,7 +250,7 @@ def run_multi(opts: InferOptions, specs: list[str]) -> MultiSummary:
         cleanup.callback(lambda: atomic_write_text(summary_path, json.dumps(multi.to_dict(loc.max_batch), indent=2) + "\n"))
         started = time.perf_counter()
         for cam in cameras:  # closed in reverse order, each camera's summary written after its outputs
-            cleanup.callback(_finish, cam.summary, cam.source, cam.outputs, cam.totals, started)
+            cleanup.callback(cam.finish, started)
             cam.source.notify = ready
             cam.source.start()
         def stop_all() -> None:

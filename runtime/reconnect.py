@@ -81,28 +81,43 @@ def open_stream(spec: str | int, queue: bool = False, stride: int = 1, timeout: 
 
 
 class ReconnectingSource(ThreadedSource):
-    """A live VideoSource that is reopened when it ends or fails, in the same reader thread and queue."""
+    """A live VideoSource that is reopened when it ends or fails, in the same reader thread and queue.
+
+    `waiting(...)` makes one for a camera that did not answer at start (several sources: the others start, this
+    one keeps trying with the same policy); `fps` is known once it connects."""
 
     live = True
 
-    def __init__(self, first: VideoSource, policy: Reconnect, queue_frames: bool = False) -> None:
-        self.label = first.label
-        super().__init__(queue_frames=queue_frames, stride=first.stride)
+    def __init__(self, first: VideoSource | None, policy: Reconnect, queue_frames: bool = False, label: str = "",
+                 stride: int = 1, opener: Callable[[], VideoSource] | None = None, start_error: str = "") -> None:
+        self.label = first.label if first is not None else label
+        super().__init__(queue_frames=queue_frames, stride=first.stride if first is not None else stride)
         self.policy = policy
         self.conn = first
-        first.stats = self.stats  # decode errors, stride skips and stream errors of every connection add up here
-        self.fps = first.fps
-        self.state = "live"  # live | reconnecting | lost | ended (the multi-camera table shows it)
+        self._opener = opener
+        self._start_error = start_error
+        if first is not None:
+            first.stats = self.stats  # decode errors, stride skips and stream errors of every connection add up here
+        self.fps = first.fps if first is not None else None
+        self.state = "live" if first is not None else "connecting"  # also reconnecting, lost (the multi-camera table)
         self._failed = 0  # failed attempts in a row
         self._pending: dict | None = None  # the gap that waits for its first frame
         self._last_wall: float | None = None
 
+    @classmethod
+    def waiting(cls, opener: Callable[[], VideoSource], label: str, error: str, policy: Reconnect, queue_frames: bool = False,
+                stride: int = 1) -> "ReconnectingSource":
+        return cls(None, policy, queue_frames, label=label, stride=stride, opener=opener, start_error=error)
+
     @property
     def decoder(self) -> str:  # type: ignore[override]
-        return self.conn.decoder
+        return self.conn.decoder if self.conn is not None else "not connected"
 
     def _produce(self, emit: Callable[[Frame], bool]) -> None:
         base = 0
+        if self.conn is None and not self._reconnect(f"no answer at start: {self._start_error}"):
+            return
+        assert self.conn is not None
 
         def forward(frame: Frame) -> bool:
             frame.index += base
@@ -141,8 +156,9 @@ class ReconnectingSource(ThreadedSource):
         if self._pending is None:
             self._pending = {"lost": utc_iso(since), "cause": cause, "attempts": 0, "since": since}
         last_error = cause
-        self.conn._release()
-        self.state = "reconnecting"
+        if self.conn is not None:
+            self.conn._release()
+            self.state = "reconnecting"
         while self._failed < self.policy.attempts:
             self._failed += 1
             self._pending["attempts"] += 1
@@ -152,7 +168,7 @@ class ReconnectingSource(ThreadedSource):
             if self._stop.wait(delay):
                 return False
             try:
-                conn = self.conn.reopen()
+                conn = self._opener() if self._opener is not None else self.conn.reopen()  # type: ignore[union-attr]
             except UserError as exc:
                 last_error = first_line(exc).removeprefix(f"{self.label}: ")
                 continue
@@ -161,6 +177,7 @@ class ReconnectingSource(ThreadedSource):
                 return False
             conn.stats = self.stats
             self.conn = conn
+            self.fps = self.fps or conn.fps
             self.state = "live"
             return True
         self.state = "lost"
@@ -174,4 +191,5 @@ class ReconnectingSource(ThreadedSource):
         return False
 
     def _release(self) -> None:
-        self.conn._release()
+        if self.conn is not None:
+            self.conn._release()

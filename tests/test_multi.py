@@ -91,3 +91,29 @@ def test_a_dead_camera_never_stalls_the_others(model, tmp_path):
     assert max(b - a for a, b in zip(times, times[1:])) < 1.0
     total = json.loads((out / "summary.json").read_text())
     assert total["sources"][1]["lost"] is True and total["sources"][0]["frames_processed"] == 120
+
+
+@pytest.mark.skipif(rtsp_unavailable() is not None, reason=f"no RTSP server here: {rtsp_unavailable()}")
+def test_a_camera_down_at_start_does_not_keep_the_others_from_starting(model, tmp_path):
+    with RtspServer(320, 180, 30) as alive:
+        late = RtspServer(320, 180, 30)  # its port is free: nothing answers yet
+        out = tmp_path / "out"
+        opts = InferOptions(source="", model=model, out=out, max_frames=45, timeout=3, video=False, show_progress=False)
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.update(multi=run_multi(opts, [alive.url, late.url])), daemon=True)
+        worker.start()
+        names = camera_names([alive.url, late.url])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (out / names[0] / "predictions.jsonl").is_file():
+            time.sleep(0.05)
+        assert (out / names[0] / "predictions.jsonl").is_file(), "the live camera did not start"
+        late.start()
+        try:
+            worker.join(timeout=30)
+        finally:
+            late.kill()
+        assert not worker.is_alive()
+    live, came = result["multi"].cameras
+    assert live.frames_processed == came.frames_processed == 45 and not came.lost
+    assert came.reconnects == 1 and came.gaps[0]["cause"].startswith("no answer at start")
+    assert len(read_jsonl(out / names[1] / "predictions.jsonl")) == 45

@@ -15,12 +15,13 @@ from tedloc_edge.errors import UserError
 
 
 def infer(
-    source: str = typer.Argument(..., help="Video file, image, folder or glob of images, rtsp/http URL, or webcam index."),
+    sources: Optional[List[str]] = typer.Argument(None, help="Video file, image, folder or glob of images, rtsp/http URL, or webcam index; several run as one batch."),
+    sources_file: Optional[Path] = typer.Option(None, "--sources", help="A file of sources, one per line (# comments); outputs go to OUT/<name>/ per source."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Exported model: .onnx (ONNX Runtime) or .plan (TensorRT, + .plan.json)."),
     out: Path = typer.Option(Path("runs/infer"), "--out", "-o", help="Output folder: annotated mp4 / images, predictions.jsonl, summary.json."),
     exist_ok: bool = typer.Option(False, "--exist-ok", help="Overwrite outputs that already exist in --out."),
     stride: int = typer.Option(1, help="Run every Nth frame of a video (the mp4 plays at the source rate / N)."),
-    batch: int = typer.Option(1, help="Frames per model call (live sources batch only what is waiting)."),
+    batch: Optional[int] = typer.Option(None, help="Frames per model call, across sources (live ones batch only what is waiting). Default: 1, or one per source."),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many processed frames."),
     classes: Optional[str] = typer.Option(None, help="Restrict the class choice to these names or ids, comma separated."),
     threshold: Optional[float] = typer.Option(None, help="Box threshold in [0, 1); default: the model's calibrated one."),
@@ -33,26 +34,49 @@ def infer(
     hwaccel: Optional[str] = typer.Option(None, "--hwaccel", help="Decode videos and streams on this device through FFmpeg: cuda (NVDEC) frees the CPU."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for a URL or camera to answer (open and each read)."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write the annotated mp4 for video sources."),
+    reconnect: Optional[str] = typer.Option(None, "--reconnect", help="Live sources: reopen a stream that ends or stalls, forever (default) or N attempts in a row; 0 is off. Files are read once."),
+    segment: Optional[str] = typer.Option(None, "--segment", help="Roll the mp4 and JSONL over into complete parts of this length (30s, 10m, 1h): <name>_0000.mp4, predictions_0000.jsonl, ..."),
+    smooth: int = typer.Option(0, "--smooth", help="Video: class by vote over the last K frames, best box by moving average (0: off); stated in the JSONL."),
     triton: Optional[str] = typer.Option(None, "--triton", help="Run the model on a Triton server instead: http://HOST:8000/MODEL or grpc://HOST:8001/MODEL."),
     trt_cache: Optional[Path] = typer.Option(None, "--trt-cache", help="ONNX Runtime's TensorRT EP: folder for its engine and timing caches (default: MODEL.trt-cache beside the model)."),
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="A plan built elsewhere (trtexec): the .onnx it came from, or a bundle JSON; its build checks are skipped."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
-    """Run a model on a video, images, a stream or a camera: annotated outputs, JSONL, a speed summary."""
+    """Run a model on a video, images, a stream or cameras: annotated outputs, JSONL, a speed summary.
+
+    Exit codes: 0 done; 2 a user error (one line naming the fix); 75 a live source lost for good (--reconnect gave up; the cause is printed and in summary.json), so a service manager restarts it; 130 interrupted (Ctrl-C, SIGTERM), with the outputs closed cleanly.
+    """
     setup_logging(verbose)
     with user_errors():
         from tedloc_edge.runtime.infer import InferOptions, run_infer
+        from tedloc_edge.runtime.multi import read_sources_file, run_multi
+        from tedloc_edge.runtime.reconnect import EXIT_SOURCE_LOST
         from tedloc_edge.runtime.report import print_summary
 
+        specs = list(sources or []) + (read_sources_file(sources_file) if sources_file is not None else [])
+        if not specs:
+            raise UserError("infer needs a SOURCE (a video, images, a URL or a camera index), or --sources FILE")
         opts = InferOptions(
-            source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
-            classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
+            source=specs[0], model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch or (1 if len(specs) == 1 else len(specs)),
+            max_frames=max_frames, classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
             threads=threads, cuda_graph=cuda_graph, hwaccel=hwaccel, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
-            trt_cache=trt_cache, metadata=metadata,
+            trt_cache=trt_cache, metadata=metadata, reconnect=reconnect, segment=segment, smooth=smooth,
         )
-        summary = run_infer(opts)
-        print_summary(summary)
-        if summary.interrupted:
+        if len(specs) == 1:
+            summary = run_infer(opts)
+            print_summary(summary)
+            lost, interrupted = [summary] if summary.lost else [], summary.interrupted
+        else:
+            from tedloc_edge.runtime.camera_table import print_multi_summary
+
+            multi = run_multi(opts, specs)
+            print_multi_summary(multi, opts.batch)
+            lost, interrupted = multi.lost, multi.interrupted
+        for gone in lost:
+            console.print(f"[bold red]error:[/] {gone.source}: {gone.stream_error}; the outputs hold every frame processed before", soft_wrap=True)
+        if lost:
+            raise SystemExit(EXIT_SOURCE_LOST)
+        if interrupted:
             raise SystemExit(130)
 
 

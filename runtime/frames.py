@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 import numpy as np
@@ -23,6 +24,11 @@ QUEUE_FRAMES = 64  # bounded queue for files and for live sources run with --que
 _END = object()
 
 
+def utc_iso(wall: float) -> str:
+    """Seconds since the epoch -> ISO 8601 UTC to the millisecond, e.g. 2025-05-01T12:00:00.123Z."""
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass
 class Frame:
     index: int  # position in the source (decoded frames, counting those skipped by --stride)
@@ -30,6 +36,8 @@ class Frame:
     time: float | None = None  # presentation time in seconds (video); None for still images
     name: str = ""  # image file name, or the source label
     decode_ms: float = 0.0
+    wall: float = field(default_factory=lambda: time.time())  # wall-clock time it was decoded (UTC seconds since the epoch)
+    gap_s: float | None = None  # the first frame after a live source reconnected: seconds since the frame before
 
 
 @dataclass
@@ -40,6 +48,8 @@ class SourceStats:
     dropped: int = 0  # stale live frames dropped because inference was behind
     skipped_stride: int = 0
     stream_error: str | None = None  # why a stream ended early, if it did
+    lost: bool = False  # a live source ended and could not be reconnected (stream_error says why)
+    gaps: list[dict] = field(default_factory=list)  # a live source's reconnections (runtime/reconnect.py)
     errors: list[str] = field(default_factory=list)  # first few decode error messages
 
 
@@ -61,6 +71,8 @@ class ThreadedSource(abc.ABC):
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._closed = False
+        self.ended = False  # the consumer has seen the end of the source
+        self.notify: threading.Event | None = None  # set on every frame and at the end (one consumer, many sources)
 
     @abc.abstractmethod
     def _produce(self, emit: Callable[[Frame], bool]) -> None:
@@ -77,8 +89,10 @@ class ThreadedSource(abc.ABC):
         """Hand a frame over; False when the consumer has stopped (the producer should return)."""
         if self._drop_stale:
             try:
-                self._queue.get_nowait()
+                stale = self._queue.get_nowait()
                 self.stats.dropped += 1
+                if frame.gap_s is None:  # a reconnection's mark goes to the frame that is read
+                    frame.gap_s = stale.gap_s
             except queue.Empty:
                 pass
             self._queue.put(frame)
@@ -91,6 +105,8 @@ class ThreadedSource(abc.ABC):
                     continue
         if not self._stop.is_set():
             self.stats.frames_read += 1
+        if self.notify is not None:
+            self.notify.set()
         return not self._stop.is_set()
 
     def _run(self) -> None:
@@ -105,6 +121,8 @@ class ThreadedSource(abc.ABC):
         while True:
             try:
                 self._queue.put(_END, timeout=0.1)
+                if self.notify is not None:
+                    self.notify.set()
                 return
             except queue.Full:
                 if self._stop.is_set():
@@ -131,6 +149,7 @@ class ThreadedSource(abc.ABC):
                 if not block:
                     return None
         if item is _END:
+            self.ended = True
             self._queue.put(_END)  # stay at the end for later calls
             if self._failure is not None:
                 failure, self._failure = self._failure, None

@@ -2,7 +2,9 @@
 
 Decoding runs in the source's reader thread while the model runs here. Ctrl-C (or SIGTERM) stops after the
 batch in flight: outputs are closed normally, so the mp4 holds every processed frame and the JSONL every
-line; a second Ctrl-C aborts at once (the outputs are still closed on the way out).
+line; a second Ctrl-C aborts at once (the outputs are still closed on the way out). A live source reconnects
+(runtime/reconnect.py); one lost for good ends the run with `summary.lost` (the CLI exits EXIT_SOURCE_LOST).
+Several sources at once: runtime/multi.py.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.localizer import Localizer
 from tedloc_edge.runtime.outputs import Outputs
-from tedloc_edge.runtime.sources import open_source
+from tedloc_edge.runtime.reconnect import ReconnectingSource, open_stream
+from tedloc_edge.runtime.result import Result
+from tedloc_edge.runtime.segments import parse_duration
+from tedloc_edge.runtime.smoothing import Smoother
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,9 @@ class InferOptions:
     triton: str | None = None  # run the model on a Triton server (runtime/triton_client.py) instead of in-process
     trt_cache: Path | None = None  # ORT TensorRT EP engine/timing caches (default: <model>.trt-cache beside the model)
     metadata: Path | None = None  # the bundle of a plan built elsewhere (trtexec): an .onnx or a bundle JSON
+    reconnect: str | None = None  # live sources: "forever" (None: the default) or N attempts in a row; 0 is off
+    segment: str | None = None  # "10m": roll the mp4 and JSONL over into complete parts (runtime/segments.py)
+    smooth: int = 0  # class vote and box EMA over the last K frames (runtime/smoothing.py); 0 is off
 
 
 @dataclass
@@ -69,6 +77,12 @@ class InferSummary:
     skipped_stride: int = 0
     frame_errors: int = 0  # frames whose inference failed and were skipped (a Triton server restarting)
     stream_error: str | None = None
+    lost: bool = False  # a live source ended and could not be reconnected (stream_error says why)
+    reconnect: str | None = None  # the live source's policy ("forever", N); None for files
+    reconnects: int = 0
+    gaps: list[dict] = field(default_factory=list)  # each reconnection: lost, back (ISO UTC), seconds, cause, attempts
+    smooth: int = 0
+    segments: list[dict] = field(default_factory=list)  # --segment: each part's files, frames and times
     interrupted: bool = False
     wall_s: float = 0.0
     fps: float = 0.0
@@ -117,6 +131,9 @@ def _fill(summary: InferSummary, source: ThreadedSource, totals: dict[str, float
     summary.dropped_stale = stats.dropped
     summary.skipped_stride = stats.skipped_stride
     summary.stream_error = stats.stream_error
+    summary.lost = stats.lost
+    summary.gaps = list(stats.gaps)
+    summary.reconnects = len(stats.gaps)
     summary.wall_s = round(wall, 3)
     n = max(1, summary.frames_processed)
     summary.fps = round(summary.frames_processed / wall, 2) if wall > 0 else 0.0
@@ -138,12 +155,20 @@ def open_localizer(opts: InferOptions) -> Localizer:
                      cuda_graph=opts.cuda_graph, trt_cache=opts.trt_cache, metadata=opts.metadata, **kwargs)
 
 
-def _run_batch(loc: Localizer, outputs: Outputs, batch: list[Frame], totals: dict[str, float]) -> None:
+def smoothed(smoother: Smoother | None, frame: Frame, result: Result) -> tuple[Result, dict[str, Any] | None]:
+    """The result --smooth makes of this frame's, and the JSONL fields that state it (the raw values)."""
+    if smoother is None:
+        return result, None
+    return smoother(result, restart=frame.gap_s is not None)
+
+
+def _run_batch(loc: Localizer, outputs: Outputs, batch: list[Frame], totals: dict[str, float],
+               smoother: Smoother | None = None) -> None:
     """Model on one batch, then every frame's result to every output; stage times added to `totals` (ms)."""
     results = loc([f.image for f in batch], color="RGB")
     t0 = time.perf_counter()
     for frame, result in zip(batch, results):
-        outputs.write(frame, result)
+        outputs.write(frame, *smoothed(smoother, frame, result))
         totals["decode"] += frame.decode_ms
         for stage in ("preprocess", "inference", "postprocess"):
             totals[stage] += result.speed[stage]
@@ -156,15 +181,19 @@ def run_infer(opts: InferOptions) -> InferSummary:
         raise UserError("--batch and --stride must be at least 1")
     if opts.max_frames is not None and opts.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
+    segment_s = parse_duration(opts.segment) if opts.segment else None
+    smoother = Smoother(opts.smooth) if opts.smooth else None
     with ExitStack() as cleanup:  # closes, in reverse: outputs (then the summary), source, model
         loc = open_localizer(opts)
         cleanup.callback(loc.close)
         loc.warmup()
-        source = open_source(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout, hwaccel=opts.hwaccel)
+        source = open_stream(opts.source, queue=opts.queue, stride=opts.stride, timeout=opts.timeout, hwaccel=opts.hwaccel,
+                             reconnect=opts.reconnect)
         cleanup.callback(source.close)
-        outputs = Outputs(Path(opts.out), source, opts.exist_ok, opts.video, opts.heatmap)
+        outputs = Outputs(Path(opts.out), source, opts.exist_ok, opts.video, opts.heatmap, segment_s)
         summary = InferSummary(source=str(opts.source), model=str(opts.triton or opts.model), backend=loc.backend,
-                               outputs=outputs.paths())
+                               outputs=outputs.paths(), smooth=opts.smooth,
+                               reconnect=str(source.policy) if isinstance(source, ReconnectingSource) else None)
         totals = dict.fromkeys(STAGES, 0.0)
         started = time.perf_counter()
         cleanup.callback(_finish, summary, source, outputs, totals, started)
@@ -173,7 +202,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
                 if opts.max_frames is not None:
                     batch = batch[: opts.max_frames - summary.frames_processed]
                 try:
-                    _run_batch(loc, outputs, batch, totals)
+                    _run_batch(loc, outputs, batch, totals, smoother)
                     summary.frames_processed += len(batch)
                 except loc.runner.frame_errors as exc:  # this batch is lost (counted); the stream goes on
                     summary.frame_errors += len(batch)
@@ -195,6 +224,7 @@ def _finish(summary: InferSummary, source: ThreadedSource, outputs: Outputs, tot
         outputs.close()
     finally:
         _fill(summary, source, totals, time.perf_counter() - started)  # wall time includes the outputs' flush
+        summary.segments = outputs.segments.parts if outputs.segments is not None else []
         outputs.write_summary(summary.to_dict())
 
 

@@ -4,6 +4,7 @@
     result = loc(frame, color="BGR")              # one HxWx3 uint8 frame -> Result
     results = loc([f1, f2], color="RGB")          # a list (or an (N, H, W, 3) array) -> list[Result]
     loc = Localizer(runner)                       # any ready runner: TorchRunner, TritonRunner("grpc://host/tedloc")
+    for result, frame in loc.stream("rtsp://cam/1", color="BGR"): ...   # infer's threaded reader (runtime/stream.py)
 
 Thread safety: one lock per Localizer serializes calls (preprocess buffer, session and output buffers are
 shared), so calling one instance from several threads is safe but not parallel; for parallel inference
@@ -17,7 +18,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, cast, overload
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast, overload
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from tedloc_edge.runtime.postprocess import DecodeConfig, Decoded, decode_one, t
 from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color
 from tedloc_edge.runtime.result import Result
 from tedloc_edge.runtime.runner import Boxes, BoxRunner, Runner
+
+if TYPE_CHECKING:
+    from tedloc_edge.runtime.frames import ThreadedSource
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +213,14 @@ class Localizer:
         if not maps:
             return np.zeros(runner.contract.shape("fg_map", 0), np.float32), np.zeros(runner.contract.shape("logits", 0), np.float32)
         return np.concatenate(maps), np.concatenate(logits)
+
+    def stream(self, source: "str | int | ThreadedSource", color: str = "RGB", **options: Any) -> Iterator[tuple[Result, np.ndarray]]:
+        """(Result, frame) for each frame of a video, stream, camera or images, read by `infer`'s threaded reader
+        (stale frames dropped and reconnects for live sources); frames in `color` order. Options: batch, stride,
+        queue, timeout, hwaccel ("cuda": NVDEC), reconnect ("forever" or N), smooth (K frames); see runtime/stream.py."""
+        from tedloc_edge.runtime.stream import stream
+
+        return stream(self, source, color=color, **options)
 
     def close(self) -> None:
         self.runner.close()

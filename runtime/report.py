@@ -35,7 +35,10 @@ def print_summary(summary: "InferSummary") -> None:
         console.print(f"[yellow]frames missing[/]: {summary.frames_missing} declared by the container never decoded (truncated or corrupt input)")
     if summary.frame_errors:
         console.print(f"[yellow]frames lost to inference errors[/]: {summary.frame_errors} (skipped, not in the outputs)")
-    if summary.stream_error:
+    if summary.reconnects:
+        console.print(f"[yellow]reconnected[/] {summary.reconnects} times, {sum(g['seconds'] for g in summary.gaps):.1f} s "
+                      f"without frames in all (summary.json: gaps)")
+    if summary.stream_error and not summary.lost:  # a lost source gets its own error line
         console.print(f"[yellow]input ended early[/]: {summary.stream_error}")
     for kind, path in summary.outputs.items():
         console.print(f"  {kind}: {path}")

@@ -56,6 +56,13 @@ class Result:
             image = image.copy()
         return draw_result(image, self, color=color, heatmap=heatmap)
 
+    def to_supervision(self) -> Any:
+        """`supervision.Detections` (pip install supervision): one detection per box, `xyxy` as `boxes`,
+        confidence the box score, class_id the frame's class; data["class_name"] and data["class_score"]."""
+        from tedloc_edge.runtime.integrations import to_supervision
+
+        return to_supervision(self)
+
     def __repr__(self) -> str:
         return (
             f"Result(class={self.class_name!r} ({self.class_id}), score={self.score:.3f}, boxes={len(self.boxes)}, "

@@ -105,6 +105,8 @@ class VideoSource(ThreadedSource):
         self.live = live
         self.label = label or target
         super().__init__(queue_frames=queue_frames, stride=stride)
+        self._args = dict(target=target, label=label, fmt=fmt, options=options, live=live, queue_frames=queue_frames,
+                          stride=stride, timeout=timeout, hwaccel=hwaccel)
         self.container = open_container(target, fmt, options or {}, timeout, self.label, hwaccel)
         if not self.container.streams.video:
             self.container.close()
@@ -176,6 +178,10 @@ class VideoSource(ThreadedSource):
                 if not emit(Frame(index=index, image=image, time=video_frame.time, decode_ms=ms)):
                     return None
                 index += 1
+
+    def reopen(self) -> "VideoSource":
+        """A new connection to the same input, opened as this one was (a live stream reconnecting)."""
+        return VideoSource(**self._args)
 
     def _release(self) -> None:
         try:

@@ -64,6 +64,14 @@ def patch_regions(cues: np.ndarray, bg_fraction: float = 0.2) -> PatchRegions:
     return PatchRegions(torch.from_numpy(fg), torch.from_numpy(bg), torch.from_numpy(valid))
 
 
+def add_negatives(regions: PatchRegions, count: int) -> PatchRegions:
+    """The regions with `count` object-free images appended: no foreground, every patch background."""
+    patches = regions.fg.shape[1]
+    return PatchRegions(torch.cat([regions.fg, torch.zeros(count, patches, dtype=torch.bool)]),
+                        torch.cat([regions.bg, torch.ones(count, patches, dtype=torch.bool)]),
+                        torch.cat([regions.valid, torch.ones(count, dtype=torch.bool)]))
+
+
 def flip_regions(regions: PatchRegions, grid: tuple[int, int]) -> PatchRegions:
     """The regions of horizontally flipped images."""
     gh, gw = grid

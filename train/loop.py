@@ -31,7 +31,7 @@ from tedloc_edge.train.distributed import Dist, setup_distributed
 from tedloc_edge.train.losses import LossWeights, cam_loss, tedloc_loss
 from tedloc_edge.train.model import args_to_dict, create_model, model_args_for
 from tedloc_edge.train.predict import read_checkpoint, save_checkpoint
-from tedloc_edge.train.sampling import add_negatives, flip_regions, patch_regions, sample_patches
+from tedloc_edge.train.sampling import add_negatives, flip_regions, hardest_background, patch_regions, sample_patches
 from tedloc_edge.train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                     if regions is not None:
                         reg = regions if flip is None else _flip_rows(regions, rows, flip, args.grid)
                         fg_idx, bg_idx, valid = sample_patches(reg, rows, cfg.k_fg, cfg.k_bg, gen)
+                        bg_idx = hardest_background(bg_idx, out["fg_logits"], y < 0) if neg_cache else bg_idx
                         parts = tedloc_loss(out, y, fg_idx.to(device), bg_idx.to(device), valid.to(device),
                                             head.anchors, cfg.temperature, weights)
                     else:

@@ -5,8 +5,9 @@
 - P_CL: binary cross-entropy of the patch foreground head on the sampled patches (fg = 1, bg = 0).
 - I_CL: cross-entropy of the image-level class scores.
 Total = w_kd * L_KD + w_pcl * P_CL + w_icl * I_CL. Images whose cue map is constant (`valid` False) give no
-patch terms. Object-free images (label -1, NO_OBJECT) give only P_CL's background terms: no class for L_KD or
-I_CL, no foreground patch.
+patch terms. Object-free images (label -1, NO_OBJECT) give only P_CL's background terms (every patch is
+background; the k_bg taught are the highest-scoring ones, `sampling.hardest_background`): no foreground patch,
+no class for L_KD or I_CL.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def kd_loss(fg_embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Te
 def pcl_loss(fg_logits: torch.Tensor, bg_logits: torch.Tensor, valid: torch.Tensor | None = None,
              has_object: torch.Tensor | None = None) -> torch.Tensor:
     """P_CL from head logits at sampled fg (B, k_fg) and bg (B, k_bg) patches: mean BCE over all sampled patches
-    (an object-free row, `has_object` False, over its bg patches only)."""
+    (an object-free row, `has_object` False, over its bg patches only: it has no foreground)."""
     logits = torch.cat([fg_logits, bg_logits], dim=1)
     target = torch.cat([torch.ones_like(fg_logits), torch.zeros_like(bg_logits)], dim=1)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")

@@ -55,3 +55,16 @@ def test_flip_mirrors_columns():
     bg = regions.bg[0].view(5, 5).numpy()
     assert bg[:, 0].all() and not bg[:, 1:].any()
     assert regions.fg[0].view(5, 5)[0:2, 3:5].all()
+
+
+def test_negatives_are_all_background_and_teach_their_highest_patches():
+    from tedloc_edge.train.sampling import add_negatives, hardest_background
+
+    regions = add_negatives(patch_regions(hand_cue()[None]), 2)
+    assert regions.fg.shape == (3, 25) and not regions.fg[1:].any() and regions.bg[1:].all() and regions.valid.all()
+    fg_logits = torch.arange(25, dtype=torch.float32).repeat(3, 1)  # patch 24 scores highest
+    bg_idx = torch.zeros(3, 4, dtype=torch.long)
+    got = hardest_background(bg_idx, fg_logits, torch.tensor([False, True, True]))
+    assert got[0].tolist() == [0, 0, 0, 0] and got[1].tolist() == [24, 23, 22, 21]
+    small = hardest_background(torch.zeros(1, 5, dtype=torch.long), torch.tensor([[0.1, 0.9]]), torch.tensor([True]))
+    assert small.tolist() == [[1, 0, 1, 0, 1]]  # a grid smaller than k repeats its patches

@@ -47,9 +47,9 @@ def infer(
 
         opts = InferOptions(
             source=source, model=model, out=out, exist_ok=exist_ok, stride=stride, batch=batch, max_frames=max_frames,
-            classes=classes, threshold=threshold, presence_threshold=presence_threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
+            classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
             threads=threads, cuda_graph=cuda_graph, hwaccel=hwaccel, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
-            trt_cache=trt_cache, metadata=metadata,
+            trt_cache=trt_cache, metadata=metadata, presence_threshold=presence_threshold,
         )
         summary = run_infer(opts)
         print_summary(summary)

@@ -128,6 +128,9 @@ class Localizer:
                 raise UserError(f"{source}: a {kind} map is not a probability, so this model has no presence score; "
                                 "drop --presence-threshold (every frame is reported present)")
         elif isinstance(self.runner, BoxRunner):
+            if given:
+                raise UserError(f"{source}: {self.runner.name} sends boxes, not the map, so there is no presence score to "
+                                "threshold; drop --presence-threshold or run the model locally")
             self._presence_note = f"{source}: {self.runner.name} sends boxes, not the map: no presence score, every frame is reported present"
         elif self.decode.presence_threshold is None:
             self._presence_note = (f"{source}: the model has no presence threshold: every frame is reported present "

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tedloc_edge.app import eval_cli
 from tedloc_edge.bundle import BundleMeta
-from tedloc_edge.datasets import NO_OBJECT, open_negatives, open_split
+from tedloc_edge.datasets import NO_OBJECT, dataset_negatives, open_negatives, open_split
 from tedloc_edge.errors import UserError
 from tedloc_edge.evaluate import calibrate_threshold, evaluate_predictor
 from tedloc_edge.images import load_image
@@ -134,11 +134,14 @@ def test_synth_negatives_leave_the_object_splits_unchanged(tmp_path):
     for split in ("train", "val", "test"):
         for a, b in zip(open_split(plain, split).samples, open_split(with_neg, split).samples):
             assert a.path.read_bytes() == b.path.read_bytes() and a.label == b.label
-        negatives = open_negatives(with_neg, split)
-        assert negatives is not None and negatives.name == f"{split}_negatives" and len(negatives) == 3
+        negatives = dataset_negatives(with_neg, split)
+        assert negatives is not None and open_negatives(with_neg, split).samples[0].path == negatives.samples[0].path and negatives.name == f"{split}_negatives" and len(negatives) == 3
         assert all(s.label == NO_OBJECT and len(s.boxes) == 0 and s.size and s.mask_path is None for s in negatives.samples)
         assert not (with_neg / "metadata" / f"{split}_negatives" / "class_labels.txt").exists()
-    assert open_negatives(plain, "val") is None  # a dataset without negatives has none
+    assert dataset_negatives(plain, "val") is None  # a dataset without negatives has none (the default: no error)
+    with pytest.raises(UserError, match="val_negatives"):
+        open_negatives(plain, "val")  # but one the user names must have them
+    assert dataset_negatives(plain / "images", "val") is None  # another layout's root is never a folder of negatives
     folder = open_negatives(with_neg / "images" / "val_negatives", "val")  # any folder of images
     assert len(folder) == 3 and folder.samples[0].label == NO_OBJECT
     (tmp_path / "nothing").mkdir()
@@ -222,3 +225,28 @@ def run_eval(*args: str):
     from tedloc_edge.app.cli import app
 
     return CliRunner().invoke(app, ["eval", *args])
+
+
+@pytest.mark.slow
+def test_training_with_object_free_images_then_the_bundle_carries_the_threshold(tmp_path):
+    from tinyrun import make_tiny_run  # torch: imported here, so the rest of this file runs without it
+
+    from tedloc_edge.train.predict import load_run
+
+    empty = generate(tmp_path / "empty", classes=3, train=3, val=0, test=0, negatives=5, image_size=(64, 96),
+                     show_progress=False)
+    run = make_tiny_run(tmp_path, negatives=str(empty))
+    config = json.loads((run / "config.json").read_text())
+    assert config["negatives"] == str(empty)  # what was used, so --resume uses it again
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(record["loss"]) and 0 <= record["train_top1"] <= 100  # top-1 over the object images only
+    assert load_run(run)[1].presence_threshold is None
+    RunDir(run).write_threshold({"threshold": 0.3, "criterion": "top1_loc", "split": "val", "value": 0.0,
+                                 "presence": {"threshold": 0.7, "criterion": "youden", "object_images": 9, "empty_images": 5}})
+    meta = load_run(run)[1]
+    assert meta.presence_threshold == 0.7 and meta.presence_source == "val:youden (9 object, 5 empty images)"
+    cam = make_tiny_run(tmp_path, "cam", negatives=str(empty))  # a CAM has no presence to train: not used
+    assert json.loads((cam / "config.json").read_text())["negatives"] == ""
+    RunDir(cam).write_threshold({"threshold": 0.3, "criterion": "top1_loc", "split": "val", "value": 0.0,
+                                 "presence": {"threshold": 0.7, "criterion": "youden", "object_images": 9, "empty_images": 5}})
+    assert load_run(cam)[1].presence_threshold is None

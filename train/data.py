@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.console import progress
 from tedloc_edge.errors import UserError
-from tedloc_edge.datasets import NO_OBJECT, Sample, Split, open_negatives, open_split
+from tedloc_edge.datasets import NO_OBJECT, Sample, Split, dataset_negatives, open_negatives, open_split
 from tedloc_edge.images import ImageDecodeError, load_image, resize_image
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ def load_negatives(negatives: str | None, data: str, split: str) -> tuple[Split 
     ``<split>_negatives`` when it has one; "" is none; else a folder of images or a dataset root."""
     if negatives == "":
         return None, ""
-    found = open_negatives(negatives or data, split)
-    if found is None and negatives:
-        raise UserError(f"{negatives}: this dataset has no metadata/{split}_negatives split; pass a folder of object-free images")
+    found = open_negatives(negatives, split) if negatives else dataset_negatives(data, split)
     return found, "" if found is None else str(found.root)
 
 

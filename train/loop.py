@@ -58,7 +58,9 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     # -- data (checked before anything is written) ----------------------------------------------------
     split = D.load_train_split(cfg.data, cfg.train_split)
     negatives, resolved = D.load_negatives(cfg.negatives, cfg.data, cfg.train_split) if cfg.method == "tedloc" else (None, "")
-    cfg = cfg.replace(negatives=resolved)  # config.json says what was used ("" none); a CAM has no presence to train
+    if cfg.negatives and cfg.method != "tedloc":
+        log.warning("--negatives: the %s baseline has no presence score to train; they are not used", cfg.method)
+    cfg = cfg.replace(negatives=resolved)  # config.json says what was used ("" none)
     val_split = load_val_split(cfg)
     class_names = list(split.class_names)
     if val_split is not None and list(val_split.class_names) != class_names:

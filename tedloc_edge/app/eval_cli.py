@@ -39,7 +39,7 @@ def evaluate(
     maps: Optional[Path] = typer.Option(None, "--maps", help="Score saved maps: DIR/<image id>.npy, any size and range."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="With --maps: lines 'image_id c1 c2 ...', classes best first."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Score the *_at_threshold metrics at this tau instead of the stored one."),
-    negatives: Optional[Path] = typer.Option(None, "--negatives", help="Object-free images for presence (AUROC, false positives; with --calibrate its threshold): a folder of images. Default: the dataset's own <split>_negatives."),
+    negatives: Optional[Path] = typer.Option(None, "--negatives", help="Object-free images for presence (AUROC, false positives; with --calibrate its threshold): a folder of images, or a dataset root with <split>_negatives. Default: the dataset's own <split>_negatives."),
     presence_threshold: Optional[float] = typer.Option(None, "--presence-threshold", help="Score presence at this threshold instead of the stored one."),
     batch: int = typer.Option(32, "--batch", help="Images per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:1 ...)."),
@@ -54,11 +54,11 @@ def evaluate(
         _check_options(target, split, criterion, calibrate, maps, predictions, threshold, batch)
         _check_presence_options(maps, negatives, presence_threshold)
         data = data or run_data(target)
-        from tedloc_edge.datasets import open_negatives, open_split
+        from tedloc_edge.datasets import dataset_negatives, open_negatives, open_split
         from tedloc_edge.evaluate import evaluate_maps, evaluate_predictor
 
         data_split = open_split(data, split)
-        empty = None if maps is not None else open_negatives(negatives or data, split)
+        empty = open_negatives(negatives, split) if negatives else (None if maps else dataset_negatives(data, split))
         if not data_split.has_boxes:
             raise UserError(f"{data}: split {split!r} has images without boxes; evaluation needs a box for every image")
         keep = max(examples, 0) if plot is not None else 0

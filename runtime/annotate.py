@@ -1,5 +1,6 @@
 """Drawing a Result on its frame: boxes, the class with its probability, each box's score; optionally the
-foreground map blended over the frame (--heatmap). Draws in place, in the frame's own channel order."""
+foreground map blended over the frame (--heatmap). Draws in place, in the frame's own channel order. A frame
+without an object (`Result.present` False) is left as it is: no box, no class, no map."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def draw_result(image: np.ndarray, result: Result, color: str = "RGB", heatmap: 
     are scaled to it.
     """
     color = check_color(color)
+    if not result.present:
+        return image
     h, w = image.shape[:2]
     if heatmap and result.fg_map is not None:
         blend_heatmap(image, result.fg_map, color)

@@ -25,6 +25,7 @@ def infer(
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many processed frames."),
     classes: Optional[str] = typer.Option(None, help="Restrict the class choice to these names or ids, comma separated."),
     threshold: Optional[float] = typer.Option(None, help="Box threshold in [0, 1); default: the model's calibrated one."),
+    presence_threshold: Optional[float] = typer.Option(None, "--presence-threshold", help="Presence threshold in [0, 1]: below it a frame has no object (no box, no class); default: the model's calibrated one."),
     heatmap: bool = typer.Option(False, "--heatmap", help="Blend the localization map over the annotated frames."),
     queue: bool = typer.Option(False, "--queue", help="Live sources: queue every frame instead of dropping stale ones."),
     device: str = typer.Option("auto", help="cpu | cuda | auto (cuda when onnxruntime-gpu or TensorRT can use it)."),
@@ -61,6 +62,7 @@ def infer(
             max_frames=max_frames, classes=classes, threshold=threshold, heatmap=heatmap, queue=queue, device=device, backend=backend,
             threads=threads, cuda_graph=cuda_graph, hwaccel=hwaccel, timeout=timeout, video=video, show_progress=sys.stderr.isatty(), triton=triton,
             trt_cache=trt_cache, metadata=metadata, reconnect=reconnect, segment=segment, smooth=smooth,
+            presence_threshold=presence_threshold,
         )
         if len(specs) == 1:
             summary = run_infer(opts)

@@ -45,6 +45,7 @@ class InferOptions:
     max_frames: int | None = None
     classes: str | None = None
     threshold: float | None = None
+    presence_threshold: float | None = None  # default: the model's stored one (below it a frame has no object)
     heatmap: bool = False
     queue: bool = False
     device: str = "auto"
@@ -142,7 +143,8 @@ def _fill(summary: InferSummary, source: ThreadedSource, totals: dict[str, float
 
 def open_localizer(opts: InferOptions) -> Localizer:
     """The Localizer over the model file, or over a Triton server's model with --triton."""
-    kwargs: dict[str, Any] = dict(threshold=opts.threshold, classes=opts.classes, return_map=opts.heatmap)
+    kwargs: dict[str, Any] = dict(threshold=opts.threshold, classes=opts.classes, return_map=opts.heatmap,
+                                  presence_threshold=opts.presence_threshold)
     if opts.triton:
         from tedloc_edge.runtime.triton_client import TritonRunner
 

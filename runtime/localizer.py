@@ -24,6 +24,7 @@ import numpy as np
 
 from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.errors import UserError
+from tedloc_edge.presence import PROBABILITY
 from tedloc_edge.runtime.backends import load_runner
 from tedloc_edge.runtime.postprocess import DecodeConfig, Decoded, decode_one, top_classes
 from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color
@@ -69,9 +70,11 @@ class Localizer:
     EP provider options; trt_cache: the folder of ORT TensorRT EP's caches, default beside the model; metadata: an
     .onnx or bundle JSON describing a plan built without the project's sidecar, by trtexec), or a ready `Runner` /
     `BoxRunner` (a server that decodes: the decode settings given here go with each request), which brings its
-    own. threshold / contour_mode default to the bundle's (calibrated) values; min_box_area is an inclusive pixel
-    area at the model's input size (as the evaluator's decoder counts it); classes restricts the class choice to a
-    subset (names or ids); return_map keeps each frame's (gh, gw) map on its Result.
+    own. threshold / contour_mode / presence_threshold default to the bundle's (calibrated) values; min_box_area is
+    an inclusive pixel area at the model's input size (as the evaluator's decoder counts it); classes restricts the
+    class choice to a subset (names or ids); return_map keeps each frame's (gh, gw) map on its Result.
+    Presence: every Result carries the frame's presence score; a frame below the presence threshold has no box
+    and no class. A model without a presence threshold reports every frame present (warned once, never filtered).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class Localizer:
         cuda_options: Mapping[str, str] | None = None,
         trt_cache: str | Path | None = None,
         metadata: str | Path | None = None,
+        presence_threshold: float | None = None,
     ) -> None:
         self.runner = model if isinstance(model, (Runner, BoxRunner)) else \
             load_runner(Path(model), backend, device, providers, max_batch, threads, cuda_graph, cuda_options,
@@ -102,7 +106,10 @@ class Localizer:
             contour_mode=contour_mode or self.meta.contour_mode,
             min_box_area=int(min_box_area),
             topk=int(topk),
+            presence_threshold=self.meta.presence_threshold if presence_threshold is None else float(presence_threshold),
+            map_kind=self.meta.map_kind,
         )
+        self._check_presence(presence_threshold is not None)
         given = {"threshold": threshold is not None, "contour_mode": contour_mode is not None, "min_box_area": bool(min_box_area)}
         self._overrides: dict[str, object] = {k: getattr(self.decode, k) for k, on in given.items() if on}
         self.allowed = resolve_classes(classes, self.meta.class_names)
@@ -114,6 +121,25 @@ class Localizer:
         self._pre = Preprocessor(self.meta.input_size, self.max_batch, self.meta.preprocess, self.runner.host_input(self.max_batch))
         self._lock = threading.Lock()
         logger.debug("Localizer(%s): %s, %d classes, input %s", self.runner.source, self.runner.name, self.meta.num_classes, self.meta.input_size)
+
+    def _check_presence(self, given: bool) -> None:
+        """A presence threshold for a map without presence is refused; frames that will not be filtered by presence
+        are said once, at the first call (never silently; evaluation, which scores maps, is not concerned)."""
+        source, kind = self.runner.source, self.meta.map_kind
+        self._presence_note: str | None = None
+        if kind != PROBABILITY:
+            if given:
+                raise UserError(f"{source}: a {kind} map is not a probability, so this model has no presence score; "
+                                "drop --presence-threshold (every frame is reported present)")
+        elif isinstance(self.runner, BoxRunner):
+            if given:
+                raise UserError(f"{source}: {self.runner.name} sends boxes, not the map, so there is no presence score to "
+                                "threshold; drop --presence-threshold or run the model locally")
+            self._presence_note = f"{source}: {self.runner.name} sends boxes, not the map: no presence score, every frame is reported present"
+        elif self.decode.presence_threshold is None:
+            self._presence_note = (f"{source}: the model has no presence threshold: every frame is reported present "
+                                   "(presence is still scored); calibrate with `tedloc-edge eval RUN --split val --calibrate` "
+                                   "(object-free images needed) and export again, or pass --presence-threshold")
 
     @property
     def backend(self) -> str:
@@ -134,6 +160,9 @@ class Localizer:
             return []
         results: list[Result] = []
         with self._lock:
+            if self._presence_note:
+                logger.warning(self._presence_note)
+                self._presence_note = None
             for start in range(0, len(batch), self.max_batch):
                 results.extend(self._run(batch[start : start + self.max_batch], color))
         return results[0] if single else results
@@ -174,16 +203,18 @@ class Localizer:
 
     def _result(self, d: Decoded, frame_shape: tuple[int, int], fg_map: np.ndarray | None) -> Result:
         names = self.meta.class_names
-        ids, probs = d.topk.tolist(), d.probs[d.topk].tolist()  # plain ints and floats in two calls
+        ids, probs = d.topk.tolist(), d.probs[d.topk].tolist()  # plain ints and floats in two calls; [] when absent
         return Result(
             boxes=d.boxes,
             box_scores=d.box_scores,
-            class_id=ids[0],
-            class_name=names[ids[0]],
-            score=probs[0],
+            class_id=ids[0] if ids else None,
+            class_name=names[ids[0]] if ids else None,
+            score=probs[0] if ids else None,
             topk=[(i, names[i], p) for i, p in zip(ids, probs)],
             orig_shape=frame_shape,
             fg_map=None if fg_map is None else fg_map.copy(),
+            presence=d.presence,
+            present=d.present,
         )
 
     def warmup(self) -> None:

@@ -26,13 +26,14 @@ def request_params(request: Any) -> dict[str, Any]:
 
 def decode_config(meta: BundleMeta, params: dict[str, Any], base: DecodeConfig | None = None) -> DecodeConfig:
     """DecodeConfig from the bundle, overridden by config.pbtxt / request parameters."""
-    base = base or DecodeConfig(threshold=meta.threshold, contour_mode=meta.contour_mode)
+    base = base or DecodeConfig(threshold=meta.threshold, contour_mode=meta.contour_mode, map_kind=meta.map_kind)
     try:
         return DecodeConfig(
             threshold=float(params.get("threshold", base.threshold)),
             contour_mode=str(params.get("contour_mode", base.contour_mode)),
             min_box_area=int(params.get("min_box_area", base.min_box_area)),
             topk=1,
+            map_kind=base.map_kind,  # box scores as the local Localizer's; no presence filter (not sent back)
         )
     except (TypeError, ValueError) as exc:
         raise BadInput(f"bad request parameters: {exc}") from None

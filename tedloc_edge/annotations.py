@@ -15,13 +15,20 @@ from tedloc_edge.errors import UserError
 
 SPLIT_FOLDERS = ("train", "val", "test")
 NO_BOXES = np.zeros((0, 4), dtype=np.float64)
+NEGATIVES_SUFFIX = "_negatives"  # metadata/<split>_negatives: object-free images that go with <split>
+NO_OBJECT = -1  # the label of an object-free image: it has no class
+
+
+def negatives_split(split: str) -> str:
+    """The wsol split holding `split`'s object-free images: ``val`` -> ``val_negatives``."""
+    return f"{split}{NEGATIVES_SUFFIX}"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds arrays, compared by identity
 class Sample:
     image_id: str  # path relative to images/ (wsol, cub) or to the split folder (folders)
     path: Path  # absolute image path
-    label: int
+    label: int  # NO_OBJECT (-1) for an object-free image
     boxes: np.ndarray  # (K, 4) float64 xyxy in original pixels; (0, 4) when unknown
     size: tuple[int, int] | None  # (width, height) in original pixels, when the metadata gives it
     mask_path: Path | None = None
@@ -135,16 +142,19 @@ def read_class_names(path: Path) -> tuple[str, ...]:
 
 
 def open_wsol(root: Path, split: str) -> Split:
+    """One split; a ``<split>_negatives`` split lists object-free images (image_ids.txt, optional image_sizes.txt;
+    no class_labels.txt or localization.txt is read): every sample gets label NO_OBJECT and no box."""
     meta = root / "metadata" / split
     if not meta.is_dir():
         found = sorted(p.name for p in (root / "metadata").iterdir() if p.is_dir())
         raise UserError(f"{meta}: no such split folder; splits here: {', '.join(found) or 'none'}")
     class_names = read_class_names(root / "classes.txt")
     ids = _wsol_ids(meta / "image_ids.txt")
-    labels = _wsol_labels(meta / "class_labels.txt", len(class_names))
+    negative = split.endswith(NEGATIVES_SUFFIX)
+    labels = dict.fromkeys(ids, NO_OBJECT) if negative else _wsol_labels(meta / "class_labels.txt", len(class_names))
     sizes = _wsol_sizes(meta / "image_sizes.txt") if (meta / "image_sizes.txt").is_file() else {}
-    needs_boxes, loc_path = split != "train", meta / "localization.txt"
-    raw_boxes = _wsol_boxes(loc_path) if needs_boxes or loc_path.is_file() else {}
+    needs_boxes, loc_path = split != "train" and not negative, meta / "localization.txt"
+    raw_boxes = _wsol_boxes(loc_path) if needs_boxes or (loc_path.is_file() and not negative) else {}
     checker, mask_dir = _BoxChecker(), root / "masks" / split
     has_masks = mask_dir.is_dir()
     samples = []

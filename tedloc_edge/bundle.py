@@ -76,6 +76,8 @@ class BundleMeta:
 
     The graph takes ``images``: (N, H, W, 3) at `input_size`, prepared as `preprocess` says (uint8 NHWC RGB,
     normalized inside the graph). Outputs: ``fg_map`` (N, gh, gw) float32 and ``logits`` (N, C).
+    `presence_threshold`: a frame whose presence score (`tedloc_edge.presence`, from the raw map) is below it holds
+    no object; None when presence was never calibrated (then every frame is present) and for a CAM.
     """
 
     class_names: tuple[str, ...]
@@ -85,6 +87,8 @@ class BundleMeta:
     threshold: float = 0.5  # deployment threshold tau on the min-max normalized map (METHOD.md protocol)
     threshold_source: str = "default"  # e.g. "val:top1_loc" once calibrated
     contour_mode: str = "largest"  # "largest" or "all"
+    presence_threshold: float | None = None  # on the presence score (a probability), picked on val + negatives
+    presence_source: str = ""  # e.g. "val:youden (80 object, 80 empty images)" once calibrated
     method: str = "tedloc"  # "tedloc" or "cam"
     backbone: str = ""
     anchor_source: str = ""

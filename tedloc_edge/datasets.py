@@ -10,6 +10,11 @@
   ``val`` and ``test``. CUB has no validation split, so ``val`` is held out of the official train split,
   deterministically: within each class, the train images sorted by CUB image id, the ones at positions
   9, 19, 29, ... (every tenth, about 10%). ``train`` then excludes them; ``test`` is the official test split.
+  A ``<split>_negatives`` split (e.g. ``val_negatives``) lists object-free images that go with ``<split>``:
+  ``image_ids.txt`` and optionally ``image_sizes.txt``, no class labels (an image without an object has no
+  class: its samples get label ``NO_OBJECT`` = -1), boxes or masks. `dataset_negatives` reads it (the default
+  for training, calibration and evaluation); `open_negatives` reads what the user names (--negatives: such a
+  dataset, or any folder of images).
 * ``folders``: a class-per-folder tree, ``ROOT/<split>/<class>/*`` when a ``train``, ``val`` or ``test``
   folder exists, else ``ROOT/<class>/*`` (then every split name reads the same images). Labels only.
 
@@ -26,13 +31,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tedloc_edge.annotations import NO_BOXES, SPLIT_FOLDERS, Sample, Split, open_cub, open_wsol
+from tedloc_edge.annotations import (NO_BOXES, NO_OBJECT, SPLIT_FOLDERS, Sample, Split, negatives_split, open_cub,
+                                    open_wsol)
 from tedloc_edge.errors import UserError
 from tedloc_edge.images import decode, list_images
 
 __all__ = [
-    "LAYOUTS", "NO_BOXES", "SPLIT_FOLDERS", "Sample", "Split", "detect_layout", "load_mask", "open_split",
-    "resize_boxes",
+    "LAYOUTS", "NO_BOXES", "NO_OBJECT", "SPLIT_FOLDERS", "Sample", "Split", "dataset_negatives", "detect_layout",
+    "load_mask", "negatives_split", "open_negatives", "open_split", "resize_boxes",
 ]
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,33 @@ def open_split(root: str | os.PathLike, split: str) -> Split:
     if result.warnings:
         log.warning("%s [%s]: %s", root, split, ", ".join(f"{k}={v}" for k, v in sorted(result.warnings.items())))
     return result
+
+
+def dataset_negatives(root: str | os.PathLike, split: str) -> Split | None:
+    """The dataset's own object-free images for `split` (its ``<split>_negatives``, wsol layout), or None."""
+    path = Path(root).expanduser().resolve()
+    if not (path / "metadata" / negatives_split(split)).is_dir():
+        return None
+    return open_split(path, negatives_split(split))
+
+
+def open_negatives(source: str | os.PathLike, split: str) -> Split:
+    """Object-free images the user named for `split`: a dataset root with a ``<split>_negatives`` split, or a
+    folder of images (read recursively, every one an object-free image)."""
+    path = Path(source).expanduser().resolve()
+    if (path / "metadata").is_dir():
+        found = dataset_negatives(path, split)
+        if found is None:
+            raise UserError(f"{path}: this dataset has no metadata/{negatives_split(split)}; pass a folder of "
+                            "object-free images, or generate them (`tedloc-edge data synth --negatives N`)")
+        return found
+    if not path.is_dir():
+        raise UserError(f"{path}: no such folder; --negatives takes a folder of object-free images or a dataset root "
+                        f"with metadata/{negatives_split(split)}")
+    samples = [Sample(p.relative_to(path).as_posix(), p, NO_OBJECT, NO_BOXES, None) for p in list_images(path, recursive=True)]
+    if not samples:
+        raise UserError(f"{path}: no images in this --negatives folder; put object-free images (.jpg, .png) in it")
+    return Split(path, "negatives", (), samples, "images")
 
 
 def detect_layout(root: Path) -> str:

@@ -2,6 +2,8 @@
 
 A `Predictor` gives maps and logits (the runtime's `Localizer` over any runner, a torch run's `TorchRunner` too);
 saved maps are scored the same way (`evaluate_maps`), so a map from any method meets the same protocol.
+A predictor's report also scores presence (`tedloc_edge.presence`) on the raw maps of the split's images and of
+object-free images (`negatives`); the WSOL metrics on the object images are computed exactly as without it.
 Nothing here imports torch.
 """
 
@@ -25,6 +27,7 @@ from tedloc_edge.errors import UserError
 from tedloc_edge.console import progress as progress_bar
 from tedloc_edge.datasets import Sample, Split, load_mask, resize_boxes
 from tedloc_edge.images import load_image
+from tedloc_edge.presence import PROBABILITY, PresenceReport, calibration_record, negative_scores, top_mean
 from tedloc_edge.metrics import (
     CALIBRATION_CRITERIA,
     EVAL_SIZE,
@@ -77,6 +80,7 @@ class EvalReport:
     warnings: dict[str, int] = field(default_factory=dict)
     examples: list[Example] = field(default_factory=list)
     per_image: dict[str, np.ndarray] = field(default_factory=dict)  # hits at each metric's optimum (per_image=True)
+    presence: PresenceReport | None = None  # a probability map's presence scores (None: saved maps, a CAM)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +97,7 @@ class EvalReport:
             "thresholds": self.thresholds.tolist(),
             "curves": {name: curve.tolist() for name, curve in self.curves.items()},
             **({"per_image": {name: hits.tolist() for name, hits in self.per_image.items()}} if self.per_image else {}),
+            "presence": None if self.presence is None else self.presence.summary(),
         }
 
     def to_json(self) -> str:
@@ -125,18 +130,30 @@ def evaluate_predictor(
     examples: int = 0,
     source: str = "",
     per_image: bool = False,
+    negatives: Split | None = None,
+    presence_threshold: float | None = None,
 ) -> EvalReport:
     """Score `predictor` on `split`. `threshold` defaults to the model's stored one (``meta.threshold``).
 
     `per_image` also keeps each image's hit at each metric's optimal threshold (`EvalReport.per_image`).
+    Presence (a probability map only): AUROC of the split's images against the object-free `negatives`, and the
+    rates at `presence_threshold` (default: the model's stored one).
     """
     meta = predictor.meta
     source = source or f"{type(predictor).__name__}({meta.run_id or meta.backbone or meta.method})"
     check_classes(meta.class_names, split, source)
     tau = float(meta.threshold if threshold is None else threshold)
     tau_source = meta.threshold_source if threshold is None else "given"
-    items = _predictor_items(predictor, split, max(int(batch), 1), source)
-    return _score(items, split, tau, tau_source, source, progress, examples, meta.contour_mode, per_image)
+    scores: list[float] = []
+    items = _predictor_items(predictor, split, max(int(batch), 1), source, scores)
+    report = _score(items, split, tau, tau_source, source, progress, examples, meta.contour_mode, per_image)
+    if meta.map_kind == PROBABILITY:
+        empty = negative_scores(predictor, [] if negatives is None else negatives.samples, max(int(batch), 1))
+        given = presence_threshold is not None
+        report.presence = PresenceReport(
+            np.array(scores), empty, presence_threshold if given else meta.presence_threshold,
+            "given" if given else meta.presence_source, "" if negatives is None else f"{negatives.root} [{negatives.name}]")
+    return report
 
 
 def evaluate_maps(
@@ -238,7 +255,8 @@ def protocol_gt_boxes(sample: Sample, image_shape: tuple[int, ...] | None, where
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def _predictor_items(predictor: Predictor, split: Split, batch: int, source: str) -> Iterator[_Item]:
+def _predictor_items(predictor: Predictor, split: Split, batch: int, source: str, presence: list[float]) -> Iterator[_Item]:
+    """The split's images with their maps; each image's presence score (raw map) is appended to `presence`."""
     samples = split.samples
     num_classes = split.num_classes
     for start in range(0, len(samples), batch):
@@ -250,6 +268,7 @@ def _predictor_items(predictor: Predictor, split: Split, batch: int, source: str
             raise UserError(f"{source}: forward_maps returned maps {maps.shape} and logits {logits.shape} for "
                             f"{len(chunk)} images of {num_classes} classes; the model does not follow the graph contract")
         for sample, image, fg_map, row in zip(chunk, images, maps, logits):
+            presence.append(top_mean(fg_map))
             yield _Item(sample, fg_map, ranking_from_logits(row), image)
 
 
@@ -343,6 +362,7 @@ def calibrate_threshold(report: EvalReport, criterion: str = "top1_loc") -> dict
                        curve[best], report.thresholds[best])
     optimum = {name: {"threshold": report.optimal_thresholds[name], "value": report.metrics[name]}
                for name in CALIBRATION_CRITERIA if name in report.optimal_thresholds}
+    presence = report.presence
     return {
         "threshold": float(report.thresholds[best]),
         "criterion": criterion,
@@ -353,6 +373,7 @@ def calibrate_threshold(report: EvalReport, criterion: str = "top1_loc") -> dict
         "data": report.data,
         "source": report.source,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "presence": None if presence is None or not len(presence.negatives) else calibration_record(presence),
     }
 
 

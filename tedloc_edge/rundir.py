@@ -67,23 +67,42 @@ class RunDir:
 
     def read_threshold(self) -> tuple[float, str] | None:
         """(threshold, "split:criterion") from threshold.json, or None when the run was not calibrated."""
-        path = self.threshold_file
-        if not path.is_file():
+        doc = self._threshold_doc()
+        if doc is None:
             return None
+        return self._parse(lambda: (float(doc["threshold"]), f"{doc.get('split', 'val')}:{doc.get('criterion', 'unknown')}"))
+
+    def read_presence(self) -> tuple[float, str] | None:
+        """(presence threshold, its source) from threshold.json's "presence" record, or None when presence was not
+        calibrated (no negatives at calibration, or a CAM run)."""
+        doc = self._threshold_doc()
+        record = None if doc is None else doc.get("presence")
+        if not record:
+            return None
+        return self._parse(lambda: (float(record["threshold"]), f"{doc.get('split', 'val')}:{record['criterion']} "
+                                    f"({record['object_images']} object, {record['empty_images']} empty images)"))
+
+    def _threshold_doc(self) -> dict[str, Any] | None:
+        if not self.threshold_file.is_file():
+            return None
+        return self._parse(lambda: json.loads(self.threshold_file.read_text(encoding="utf-8")))
+
+    def _parse(self, read: Any) -> Any:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            return float(doc["threshold"]), f"{doc.get('split', 'val')}:{doc.get('criterion', 'unknown')}"
+            return read()
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{path}: unreadable threshold file ({exc}); recalibrate with `tedloc-edge eval "
+            raise UserError(f"{self.threshold_file}: unreadable threshold file ({exc}); recalibrate with `tedloc-edge eval "
                             f"{self.path} --calibrate` or delete it") from None
 
     # ------------------------------------------------------------------------------------------ writing
 
     def write_threshold(self, doc: dict[str, Any]) -> Path:
-        """threshold.json (export and load_run read it), written atomically."""
+        """threshold.json (export and load_run read it), written atomically: the box threshold and, when presence
+        was calibrated, a "presence" record ({"threshold", "criterion", "object_images", "empty_images", ...})."""
         atomic_write_text(self.threshold_file, json.dumps(doc, indent=2) + "\n")
-        logger.info("wrote %s: threshold %.3f (%s %s = %.2f%%)", self.threshold_file, doc["threshold"], doc["split"],
-                    doc["criterion"], doc["value"])
+        logger.info("wrote %s: threshold %.3f (%s %s = %.2f%%)%s", self.threshold_file, doc["threshold"], doc["split"],
+                    doc["criterion"], doc["value"],
+                    f", presence threshold {doc['presence']['threshold']:.4f}" if doc.get("presence") else "")
         return self.threshold_file
 
     def start(self, config: dict[str, Any], fresh: bool) -> None:

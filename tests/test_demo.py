@@ -23,11 +23,17 @@ def test_tiny_demo_end_to_end_then_reused(tmp_path):
         assert "–" not in line, f"missing metrics in report row: {line}"
     assert "tedloc-edge train --data" in report and "tedloc-edge export" in report
     assert "INT8 accuracy gate on" in report and "McNemar p" in report  # the gate's val figures, from the model
+    presence = report.split("## Presence", 1)[1].split("\n## ", 1)[0]  # test split + the test negatives
+    for row in ("TeD-Loc (torch fp32)", "TeD-Loc ONNX fp32", "TeD-Loc ONNX INT8"):
+        line = next(l for l in presence.splitlines() if l.startswith(f"| {row}"))
+        assert "%" in line and "none stored" not in line and "| 6 + 6 |" in line, line  # calibrated on val_negatives
+    assert "| CAM baseline (torch fp32) | none: the map is not a probability" in presence
+    assert "Presence on the video:" in report
     assert (out / "models" / "tedloc_fp32.onnx").stat().st_size > 0
     assert (out / "models" / "tedloc_int8.onnx").stat().st_size > 0
     assert (out / "eval" / "tedloc_torch.png").stat().st_size > 0
     lines = (out / "infer" / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == 12 and all(json.loads(l)["frame"] >= 0 for l in lines)
+    assert len(lines) == 12 and all(json.loads(l)["frame"] >= 0 and "present" in json.loads(l) for l in lines)
     bench = json.loads((out / "bench.json").read_text())
     assert {r["precision"] for r in bench["rows"]} >= {"fp32", "int8"}
 

@@ -27,10 +27,10 @@ GATE = {"split": "val", "images": 80, "max_drop": 1.0, "passed": True, "fp32": {
         "flips": {"maxboxacc": {"lost": 1, "gained": 0, "mcnemar_p": 1.0}, "top1_loc": {"lost": 2, "gained": 2, "mcnemar_p": 1.0}}}
 
 
-def int8_meta(**extra):
+def int8_meta(**fields):
     return fixture_meta(precision="int8", threshold=0.41, threshold_source="val:top1_loc", anchor_source="clip:ViT-B-16:openai",
                         anchors_have_text_semantics=True,
-                        extra={"int8_mode": "tensorrt", "int8_calibration_images": 200, "int8_gate": GATE, **extra})
+                        extra={"int8_mode": "tensorrt", "int8_calibration_images": 200, "int8_gate": GATE}, **fields)
 
 
 def plan(path: Path, cc: str = "8.7", **record) -> Path:
@@ -60,8 +60,10 @@ def test_onnx_int8(tmp_path):
 
 
 def test_presence_threshold_only_when_the_bundle_has_one(tmp_path):
-    doc = ins.describe(write_model(tmp_path / "m.onnx", meta=int8_meta(presence_threshold=0.6)))
-    assert doc["model"]["thresholds"]["presence"] == 0.6 and dict(ins.rows(doc))["presence threshold"] == "0.6"
+    meta = int8_meta(presence_threshold=0.6, presence_source="val:youden (80 object, 80 empty images)")
+    doc = ins.describe(write_model(tmp_path / "m.onnx", meta=meta))
+    assert doc["model"]["thresholds"]["presence"] == 0.6
+    assert dict(ins.rows(doc))["presence threshold"] == "0.6 (val:youden (80 object, 80 empty images))"
 
 
 def test_json_and_table_from_the_cli(tmp_path):

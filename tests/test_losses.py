@@ -56,3 +56,20 @@ def test_tedloc_loss_gathers_the_sampled_patches_and_weights_the_sum():
     assert parts["pcl"].item() == pytest.approx(pcl, abs=1e-6)
     assert parts["icl"].item() == pytest.approx(icl, abs=1e-6)
     assert parts["loss"].item() == pytest.approx(2 * kd + 3 * pcl + 0.5 * icl, abs=1e-5)
+
+
+def test_object_free_rows_teach_background_only():
+    # Row 0 has an object (label 0), row 1 is object-free (label -1): its fg slot and its class are ignored,
+    # its bg patch counts. logit ln 3 -> p = 3/4.
+    lg = torch.full((2, 1), math.log(3.0))
+    has_object = torch.tensor([True, False])
+    got = pcl_loss(lg, lg, torch.tensor([True, True]), has_object)
+    assert got.item() == pytest.approx((-math.log(0.75) - math.log(0.25) - math.log(0.25)) / 3, abs=1e-6)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 9.0]])
+    assert icl_loss(logits, torch.tensor([0, -1])).item() == pytest.approx(icl_loss(logits[:1], torch.tensor([0])).item())
+    out = {"embeddings": torch.tensor([[[1.0], [0.0]], [[0.0], [1.0]]]), "fg_logits": torch.zeros(2, 1), "logits": logits}
+    idx = torch.zeros(2, 1, dtype=torch.long)
+    parts = tedloc_loss(out, torch.tensor([0, -1]), idx, idx, torch.tensor([True, True]), E, 1.0)
+    alone = tedloc_loss({k: v[:1] for k, v in out.items()}, torch.tensor([0]), idx[:1], idx[:1], torch.tensor([True]), E, 1.0)
+    assert parts["kd"].item() == pytest.approx(alone["kd"].item()) and parts["icl"].item() == pytest.approx(alone["icl"].item())
+    assert torch.isfinite(parts["loss"])

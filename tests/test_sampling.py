@@ -89,3 +89,16 @@ def test_bad_rules_are_user_errors(bad):
     with pytest.raises(UserError, match="otsu, frac:F or quantile:Q"):
         parse_rule(bad)
     assert parse_rule("frac:0.7") == ("frac", 0.7) and parse_rule("otsu") == ("otsu", 0.0)
+
+
+def test_negatives_are_all_background_and_teach_their_highest_patches():
+    from tedloc_edge.train.sampling import add_negatives, hardest_background
+
+    regions = add_negatives(patch_regions(hand_cue()[None]), 2)
+    assert regions.fg.shape == (3, 25) and not regions.fg[1:].any() and regions.bg[1:].all() and regions.valid.all()
+    fg_logits = torch.arange(25, dtype=torch.float32).repeat(3, 1)  # patch 24 scores highest
+    bg_idx = torch.zeros(3, 4, dtype=torch.long)
+    got = hardest_background(bg_idx, fg_logits, torch.tensor([False, True, True]))
+    assert got[0].tolist() == [0, 0, 0, 0] and got[1].tolist() == [24, 23, 22, 21]
+    small = hardest_background(torch.zeros(1, 5, dtype=torch.long), torch.tensor([[0.1, 0.9]]), torch.tensor([True]))
+    assert small.tolist() == [[1, 0, 1, 0, 1]]  # a grid smaller than k repeats its patches

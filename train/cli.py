@@ -19,6 +19,7 @@ def synth(
     train: int = typer.Option(480, "--train", help="Training images in total (classes balanced)."),
     val: int = typer.Option(96, "--val", help="Validation images (threshold calibration, best checkpoint)."),
     test: int = typer.Option(192, "--test", help="Test images."),
+    negatives: int = typer.Option(0, "--negatives", help="Object-free scenes per split (same backgrounds and distractors, no object), in metadata/<split>_negatives: presence training, calibration and testing."),
     seed: int = typer.Option(0, "--seed", help="Same seed and counts give byte-identical files."),
     min_size: int = typer.Option(200, "--min-size", help="Smallest image side drawn, pixels."),
     max_size: int = typer.Option(320, "--max-size", help="Largest image side drawn, pixels."),
@@ -32,7 +33,7 @@ def synth(
         from tedloc_edge.train.synth import generate
 
         root = generate(out, classes=classes, train=train, val=val, test=test, seed=seed,
-                        image_size=(min_size, max_size), exist_ok=exist_ok)
+                        image_size=(min_size, max_size), exist_ok=exist_ok, negatives=negatives)
         next_commands("Next:", [f"tedloc-edge train --data {root} --out runs/tedloc",
                                 f"tedloc-edge train --data {root} --out runs/cam --method cam"])
 

@@ -44,6 +44,7 @@ class TrainConfig:
     out: str = option("runs/tedloc", "Run folder (checkpoints, anchors, cues, metrics).", panel=RUN, path="given")
     train_split: str = option("train", panel=DATA)
     val_split: str = option("val", "Validation split for best.pt; '' for none.", panel=DATA)  # none: best.pt follows the last epoch
+    negatives: str | None = option(None, "Object-free images (every patch background for P_CL): a folder of images, or a dataset root with a <train-split>_negatives split. Default: the dataset's own, when it has one.", panel=DATA, path="absolute")  # resolved at start: "" = none
     method: str = option("tedloc", "tedloc, or cam: the CAM baseline in the same harness.", panel=MODEL)
     # model
     backbone: str = option("tf_efficientnet_lite0", "Frozen timm encoder (CNN or ViT).", panel=MODEL)

@@ -7,6 +7,8 @@ mirrored images are cached too and each step picks one of the two views per imag
 flipping every step, at twice the one-off encoding cost instead of an encoder pass per step.
 
 Images that fail to decode are skipped and counted; the ids land in ``RUN/skipped.json`` (`RunDir.write_skipped`).
+Object-free images (`load_negatives`) are cached the same way and join the training rows after the split's own,
+with label NO_OBJECT (-1).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.utils.data import Dataset
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.console import progress
 from tedloc_edge.errors import UserError
-from tedloc_edge.datasets import Sample, Split, open_split
+from tedloc_edge.datasets import NO_OBJECT, Sample, Split, dataset_negatives, open_negatives, open_split
 from tedloc_edge.images import ImageDecodeError, load_image, resize_image
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,15 @@ def load_train_split(root: str, name: str) -> Split:
         raise UserError(f"{split.root}: split {name!r} has no image of class {empty[0]!r} "
                         f"({len(empty)} empty class(es)); add images or remove the class from classes.txt")
     return split
+
+
+def load_negatives(negatives: str | None, data: str, split: str) -> tuple[Split | None, str]:
+    """(object-free images, the resolved setting for config.json): `negatives` None takes the dataset's own
+    ``<split>_negatives`` when it has one; "" is none; else a folder of images or a dataset root."""
+    if negatives == "":
+        return None, ""
+    found = open_negatives(negatives, split) if negatives else dataset_negatives(data, split)
+    return found, "" if found is None else str(found.root)
 
 
 @dataclass
@@ -139,13 +150,14 @@ def _open(paths: dict[str, Path], flips: bool, samples: list[Sample], key: str) 
 
 
 class RowDataset(Dataset):
-    """Items (row index, label, features) over the decodable rows of a split cache; with the flipped view
-    cached, features are (2, C, gh, gw): [original, mirrored]."""
+    """Items (row index + `offset`, label, features) over the decodable rows of a split cache; with the flipped view
+    cached, features are (2, C, gh, gw): [original, mirrored]. Object-free images: `labels` None (NO_OBJECT) and
+    `offset` the number of rows before them."""
 
-    def __init__(self, cache: SplitCache, labels: np.ndarray):
+    def __init__(self, cache: SplitCache, labels: np.ndarray | None, offset: int = 0):
         self.rows = np.flatnonzero(cache.ok)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.cache = cache
+        self.labels = np.full(len(cache.ok), NO_OBJECT, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        self.cache, self.offset = cache, offset
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -155,7 +167,7 @@ class RowDataset(Dataset):
         x = np.asarray(self.cache.features[row], dtype=np.float32)
         if self.cache.flipped is not None:
             x = np.stack([x, np.asarray(self.cache.flipped[row], dtype=np.float32)])
-        return row, int(self.labels[row]), torch.from_numpy(x)
+        return row + self.offset, int(self.labels[row]), torch.from_numpy(x)
 
 
 def features_tensor(cache: SplitCache, rows: np.ndarray | None = None) -> torch.Tensor:

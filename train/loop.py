@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from tedloc_edge.files import atomic_write_with
 from tedloc_edge.console import console, next_commands, progress
@@ -31,7 +31,7 @@ from tedloc_edge.train.distributed import Dist, setup_distributed
 from tedloc_edge.train.losses import LossWeights, cam_loss, tedloc_loss
 from tedloc_edge.train.model import args_to_dict, create_model, model_args_for
 from tedloc_edge.train.predict import read_checkpoint, save_checkpoint
-from tedloc_edge.train.sampling import flip_regions, patch_regions, sample_patches
+from tedloc_edge.train.sampling import add_negatives, flip_regions, hardest_background, patch_regions, sample_patches
 from tedloc_edge.train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
 
     # -- data (checked before anything is written) ----------------------------------------------------
     split = D.load_train_split(cfg.data, cfg.train_split)
+    negatives, resolved = D.load_negatives(cfg.negatives, cfg.data, cfg.train_split) if cfg.method == "tedloc" else (None, "")
+    if cfg.negatives and cfg.method != "tedloc":
+        log.warning("--negatives: the %s baseline has no presence score to train; they are not used", cfg.method)
+    cfg = cfg.replace(negatives=resolved)  # config.json says what was used ("" none)
     val_split = load_val_split(cfg)
     class_names = list(split.class_names)
     if val_split is not None and list(val_split.class_names) != class_names:
@@ -83,7 +87,10 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                  rank=dist.rank, world=dist.world, barrier=dist.barrier)
     train_cache = D.build_cache(split.samples, run.cache, "train", backbone=backbone, flips=cfg.augment, **cache)
     val_cache = D.build_cache(val_split.samples, run.cache, "val", backbone=backbone, **cache) if val_split else None
-    skipped = {"train": train_cache.skipped, **({"val": val_cache.skipped} if val_cache else {})}
+    neg_cache = D.build_cache(negatives.samples, run.cache, "negatives", backbone=backbone, flips=cfg.augment,
+                              **cache) if negatives else None
+    skipped = {"train": train_cache.skipped, **({"val": val_cache.skipped} if val_cache else {}),
+               **({"negatives": neg_cache.skipped} if neg_cache else {})}
     labels = np.array([s.label for s in split.samples])
     check_after_skips(split, labels, train_cache.ok, skipped, run if dist.is_main else None)
     regions = None
@@ -94,6 +101,11 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
             log.info("cues: %d of %d training images give fg/bg patches (fg %s, bg %s; the rest have flat cue maps)",
                      int(regions.valid.sum()), len(cues), cfg.fg_rule, cfg.bg_rule)
     dataset = D.RowDataset(train_cache, labels)
+    if neg_cache is not None:  # object-free rows after the split's own: every patch background
+        dataset = ConcatDataset([dataset, D.RowDataset(neg_cache, None, offset=len(split.samples))])
+        regions = None if regions is None else add_negatives(regions, len(negatives.samples))
+        if dist.is_main:
+            log.info("negatives: %d object-free images from %s", len(dataset.datasets[1]), negatives.root)
     sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=False,
                         worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(cfg.seed))
@@ -136,7 +148,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
             gen = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) * 64 + dist.rank)
             head.train()
             sums: dict[str, float] = {}
-            seen, correct, t0 = 0, 0, time.perf_counter()
+            seen, objects, correct, t0 = 0, 0, 0, time.perf_counter()
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info="")
             for rows, y, x in loader:
                 y, x = y.to(device), x.to(device)
@@ -148,6 +160,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                     if regions is not None:
                         reg = regions if flip is None else _flip_rows(regions, rows, flip, args.grid)
                         fg_idx, bg_idx, valid = sample_patches(reg, rows, cfg.k_fg, cfg.k_bg, gen)
+                        bg_idx = hardest_background(bg_idx, out["fg_logits"], y < 0) if neg_cache else bg_idx
                         parts = tedloc_loss(out, y, fg_idx.to(device), bg_idx.to(device), valid.to(device),
                                             head.anchors, cfg.temperature, weights, cfg.label_smoothing)
                     else:
@@ -167,15 +180,16 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.item() * len(y)
                 seen += len(y)
+                objects += int((y >= 0).sum())  # object-free rows have no class to get right
                 correct += int((out["logits"].argmax(1) == y).sum())
                 rate = seen * dist.world / (time.perf_counter() - t0)
                 bar.update(task, advance=1, info=" ".join(f"{k} {v / seen:.3f}" for k, v in sums.items()) + f" | {rate:.0f} img/s")
             epoch_time = time.perf_counter() - t0
-            totals = dist.all_sum({**sums, "_seen": seen, "_correct": correct})
-            n_seen = max(totals.pop("_seen"), 1)
+            totals = dist.all_sum({**sums, "_seen": seen, "_objects": objects, "_correct": correct})
+            n_seen, n_objects = max(totals.pop("_seen"), 1), max(totals.pop("_objects"), 1)
             record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
                       **{k: v / n_seen for k, v in totals.items() if k != "_correct"},
-                      "train_top1": 100.0 * totals["_correct"] / n_seen,
+                      "train_top1": 100.0 * totals["_correct"] / n_objects,
                       "img_per_s": n_seen / epoch_time, "epoch_time_s": epoch_time}
 
             # -- validation, checkpoints, metrics (rank 0 writes) --------------------------------------

@@ -81,6 +81,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[TeDLocNet, 
     calibrated = run.read_threshold()
     if calibrated is not None:
         meta = meta.replace(threshold=calibrated[0], threshold_source=calibrated[1])
+    presence = run.read_presence() if meta.map_kind == "probability" else None  # a CAM has no presence score
+    if presence is not None:
+        meta = meta.replace(presence_threshold=presence[0], presence_source=presence[1])
     return model, meta
 
 

@@ -96,6 +96,24 @@ def patch_regions(cues: np.ndarray, bg_rule: str = "quantile:0.2", fg_rule: str 
     return PatchRegions(torch.from_numpy(fg), torch.from_numpy(bg), torch.from_numpy(valid))
 
 
+def add_negatives(regions: PatchRegions, count: int) -> PatchRegions:
+    """The regions with `count` object-free images appended: no foreground, every patch background."""
+    patches = regions.fg.shape[1]
+    return PatchRegions(torch.cat([regions.fg, torch.zeros(count, patches, dtype=torch.bool)]),
+                        torch.cat([regions.bg, torch.ones(count, patches, dtype=torch.bool)]),
+                        torch.cat([regions.valid, torch.ones(count, dtype=torch.bool)]))
+
+
+def hardest_background(bg_idx: torch.Tensor, fg_logits: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """`bg_idx` (B, k) with each object-free row (`negative`) replaced by its k highest-scoring patches (repeated
+    on a grid of fewer than k): every patch of such an image is background, and the highest are the ones the
+    presence score reads (tedloc_edge.presence), so they are the ones worth teaching."""
+    k, patches = bg_idx.shape[1], fg_logits.shape[1]
+    hard = fg_logits.detach().topk(min(k, patches), dim=1).indices
+    hard = hard.repeat(1, -(-k // hard.shape[1]))[:, :k].to(bg_idx.device)
+    return torch.where(negative.to(bg_idx.device)[:, None], hard, bg_idx)
+
+
 def flip_regions(regions: PatchRegions, grid: tuple[int, int]) -> PatchRegions:
     """The regions of horizontally flipped images."""
     gh, gw = grid

@@ -7,7 +7,9 @@ textured backgrounds, headless bodies and free heads of random classes (so a par
 Objects vary in position, scale (15% to 70% of the image's shorter side), aspect, rotation and mirror.
 
 `generate()` writes the wsolevaluation layout (METHOD.md) with boxes and masks for every split; the same
-seed gives byte-identical files. numpy + OpenCV only, so the demo can make data without torch.
+seed gives byte-identical files. `negatives=N` adds N object-free scenes per split (same backgrounds and
+distractors, no bird) as the splits ``<split>_negatives`` (`tedloc_edge.datasets.NEGATIVES`): image ids and
+sizes only, no class, box or mask. numpy + OpenCV only, so the demo can make data without torch.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import cv2
 import numpy as np
 
 from tedloc_edge.console import progress
-
+from tedloc_edge.datasets import negatives_split
 from tedloc_edge.errors import UserError
+from tedloc_edge.train.synth_readme import readme
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +256,13 @@ def render(rng: np.random.Generator, height: int, width: int, label: int, classe
     return image, mask, mask_box(mask)
 
 
+def render_empty(rng: np.random.Generator, height: int, width: int, classes: int) -> np.ndarray:
+    """An object-free scene (RGB uint8): `render`'s background and distractors, no bird."""
+    image = background(rng, height, width)
+    add_distractors(rng, image, (-1e6, -1e6, -1e6, -1e6), classes)  # nothing to keep clear of
+    return image
+
+
 def mask_box(mask: np.ndarray) -> np.ndarray:
     """(x0, y0, x1, y1) = (xmin, ymin, xmax + 1, ymax + 1), what cv2.boundingRect gives for the mask."""
     ys, xs = np.nonzero(mask)
@@ -272,16 +282,18 @@ def generate(
     image_size: tuple[int, int] = (200, 320),
     exist_ok: bool = False,
     show_progress: bool = True,
+    negatives: int = 0,
 ) -> Path:
     """Write the benchmark to `out` (wsolevaluation layout, boxes and masks for every split) and return it.
 
     `train`, `val`, `test` are image counts (classes balanced; a split of 0 is left out); every image's
-    width and height are drawn from `image_size` = (min, max) pixels. Built in a temporary folder beside
+    width and height are drawn from `image_size` = (min, max) pixels; `negatives` object-free scenes go to
+    each non-empty split's ``<split>_negatives``. Built in a temporary folder beside
     `out` and renamed into place, so `out` is never half-written. Same arguments -> byte-identical files.
     """
     out = Path(out).expanduser().resolve()
     counts = {"train": train, "val": val, "test": test}
-    _check_args(out, classes, counts, image_size, exist_ok)
+    _check_args(out, classes, {**counts, "negatives": negatives}, image_size, exist_ok)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished dataset is an ordinary folder
@@ -289,10 +301,12 @@ def generate(
         (tmp / "classes.txt").write_text("".join(f"{n}\n" for n in class_names(classes)), encoding="utf-8")
         with progress(disable=None if show_progress else True) as bar:
             for split_index, (split, count) in enumerate(counts.items()):
-                if count > 0:
-                    task = bar.add_task(f"synth {split}", total=count, info="")
-                    _write_split(tmp, split, split_index, count, classes, seed, image_size, lambda: bar.advance(task))
-        (tmp / "README.txt").write_text(_readme(classes, counts, seed, image_size), encoding="utf-8")
+                for name, n, negative in ((split, count, False), (negatives_split(split), negatives, True)):
+                    if count > 0 and n > 0:  # a split left out gets no negatives either
+                        task = bar.add_task(f"synth {name}", total=n, info="")
+                        _write_split(tmp, name, split_index + 3 * negative, n, classes, seed, image_size,
+                                     lambda: bar.advance(task), negative)
+        (tmp / "README.txt").write_text(readme(CLASS_TABLE[:classes], SCALE_RANGE, counts, seed, image_size, negatives), encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -328,22 +342,27 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def _write_split(root: Path, split: str, split_index: int, count: int, classes: int, seed: int,
-                 image_size: tuple[int, int], advance: Callable[[], None]) -> None:
+                 image_size: tuple[int, int], advance: Callable[[], None], negative: bool = False) -> None:
     # Balanced labels in a seeded order; each image has its own generator, so images don't depend on each other.
     labels = np.random.default_rng([seed, split_index]).permutation(np.arange(count) % classes)
-    rows: dict[str, list[str]] = {"image_ids": [], "class_labels": [], "image_sizes": [], "localization": []}
+    rows: dict[str, list[str]] = {"image_ids": [], "image_sizes": []}
+    if not negative:  # an object-free scene has no class, box or mask
+        rows.update(class_labels=[], localization=[])
     for index, label in enumerate(labels.tolist()):
         rng = np.random.default_rng([seed, split_index, index])
         width, height = (int(v) for v in rng.integers(image_size[0], image_size[1] + 1, size=2))
-        image, mask, box = render(rng, height, width, label, classes)
-        suffix = ".jpg" if rng.random() < 0.7 else ".png"
-        image_id = f"{split}/{index:05d}{suffix}"
+        if negative:
+            image = render_empty(rng, height, width, classes)
+        else:
+            image, mask, box = render(rng, height, width, label, classes)
+        image_id = f"{split}/{index:05d}{'.jpg' if rng.random() < 0.7 else '.png'}"
         _write_png_or_jpg(root / "images" / image_id, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        _write_png_or_jpg(root / "masks" / split / Path(image_id).with_suffix(".png"), mask.astype(np.uint8) * 255)
         rows["image_ids"].append(image_id)
-        rows["class_labels"].append(f"{image_id},{label}")
         rows["image_sizes"].append(f"{image_id},{width},{height}")
-        rows["localization"].append(f"{image_id},{box[0]},{box[1]},{box[2]},{box[3]}")
+        if not negative:
+            _write_png_or_jpg(root / "masks" / split / Path(image_id).with_suffix(".png"), mask.astype(np.uint8) * 255)
+            rows["class_labels"].append(f"{image_id},{label}")
+            rows["localization"].append(f"{image_id},{box[0]},{box[1]},{box[2]},{box[3]}")
         advance()
     meta = root / "metadata" / split
     meta.mkdir(parents=True, exist_ok=True)
@@ -358,33 +377,3 @@ def _write_png_or_jpg(path: Path, pixels: np.ndarray) -> None:
         raise RuntimeError(f"OpenCV could not encode {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data.tobytes())
-
-
-def _readme(classes: int, counts: dict[str, int], seed: int, image_size: tuple[int, int]) -> str:
-    table = "\n".join(f"  {i:2d}  {name:<18} head: {colour} {pattern}"
-                      for i, (name, colour, pattern) in enumerate(CLASS_TABLE[:classes]))
-    return f"""Synthetic WSOL benchmark (tedloc-edge data synth)
-
-Every image holds one bird. All birds share one body: the same shape, feather texture and colour.
-Only the head tells the class: its colour and pattern (solid, striped, dotted or ringed), and the head
-covers about 18% of the bird. Colours and patterns are shared between classes, so neither alone is
-enough. A classifier needs only the head, so a CAM fires on it; the box and mask to find cover the whole
-bird (tail, body, head and beak). This is the gap between part and object that WSOL methods must close.
-
-Clutter: gradient and noise backgrounds, stripes, translucent blobs, grain; 0-2 headless bodies and
-0-2 lone heads (as large as real birds' heads) of random classes, never touching the bird, so a body or
-head detector is fooled.
-Pose: any rotation, mirror, aspect 0.8-1.25 across the body, box side {SCALE_RANGE[0]:.0%}-{SCALE_RANGE[1]:.0%}
-of the image's shorter side. Image sides: {image_size[0]}-{image_size[1]} px; 70% JPEG (quality 92), 30% PNG.
-
-Layout (wsolevaluation metadata, see METHOD.md): classes.txt, images/<split>/, metadata/<split>/
-{{image_ids,class_labels,image_sizes,localization}}.txt, masks/<split>/<split>/<n>.png (0/255).
-Boxes are xyxy = (xmin, ymin, xmax + 1, ymax + 1) of the mask, as OpenCV's boundingRect draws them,
-so a perfect map scores IoU 1 under the protocol. Boxes and masks are given for every split.
-
-Generated with seed {seed}: {", ".join(f"{k} {v}" for k, v in counts.items() if v)} images, {classes} classes.
-The same arguments give byte-identical files.
-
-Classes:
-{table}
-"""

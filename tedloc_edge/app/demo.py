@@ -25,13 +25,14 @@ from tedloc_edge.app.demo_report import write_report
 
 @dataclass(frozen=True)
 class DemoSize:
-    """Dataset and schedule sizes (image counts are per split, all classes together); `tiny` is what the CI
-    end-to-end test runs."""
+    """Dataset and schedule sizes (image counts are per split, all classes together; `negatives`: object-free
+    scenes per split, as many as test images); `tiny` is what the CI end-to-end test runs."""
 
     classes: int
     train: int
     val: int
     test: int
+    negatives: int
     epochs: int
     input_size: int
     calib_images: int
@@ -40,9 +41,9 @@ class DemoSize:
 
 
 SIZES = {
-    "default": DemoSize(classes=8, train=400, val=80, test=160, epochs=10, input_size=224, calib_images=200,
+    "default": DemoSize(classes=8, train=400, val=80, test=160, negatives=160, epochs=10, input_size=224, calib_images=200,
                         video_frames=90, bench_seconds=2.0),
-    "tiny": DemoSize(classes=3, train=12, val=6, test=6, epochs=2, input_size=64, calib_images=8,
+    "tiny": DemoSize(classes=3, train=12, val=6, test=6, negatives=6, epochs=2, input_size=64, calib_images=8,
                      video_frames=12, bench_seconds=0.3),
 }
 
@@ -76,13 +77,14 @@ def plan_stages(out: Path, size: DemoSize, seed: int) -> list[Stage]:
 
     return [
         Stage("Generate the synthetic WSOL benchmark",
-              ["data", "synth", str(data), "--classes", n[0], "--train", n[1], "--val", n[2], "--test", n[3], "--seed", str(seed)],
+              ["data", "synth", str(data), "--classes", n[0], "--train", n[1], "--val", n[2], "--test", n[3],
+               "--negatives", str(size.negatives), "--seed", str(seed)],
               [data / "classes.txt"]),
-        Stage("Train TeD-Loc (offline DDT cues, EfficientNet-Lite0)",
+        Stage("Train TeD-Loc (offline DDT cues, EfficientNet-Lite0; object-free scenes teach presence)",
               ["train", "--out", str(tedloc), "--method", "tedloc", *common_train], [tedloc / "checkpoints" / "best.pt"]),
         Stage("Train the CAM baseline (same backbone, data, budget)",
               ["train", "--out", str(cam), "--method", "cam", *common_train], [cam / "checkpoints" / "best.pt"]),
-        Stage("Calibrate the TeD-Loc deployment threshold on val",
+        Stage("Calibrate the TeD-Loc box and presence thresholds on val (+ val_negatives)",
               ["eval", str(tedloc), "--data", str(data), "--split", "val", "--calibrate"], [tedloc / "threshold.json"]),
         Stage("Calibrate the CAM threshold on val",
               ["eval", str(cam), "--data", str(data), "--split", "val", "--calibrate"], [cam / "threshold.json"]),

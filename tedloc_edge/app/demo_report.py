@@ -38,6 +38,39 @@ def metrics_table(eval_dir: Path) -> str:
     return "\n".join(markdown_table(["model", *map(metric_label, REPORT_COLUMNS)], rows))
 
 
+def _pct(value: Any) -> str:
+    return f"{value:.1f}%" if isinstance(value, (int, float)) else "–"
+
+
+def presence_lines(eval_dir: Path) -> list[str]:
+    """Presence per model on test + the test negatives: AUROC, and at the stored threshold the share of empty
+    scenes reported present and of object images lost; a CAM says it has none."""
+    rows = []
+    for name, title in EVAL_ROWS:
+        doc = _read_json(eval_dir / f"{name}.json")
+        p = doc.get("presence") if isinstance(doc, dict) else None
+        if isinstance(doc, dict) and p is None:
+            rows.append([title, "none: the map is not a probability", "every frame present", "–", "–", "–"])
+        elif isinstance(p, dict):
+            threshold = "none stored" if p.get("threshold") is None else f"{p['threshold']:.3f}"
+            auroc = f"{p['auroc']:.3f}" if isinstance(p.get("auroc"), (int, float)) else "–"
+            rows.append([title, auroc, _pct(p.get("false_positive_rate")), _pct(p.get("miss_rate")), threshold,
+                         f"{p.get('object_images')} + {p.get('empty_images')}"])
+    columns = ["model", "presence AUROC", "empty scenes reported present", "object images lost",
+               "presence threshold (val)", "object + empty images"]
+    return markdown_table(columns, rows) if rows else ["_no evaluation results_"]
+
+
+def video_presence(out: Path) -> str:
+    """How many video frames the model reported present (from predictions.jsonl)."""
+    try:
+        lines = [json.loads(line) for line in (out / "infer" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    except (OSError, json.JSONDecodeError):
+        return ""
+    present = sum(1 for line in lines if line.get("present", True))
+    return f"Presence on the video: {present} of {len(lines)} frames reported present (the others: no box, no class)."
+
+
 def int8_gate_note(model: Path) -> str:
     """The INT8 accuracy gate's val figures, as the export stored them in the model, in one paragraph."""
     from tedloc_edge.bundle import BundleError, read_onnx_meta
@@ -107,6 +140,15 @@ MaxBoxAcc: IoU 0.5, largest contour; MaxBoxAccV2: mean over IoU 0.3/0.5/0.7, all
 maximized over the threshold on its own curve (wsolevaluation protocol); "@ stored τ" uses the threshold
 calibrated on val and stored in the model: what a deployment gets.
 
+## Presence: is there an object at all? (test split + as many object-free scenes)
+
+{chr(10).join(presence_lines(eval_dir))}
+
+The presence score is the mean of the top patches of the RAW foreground map (TeD-Loc's patch head gives
+absolute probabilities); the threshold is picked on val and its object-free scenes (Youden's J) and stored in
+the model; below it a frame has no box and no class. Object-free scenes hold the benchmark's backgrounds and
+distractors (headless bodies, lone heads) without a bird.
+
 ## Threshold curves
 
 {_image(out, eval_dir / 'tedloc_torch.png', 'TeD-Loc curves and examples')}
@@ -124,6 +166,8 @@ calibrated on val and stored in the model: what a deployment gets.
 ## Video inference
 
 {infer_summary(out)}
+
+{video_presence(out)}
 
 Annotated video: `{os.path.relpath(out / 'infer', out)}/`.
 

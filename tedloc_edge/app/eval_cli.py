@@ -39,21 +39,26 @@ def evaluate(
     maps: Optional[Path] = typer.Option(None, "--maps", help="Score saved maps: DIR/<image id>.npy, any size and range."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="With --maps: lines 'image_id c1 c2 ...', classes best first."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Score the *_at_threshold metrics at this tau instead of the stored one."),
+    negatives: Optional[Path] = typer.Option(None, "--negatives", help="Object-free images for presence (AUROC, false positives; with --calibrate its threshold): a folder of images, or a dataset root with <split>_negatives. Default: the dataset's own <split>_negatives."),
+    presence_threshold: Optional[float] = typer.Option(None, "--presence-threshold", help="Score presence at this threshold instead of the stored one."),
     batch: int = typer.Option(32, "--batch", help="Images per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:1 ...)."),
     examples: int = typer.Option(8, "--examples", help="Example images in the --plot grid."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Evaluate with the WSOL protocol (wsolevaluation): MaxBoxAcc, MaxBoxAccV2, Top-1/Top-5/GT-known Loc, PxAP."""
+    """Evaluate with the WSOL protocol (wsolevaluation): MaxBoxAcc, MaxBoxAccV2, Top-1/Top-5/GT-known Loc, PxAP;
+    and presence (AUROC against object-free images, false-positive and miss rates at the stored threshold)."""
     with user_errors():
         setup_logging(verbose)
         split = split or ("val" if calibrate else "test")
         _check_options(target, split, criterion, calibrate, maps, predictions, threshold, batch)
+        _check_presence_options(maps, negatives, presence_threshold)
         data = data or run_data(target)
-        from tedloc_edge.datasets import open_split
+        from tedloc_edge.datasets import dataset_negatives, open_negatives, open_split
         from tedloc_edge.evaluate import evaluate_maps, evaluate_predictor
 
         data_split = open_split(data, split)
+        empty = open_negatives(negatives, split) if negatives else (None if maps else dataset_negatives(data, split))
         if not data_split.has_boxes:
             raise UserError(f"{data}: split {split!r} has images without boxes; evaluation needs a box for every image")
         keep = max(examples, 0) if plot is not None else 0
@@ -65,8 +70,11 @@ def evaluate(
             assert target is not None  # _check_options: a TARGET or --maps
             predictor = load_predictor(target, device, batch)
             report = evaluate_predictor(predictor, data_split, threshold=threshold, batch=batch, examples=keep,
-                                        source=str(target))
+                                        source=str(target), negatives=empty, presence_threshold=presence_threshold)
         print_report(report)
+        if maps is None and report.presence is None:
+            Console(highlight=False).print(f"presence: none for a {predictor.meta.map_kind} map (not a probability): "
+                                           "every frame is reported present")
         _write_outputs(report, json_out, plot)
         if calibrate:
             _calibrate(report, criterion, threshold_dir(target, maps), target, data)
@@ -90,6 +98,13 @@ def _check_options(target: Optional[Path], split: str, criterion: str, calibrate
         raise UserError(f"--threshold {threshold}: must be in [0, 1)")
     if batch < 1:
         raise UserError(f"--batch {batch}: must be at least 1")
+
+
+def _check_presence_options(maps: Optional[Path], negatives: Optional[Path], presence_threshold: Optional[float]) -> None:
+    if maps is not None and (negatives is not None or presence_threshold is not None):
+        raise UserError("--negatives and --presence-threshold score a model's raw maps; saved --maps have no presence")
+    if presence_threshold is not None and not 0.0 <= presence_threshold <= 1.0:
+        raise UserError(f"--presence-threshold {presence_threshold}: must be in [0, 1] (a foreground probability)")
 
 
 def _maps_threshold(maps: Path, threshold: Optional[float], calibrate: bool) -> tuple[Optional[float], str]:
@@ -159,7 +174,7 @@ def print_report(report: Any) -> None:
                       "-" if at is None else f"{at:.2f}")
     out = Console(highlight=False)
     out.print(table)
-    for line in gap_lines(report):
+    for line in gap_lines(report) + presence_lines(report):
         out.print(line)
     for name, count in sorted(report.warnings.items()):
         out.print(f"[yellow]warning[/]: {name} = {count}")
@@ -179,6 +194,25 @@ def gap_lines(report: Any) -> list[str]:
     return lines
 
 
+def presence_lines(report: Any) -> list[str]:
+    """Presence in words: AUROC on object vs object-free images, both error rates at the stored threshold."""
+    if report.presence is None:  # saved maps, or a CAM (said by `evaluate`)
+        return []
+    p = report.presence.summary()
+    lines = [f"presence ({p['score']}): "
+             + (f"AUROC {p['auroc']:.4f} on {p['object_images']} object and {p['empty_images']} empty images"
+                if p["auroc"] is not None else
+                f"AUROC not measured: no object-free images (--negatives DIR, or the dataset's {report.split}_negatives)")]
+    if p["threshold"] is None:
+        lines.append("presence threshold: none stored (every frame is present); calibrate with --split val --calibrate "
+                     "and object-free images")
+    else:
+        fp = "-" if p["false_positive_rate"] is None else f"{p['false_positive_rate']:.2f}%"
+        lines.append(f"at presence threshold {p['threshold']:.4f} ({p['threshold_source']}): {fp} of empty images "
+                     f"reported present, {p['miss_rate']:.2f}% of object images lost")
+    return lines
+
+
 def _write_outputs(report: Any, json_out: Optional[Path], plot: Optional[Path]) -> None:
     if json_out is not None:
         report.save_json(json_out)
@@ -194,9 +228,16 @@ def _calibrate(report: Any, criterion: str, run: RunDir, target: Optional[Path],
 
     doc = calibrate_threshold(report, criterion)
     path = run.write_threshold(doc)
-    Console(highlight=False).print(
-        f"calibrated: tau {doc['threshold']:.3f} maximizes {criterion} on {report.split} ({doc['value']:.2f}%) -> {path}"
-    )
+    out = Console(highlight=False)
+    out.print(f"calibrated: tau {doc['threshold']:.3f} maximizes {criterion} on {report.split} ({doc['value']:.2f}%) -> {path}")
+    p = doc["presence"]
+    if p is not None:
+        out.print(f"calibrated: presence threshold {p['threshold']:.4f} (Youden's J on {p['object_images']} object and "
+                  f"{p['empty_images']} empty images: {p['false_positive_rate']:.2f}% false positives, "
+                  f"{p['miss_rate']:.2f}% misses on {report.split}) -> {path}")
+    elif report.presence is not None:
+        out.print(f"[yellow]presence not calibrated[/]: no object-free images for {report.split} (pass --negatives DIR "
+                  f"or add metadata/{report.split}_negatives); export will report every frame present")
     if target is not None:
         next_commands("Next:", [f"tedloc-edge eval {target} --data {data} --split test",
                                 f"tedloc-edge export {run}"])

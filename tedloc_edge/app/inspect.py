@@ -32,8 +32,8 @@ def _bundle(meta: "BundleMeta") -> dict[str, Any]:
     extra = dict(meta.extra)
     h, w = meta.input_size
     thresholds: dict[str, Any] = {"box": meta.threshold, "box_source": meta.threshold_source, "contour_mode": meta.contour_mode}
-    if extra.get("presence_threshold") is not None:  # only when the bundle carries one; never invented here
-        thresholds["presence"] = extra["presence_threshold"]
+    if meta.presence_threshold is not None:  # only when the bundle carries one; never invented here
+        thresholds.update(presence=meta.presence_threshold, presence_source=meta.presence_source)
     int8 = None
     if meta.precision == "int8":
         int8 = {"mode": extra.get("int8_mode"), "calibration_images": extra.get("int8_calibration_images"),
@@ -168,7 +168,7 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
         ("box threshold", f"{th['box']:.3g} ({th['box_source']}), {th['contour_mode']} contour"),
     ]
     if "presence" in th:
-        out.append(("presence threshold", f"{th['presence']}"))
+        out.append(("presence threshold", f"{th['presence']:.4g}" + (f" ({th['presence_source']})" if th["presence_source"] else "")))
     precision = m["precision"]
     if m["int8"]:
         i8 = m["int8"]

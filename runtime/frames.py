@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -61,6 +62,10 @@ class ThreadedSource(abc.ABC):
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._closed = False
+
+    def input_files(self) -> list[Path]:
+        """The local files this source reads (an output must never replace one of them); none for a stream."""
+        return []
 
     @abc.abstractmethod
     def _produce(self, emit: Callable[[Frame], bool]) -> None:

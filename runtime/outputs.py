@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tedloc_edge.errors import UserError
 from tedloc_edge.files import atomic_write_text
 from tedloc_edge.runtime.annotate import draw_result
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
@@ -31,24 +32,51 @@ def output_stem(source: ThreadedSource) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "source"
 
 
+def refuse_inputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """An output that is one of the run's inputs (by file identity: a link or another spelling counts) is refused,
+    --exist-ok or not: writing it would destroy what the run reads."""
+    ids = {}
+    for path in inputs:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        ids[(st.st_dev, st.st_ino)] = path
+    for path in outputs:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in ids:
+            raise UserError(f"{path}: is an input of this run ({ids[(st.st_dev, st.st_ino)]}); an output there would "
+                            "replace it (--exist-ok never replaces an input); choose another --out folder")
+
+
 class Outputs:
     """Opens every sink up front (so an existing file stops the run before it starts), writes each frame's
-    result to all of them, and closes them in any case."""
+    result to all of them, and closes them in any case. No output may be one of the source's files."""
 
     def __init__(self, out: Path, source: ThreadedSource, exist_ok: bool, video: bool, heatmap: bool) -> None:
         self.out = out
         self.heatmap = heatmap
         self.images: ImageSink | None = None
         self.video: VideoSink | None = None
-        self.summary_path = check_writable(out / "summary.json", exist_ok)
+        self.summary_path = out / "summary.json"
+        planned = [self.summary_path, out / "predictions.jsonl"]
+        video_path = out / f"{output_stem(source)}.mp4" if video and not isinstance(source, ImageSource) else None
         if isinstance(source, ImageSource):
             self.images = ImageSink(out, exist_ok)
-            for path in source.paths:
-                check_writable(self.images.target(path.name), exist_ok)
-        elif video:
+            planned += [self.images.target(path.name) for path in source.paths]
+        elif video_path is not None:
+            planned.append(video_path)
+        refuse_inputs(planned, source.input_files())
+        probed: set[Path] = set()
+        for path in planned:  # everything, before a single byte is written
+            check_writable(path, exist_ok, probed)
+        if video_path is not None:
             fps = source.fps / source.stride if source.fps else None  # --stride keeps real-time playback
-            self.video = VideoSink(out / f"{output_stem(source)}.mp4", fps, exist_ok)
-        self.jsonl = JsonlSink(out / "predictions.jsonl", exist_ok)
+            self.video = VideoSink(video_path, fps, exist_ok)
+        self.jsonl = JsonlSink(planned[1], exist_ok)
 
     @property
     def draws(self) -> bool:

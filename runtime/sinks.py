@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import tempfile
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 
 from tedloc_edge.files import atomic_write_bytes
-from tedloc_edge.errors import UserError
+from tedloc_edge.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +30,36 @@ MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 WRITER_QUEUE = 8  # frames waiting for the encoder; write() blocks beyond that (no unbounded memory)
 
 
-def check_writable(path: Path, exist_ok: bool) -> Path:
-    """Refuse to write over an existing output unless exist_ok; create the parent folder."""
+def check_writable(path: Path, exist_ok: bool, probed: set[Path] | None = None) -> Path:
+    """Refuse to write over an existing output unless exist_ok; create the parent folder and make sure a file can
+    be written there (and that an existing one can be replaced) before any work. `probed`: folders already tried."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder where an output file goes; remove it or choose another --out folder")
     if path.exists() and not exist_ok:
         raise UserError(f"{path}: already exists; pass --exist-ok to overwrite, or choose another --out folder")
+    folder = where = path.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        if probed is None or folder not in probed:
+            with tempfile.TemporaryFile(dir=folder, prefix=".tedloc-write-test-"):
+                pass
+            if probed is not None:
+                probed.add(folder)
+        if path.exists():
+            where = path
+            open(path, "r+b").close()  # changes nothing; fails on a file that cannot be written
     except OSError as exc:
-        raise UserError(f"{path.parent}: cannot create the output folder ({exc.strerror}); choose another --out") from None
+        raise UserError(f"{where}: cannot write the output here ({exc.strerror or first_line(exc)}); "
+                        "fix its permissions or choose another --out folder") from None
     return path
+
+
+def write_failed(path: Path, exc: BaseException, frames: str = "") -> UserError:
+    """The one-line error of an output that failed part way, saying what is on disk (not what was meant to be)."""
+    size = path.stat().st_size if path.is_file() else 0
+    kept = f"{size} bytes are on disk{frames}" if size else "nothing was written"
+    return UserError(f"{path}: writing failed ({getattr(exc, 'strerror', None) or first_line(exc)}); {kept}; "
+                     "check the disk and permissions, or choose another --out folder")
 
 
 def _even(n: int) -> int:
@@ -66,7 +88,10 @@ class VideoSink:
     def _open(self, height: int, width: int) -> None:
         self.size = (_even(width), _even(height))
         self._first = (width, height)
-        self.container = av.open(str(self.path), mode="w", format="mp4", options=MP4_OPTIONS)
+        try:
+            self.container = av.open(str(self.path), mode="w", format="mp4", options=MP4_OPTIONS)
+        except (OSError, av.FFmpegError) as exc:
+            raise write_failed(self.path, exc) from None
         stream = self.container.add_stream("libx264", rate=self.rate)
         stream.width, stream.height = self.size
         stream.pix_fmt = "yuv420p"
@@ -119,8 +144,9 @@ class VideoSink:
         container.close()
         if self.resized:
             logger.info("%s: %d frames of another size were resized to %s", self.path, self.resized, self.size)
-        if self._failure is not None:
-            raise UserError(f"{self.path}: video encoding failed ({self._failure}); the file holds {self.frames} frames")
+        if self._failure is not None:  # what plays is what reached the disk, up to its last complete fragment
+            raise write_failed(self.path, self._failure, f" (it plays up to its last complete fragment of {self.frames} "
+                               "frames encoded)")
 
 
 class JsonlSink:
@@ -128,13 +154,19 @@ class JsonlSink:
 
     def __init__(self, path: Path, exist_ok: bool = False) -> None:
         self.path = check_writable(path, exist_ok)
-        self._fh: TextIO | None = self.path.open("w", encoding="utf-8")
+        try:
+            self._fh: TextIO | None = self.path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
         self.lines = 0
 
     def write(self, record: dict[str, Any]) -> None:
         assert self._fh is not None, "JsonlSink is closed"
-        self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # a full disk: the lines before this one are complete
+            raise write_failed(self.path, exc, f" ({self.lines} complete lines)") from None
         self.lines += 1
 
     def close(self) -> None:
@@ -162,7 +194,10 @@ class ImageSink:
         ok, data = cv2.imencode(path.suffix, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
         if not ok:
             raise UserError(f"{path}: OpenCV cannot encode this format; rename the input to .png or .jpg")
-        atomic_write_bytes(path, data.tobytes())
+        try:
+            atomic_write_bytes(path, data.tobytes())  # makes the subfolder of a relative name
+        except OSError as exc:
+            raise write_failed(path, exc) from None
         self.written += 1
         return path
 

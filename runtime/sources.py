@@ -39,6 +39,9 @@ class ImageSource(ThreadedSource):
         self.paths = list(paths)
         self.frames_expected = len(self.paths)
 
+    def input_files(self) -> list[Path]:
+        return list(self.paths)
+
     def _produce(self, emit: Callable[[Frame], bool]) -> None:
         for index, path in enumerate(self.paths):
             if self._skip(index):

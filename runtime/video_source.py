@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import urllib.parse
+from pathlib import Path
 from typing import Any, Callable
 
 import av
@@ -104,6 +106,7 @@ class VideoSource(ThreadedSource):
     ) -> None:
         self.live = live
         self.label = label or target
+        self.target = target
         super().__init__(queue_frames=queue_frames, stride=stride)
         self.container = open_container(target, fmt, options or {}, timeout, self.label, hwaccel)
         if not self.container.streams.video:
@@ -120,6 +123,10 @@ class VideoSource(ThreadedSource):
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.frames_expected = int(self.stream.frames) or None
+
+    def input_files(self) -> list[Path]:
+        path = Path(urllib.parse.urlparse(self.target).path if self.target.startswith("file:") else self.target)
+        return [path] if path.is_file() else []
 
     def _count_error(self, exc: BaseException) -> None:
         self.stats.decode_errors += 1

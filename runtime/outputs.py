@@ -1,7 +1,7 @@
 """The outputs of one `infer` run, named from the source and checked for overwrites before any frame runs.
 
 video or stream SOURCE -> OUT/<source name>.mp4 (annotated, unless --no-video)
-image(s) SOURCE        -> OUT/<image name> (annotated), one per image
+image(s) SOURCE        -> OUT/<image path relative to the folder or glob> (annotated), one per image
 always                 -> OUT/predictions.jsonl (one line per frame) and OUT/summary.json (atomic, at the end)
 """
 
@@ -52,6 +52,15 @@ def refuse_inputs(outputs: list[Path], inputs: list[Path]) -> None:
                             "replace it (--exist-ok never replaces an input); choose another --out folder")
 
 
+def refuse_collisions(targets: list[Path], inputs: list[Path]) -> None:
+    """Two inputs whose annotated copies would be one file: the second would replace the first."""
+    first: dict[Path, Path] = {}
+    for target, path in zip(targets, inputs):
+        if first.setdefault(target, path) is not path:
+            raise UserError(f"{target}: both {first[target]} and {path} would be annotated to this one file; "
+                            "rename one of them or run them separately")
+
+
 class Outputs:
     """Opens every sink up front (so an existing file stops the run before it starts), writes each frame's
     result to all of them, and closes them in any case. No output may be one of the source's files."""
@@ -66,7 +75,9 @@ class Outputs:
         video_path = out / f"{output_stem(source)}.mp4" if video and not isinstance(source, ImageSource) else None
         if isinstance(source, ImageSource):
             self.images = ImageSink(out, exist_ok)
-            planned += [self.images.target(path.name) for path in source.paths]
+            targets = [self.images.target(name) for name in source.names]
+            refuse_collisions(targets, source.paths)
+            planned += targets
         elif video_path is not None:
             planned.append(video_path)
         refuse_inputs(planned, source.input_files())
@@ -93,7 +104,7 @@ class Outputs:
             if self.video is not None:
                 self.video.write(annotated)
             if self.images is not None:
-                record["annotated"] = self.images.write(frame.name, annotated).name
+                record["annotated"] = self.images.write(frame.name, annotated).relative_to(self.out).as_posix()
         self.jsonl.write(record)
 
     def paths(self) -> dict[str, str]:

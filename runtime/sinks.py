@@ -176,7 +176,8 @@ class JsonlSink:
 
 
 class ImageSink:
-    """Annotated copies of still images, same name (PNG for formats OpenCV writes lossy or not at all)."""
+    """Annotated copies of still images under their relative names ("a/x.jpg"), the format kept; formats OpenCV
+    writes lossy or not at all get ".png" added ("x.pgm.png"), so they never meet an "x.png" input's copy."""
 
     KEEP = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -186,8 +187,11 @@ class ImageSink:
         self.written = 0
 
     def target(self, name: str) -> Path:
-        path = self.folder / Path(name).name
-        return path if path.suffix.lower() in self.KEEP else path.with_suffix(".png")
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:  # never outside the folder
+            rel = Path(rel.name)
+        path = self.folder / rel
+        return path if path.suffix.lower() in self.KEEP else path.with_name(path.name + ".png")
 
     def write(self, name: str, image_rgb: np.ndarray) -> Path:
         path = check_writable(self.target(name), self.exist_ok)

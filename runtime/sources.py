@@ -5,7 +5,7 @@
 | 0, 1, ... (digits, no such file)        | webcam by index (live)                    |
 | rtsp:// rtmp:// udp:// srt:// ...       | network stream through PyAV (live)        |
 | http:// https://                        | remote file or stream through PyAV        |
-| a folder, or a glob (`photos/*.jpg`)    | the images in it, sorted by name          |
+| a folder, or a glob (`photos/**/*.jpg`) | the images in it, sorted, each file once  |
 | a file with an image suffix             | that image                                |
 | any other file                          | a video through PyAV                      |
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tedloc_edge.errors import UserError
-from tedloc_edge.images import IMAGE_SUFFIXES, is_pattern, list_images, load_image
+from tedloc_edge.images import IMAGE_SUFFIXES, image_base, is_pattern, list_images, load_image, relative_name
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 
 logger = logging.getLogger(__name__)
@@ -33,10 +33,11 @@ class ImageSource(ThreadedSource):
     """A list of image files, read by the loader evaluation uses; an unreadable one is counted as a decode
     error and skipped."""
 
-    def __init__(self, paths: Sequence[Path], label: str, stride: int = 1) -> None:
+    def __init__(self, paths: Sequence[Path], label: str, stride: int = 1, names: Sequence[str] | None = None) -> None:
         self.label = label
         super().__init__(queue_frames=True, stride=stride)
         self.paths = list(paths)
+        self.names = list(names) if names is not None else [p.name for p in self.paths]  # relative: "a/x.jpg"
         self.frames_expected = len(self.paths)
 
     def input_files(self) -> list[Path]:
@@ -55,7 +56,7 @@ class ImageSource(ThreadedSource):
                     self.stats.errors.append(str(exc))
                 logger.warning("skipped %s", exc)
                 continue
-            if not emit(Frame(index=index, image=image, name=path.name, decode_ms=(time.perf_counter() - t0) * 1e3)):
+            if not emit(Frame(index=index, image=image, name=self.names[index], decode_ms=(time.perf_counter() - t0) * 1e3)):
                 return
 
 
@@ -88,7 +89,8 @@ def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: 
             raise UserError(f"{text}: no images found (looked for {', '.join(IMAGE_SUFFIXES[:5])}, ...); check the folder or pattern")
         if len(files) == 1 and not files[0].is_file():
             raise UserError(f"{files[0]}: no such image file; check the path")
-        return ImageSource(files, label, stride=stride)
+        base = image_base(text)  # names relative to it keep a/x.jpg and b/x.jpg apart
+        return ImageSource(files, label, stride=stride, names=[relative_name(p, base) for p in files])
     if not path.exists():
         raise UserError(f"{text}: no such file; pass a video, an image, a folder of images, a URL or a webcam index")
     return VideoSource(str(path), **video)

@@ -74,7 +74,67 @@ def test_output_over_an_input_through_a_link_is_refused(model, tmp_path):
         infer(tmp_path / "photos", model, tmp_path / "link", exist_ok=True)
 
 
+def test_same_name_in_two_folders_keeps_relative_paths(model, tmp_path):
+    photos = write_photos(tmp_path / "src")
+    for sub, key in (("a", "astronaut"), ("b", "coffee")):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        (tmp_path / "in" / sub / "x.jpg").write_bytes(photos[key].read_bytes())
+    for exist_ok in (False, True):  # a second run over the first one's outputs with --exist-ok
+        summary = infer(str(tmp_path / "in" / "**" / "*"), model, tmp_path / "out", exist_ok=exist_ok)
+        assert summary.frames_processed == 2
+        lines = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+        assert sorted(line["image"] for line in lines) == ["a/x.jpg", "b/x.jpg"]
+        assert sorted(line["annotated"] for line in lines) == ["a/x.jpg", "b/x.jpg"]
+        a, b = (np.fromfile(tmp_path / "out" / s / "x.jpg", np.uint8) for s in "ab")
+        assert a.size and b.size and not np.array_equal(a[:2000], b[:2000])
+
+
+def test_converted_formats_never_collide_with_a_kept_name(model, tmp_path):
+    """x.pgm is written as PNG; beside an x.png input, neither annotated copy replaces the other."""
+    import cv2
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "x.png"), np.full((40, 40, 3), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "in" / "x.pgm"), np.full((40, 40), 30, np.uint8))
+    infer(tmp_path / "in", model, tmp_path / "out")
+    lines = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    assert len({line["annotated"] for line in lines}) == 2
+    assert all((tmp_path / "out" / line["annotated"]).is_file() for line in lines)
+
+
 # -- hangs ----------------------------------------------------------------------------------------------------
+
+
+def _loops(root: Path) -> Path:
+    photos = write_photos(root / "src")
+    (root / "in" / "sub").mkdir(parents=True)
+    (root / "in" / "sub" / "a.jpg").write_bytes(photos["astronaut"].read_bytes())
+    (root / "in" / "b.jpg").write_bytes(photos["coffee"].read_bytes())
+    return root / "in"
+
+
+@pytest.mark.parametrize("links", [("self",), ("self", "up")])
+def test_recursive_glob_through_symlink_loops_ends_and_lists_each_image_once(tmp_path, links):
+    folder = _loops(tmp_path)
+    for name in links:
+        (folder / "sub" / name).symlink_to("." if name == "self" else "..")
+    code = ("import sys; from tedloc_edge.images import list_images; "
+            "print('\\n'.join(p.as_posix() for p in list_images(sys.argv[1])))")
+    try:  # a subprocess: the old lister recursed through the loops for minutes (and never returned with two)
+        proc = subprocess.run([sys.executable, "-c", code, str(folder / "**" / "*.jpg")], capture_output=True,
+                              text=True, timeout=60, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        pytest.fail("listing a folder with symlink loops did not end within 60 s")
+    assert proc.returncode == 0, proc.stderr
+    found = [Path(line).resolve() for line in proc.stdout.splitlines()]
+    assert sorted(found) == sorted([(folder / "b.jpg").resolve(), (folder / "sub" / "a.jpg").resolve()])
+
+
+def test_an_image_linked_twice_runs_once(model, tmp_path):
+    folder = _loops(tmp_path)
+    (folder / "sub" / "self").symlink_to(".")
+    (folder / "again.jpg").symlink_to(folder / "b.jpg")
+    assert infer(str(folder / "**" / "*"), model, tmp_path / "out").frames_processed == 2
 
 
 # -- one-line errors for outputs that cannot be written, and what a late failure leaves -------------------------

@@ -22,7 +22,7 @@ from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.localizer import Localizer
 from tedloc_edge.runtime.outputs import Outputs
-from tedloc_edge.runtime.sources import open_source
+from tedloc_edge.runtime.sources import check_timeout, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
         raise UserError("--batch and --stride must be at least 1")
     if opts.max_frames is not None and opts.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
+    check_timeout(opts.timeout)  # before the model loads: a Triton server or a URL waits this long
     with ExitStack() as cleanup:  # closes, in reverse: outputs (then the summary), source, model
         loc, batch_errors = open_localizer(opts)
         cleanup.callback(loc.close)

@@ -15,6 +15,7 @@ Every reader yields RGB uint8 HxWx3 frames from a background thread (frames.Thre
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -60,6 +61,14 @@ class ImageSource(ThreadedSource):
                 return
 
 
+def check_timeout(timeout: float) -> float:
+    """A URL or camera wait in seconds: positive and finite (FFmpeg takes a negative one as 'wait for ever')."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (math.isfinite(timeout) and timeout > 0):
+        raise UserError(f"--timeout {timeout}: must be a positive number of seconds (how long to wait for a URL or "
+                        "camera to answer), e.g. --timeout 10")
+    return float(timeout)
+
+
 def is_image_spec(spec: str) -> bool:
     path = Path(spec).expanduser()
     return path.is_dir() or is_pattern(spec) or path.suffix.lower() in IMAGE_SUFFIXES
@@ -73,6 +82,7 @@ def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: 
     """
     from tedloc_edge.runtime.video_source import VideoSource, open_url, open_webcam
 
+    timeout = check_timeout(timeout)
     text = str(spec).strip()
     path = Path(text).expanduser()
     video = dict(queue_frames=queue, stride=stride, timeout=timeout, hwaccel=hwaccel)

@@ -137,6 +137,44 @@ def test_an_image_linked_twice_runs_once(model, tmp_path):
     assert infer(str(folder / "**" / "*"), model, tmp_path / "out").frames_processed == 2
 
 
+@pytest.mark.parametrize("timeout", [-1.0, 0.0, math.nan, math.inf])
+def test_timeout_must_be_positive_and_finite(model, tmp_path, timeout):
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            infer(f"http://127.0.0.1:{port}/stream", model, tmp_path / "out", timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            raised.append(exc)
+
+    with silent_server() as port:  # a thread: the old code waited on this server for ever (no timeout at all)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), f"--timeout {timeout} against a silent server hung"
+    assert len(raised) == 1 and isinstance(raised[0], UserError), raised
+    assert re.search(r"--timeout .* must be a positive number of seconds", str(raised[0])), raised[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_while_a_url_opens_is_an_interrupt(model, tmp_path):
+    with silent_server() as port:
+        proc = subprocess.Popen([sys.executable, "-m", "tedloc_edge.app.cli", "infer", f"http://127.0.0.1:{port}/x",
+                                 "--model", str(model), "--out", str(tmp_path / "out"), "--timeout", "30"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        time.sleep(4)  # the model is loaded and av.open is waiting on the silent server
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            output = proc.communicate(timeout=15)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("Ctrl-C while a URL was opening was ignored for 15 s")
+    assert time.monotonic() - sent < 5, output
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "no answer" not in output and "Traceback" not in output
+
+
 # -- one-line errors for outputs that cannot be written, and what a late failure leaves -------------------------
 
 

@@ -32,6 +32,18 @@ def output_stem(source: ThreadedSource) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "source"
 
 
+def video_rate(source: ThreadedSource) -> float | None:
+    """The annotated mp4's frame rate: the source's / --stride keeps real-time playback, but never so slow that
+    the mp4 outlasts its source (--stride 1000 on a 3 s clip: one frame shown 3 s, not 33 s)."""
+    if not source.fps:
+        return None
+    rate = source.fps / source.stride
+    if source.frames_expected:
+        kept = -(-source.frames_expected // source.stride)
+        rate = max(rate, kept * source.fps / source.frames_expected)
+    return rate
+
+
 def refuse_inputs(outputs: list[Path], inputs: list[Path]) -> None:
     """An output that is one of the run's inputs (by file identity: a link or another spelling counts) is refused,
     --exist-ok or not: writing it would destroy what the run reads."""
@@ -85,8 +97,7 @@ class Outputs:
         for path in planned:  # everything, before a single byte is written
             check_writable(path, exist_ok, probed)
         if video_path is not None:
-            fps = source.fps / source.stride if source.fps else None  # --stride keeps real-time playback
-            self.video = VideoSink(video_path, fps, exist_ok)
+            self.video = VideoSink(video_path, video_rate(source), exist_ok)
         self.jsonl = JsonlSink(planned[1], exist_ok)
 
     @property

@@ -226,3 +226,13 @@ def test_a_late_write_failure_says_what_is_on_disk(monkeypatch, tmp_path):
     assert "holds" not in message
 
 
+@pytest.mark.parametrize("stride, kept", [(1000, 1), (7, 13), (3, 30)])
+def test_a_strided_video_lasts_no_longer_than_its_source(model, tmp_path, stride, kept):
+    clip = make_clip(tmp_path / "clip.mp4", frames=90, fps=30)  # 3 s
+    infer(clip, model, tmp_path / "out", stride=stride)
+    import av
+
+    with av.open(str(tmp_path / "out" / "clip.mp4")) as container:
+        seconds = container.duration / 1e6
+    assert count_frames(tmp_path / "out" / "clip.mp4") == kept
+    assert 3.0 - 3 * stride / 30 <= seconds <= 3.0 + 1e-3

@@ -2,7 +2,8 @@
 
 * `load_image(path)`: RGB uint8 (H, W, 3) with EXIF orientation applied (the picture as a viewer shows it);
   grayscale is repeated to 3 channels, alpha is dropped, 16-bit samples keep their top 8 bits (x >> 8) and
-  float images are taken as [0, 1]. Eval and infer thus see the same pixels for the same file.
+  float images are taken as [0, 1] (NaN, infinity or values beyond it are refused, as is an empty 0xN image).
+  Eval and infer thus see the same pixels for the same file.
 * `IMAGE_SUFFIXES` and `list_images(spec)`: what counts as an image, in a folder, a glob or one file.
 * `resize_image(image, (h, w), interpolation)`: the one resize to the model input (whole image, no crop, as
   the evaluation protocol does), with the interpolation the bundle's preprocessing record names.
@@ -65,12 +66,14 @@ def as_uint8_3ch(image: np.ndarray, color: str = "RGB", source: str = "frame") -
     keep their top 8 bits (x >> 8), float images are taken as [0, 1] and scaled by 255.
     """
     img = np.asarray(image)
+    if img.ndim in (2, 3) and 0 in img.shape[:2]:
+        raise UserError(f"{source}: empty image ({img.shape[0]}x{img.shape[1]} pixels); pass a picture with pixels")
     if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
-        img = (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0).astype(np.uint8)
+        img = (np.clip(_unit_floats(img, source), 0.0, 1.0) * 255.0).astype(np.uint8)
     elif img.dtype == np.bool_:
         img = img.astype(np.uint8) * 255
     elif img.dtype != np.uint8:
@@ -84,6 +87,22 @@ def as_uint8_3ch(image: np.ndarray, color: str = "RGB", source: str = "frame") -
     if img.ndim == 3 and img.shape[2] == 3:
         return img
     raise UserError(f"{source}: image of shape {tuple(np.shape(image))} is not HxW, HxWx1, HxWx3 or HxWx4; pass a picture")
+
+
+def _unit_floats(img: np.ndarray, source: str) -> np.ndarray:
+    """Float pixels must be finite and in [0, 1] (a rounding step of 1/255 either side is allowed): NaN read as
+    black, or 0..255 floats read as white, would be a silently wrong picture."""
+    if img.size == 0:
+        return img
+    lo, hi = float(img.min()), float(img.max())  # NaN propagates into both
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        bad = int(np.count_nonzero(~np.isfinite(img)))
+        raise UserError(f"{source}: float image with {bad} of {img.size} values NaN or infinite; pass finite pixels "
+                        "(np.nan_to_num) or uint8")
+    if lo < -1 / 255 or hi > 1 + 1 / 255:
+        raise UserError(f"{source}: float image with values in [{lo:g}, {hi:g}]; float pixels are read as [0, 1]: "
+                        "divide 0..255 values by 255, or pass uint8")
+    return img
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear",

@@ -107,3 +107,37 @@ def test_input_layout_and_std_the_runtime_cannot_feed_are_refused_at_load(tmp_pa
         Localizer(model_with(tmp_path / "m.onnx", doc))
 
 
+# -- frames through the Python API --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loc(tmp_path_factory):
+    with Localizer(write_model(tmp_path_factory.mktemp("m") / "tiny.onnx")) as localizer:
+        yield localizer
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 7, 3), (7, 0, 3), (0, 0), (5, 0)])
+def test_an_empty_frame_is_one_line_error(loc, shape):
+    """A 0x0 frame was a raw cv2.error from the resize."""
+    with pytest.raises(UserError, match=r"frame 0: empty image \(\d+x\d+ pixels\)"):
+        loc(np.zeros(shape, np.uint8))
+    with pytest.raises(UserError, match=r"image 1: empty image"):
+        loc.forward_maps([np.zeros((8, 8, 3), np.uint8), np.zeros(shape, np.uint8)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_nan_frame_is_refused_not_read_as_black(loc, dtype):
+    nan = np.full((20, 20, 3), np.nan, dtype)
+    with pytest.raises(UserError, match=r"frame 0: float image with 1200 of 1200 values NaN or infinite"):
+        loc(nan)
+    one_inf = np.zeros((20, 20), dtype)
+    one_inf[3, 4] = np.inf
+    with pytest.raises(UserError, match="1 of 400 values NaN or infinite"):
+        loc(one_inf)
+
+
+def test_float_frames_in_0_255_are_refused_not_read_as_white(loc):
+    with pytest.raises(UserError, match=r"values in \[0, 255\]; float pixels are read as \[0, 1\]"):
+        loc(np.linspace(0, 255, 300, dtype=np.float32).reshape(10, 10, 3))
+    ok = loc(np.linspace(0, 1, 300, dtype=np.float32).reshape(10, 10, 3))  # [0, 1] floats still work
+    assert ok.orig_shape == (10, 10)

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from tedloc_edge.errors import UserError
-from tedloc_edge.files import atomic_write_text
+from tedloc_edge.files import atomic_write_text, check_not_inputs
 from tedloc_edge.runtime.annotate import draw_result
 from tedloc_edge.runtime.frames import Frame, ThreadedSource
 from tedloc_edge.runtime.result import Result
-from tedloc_edge.runtime.sinks import ImageSink, JsonlSink, VideoSink, check_writable
+from tedloc_edge.runtime.sinks import OUT_FIX, ImageSink, JsonlSink, VideoSink, check_writable
 from tedloc_edge.runtime.sources import ImageSource
 
 logger = logging.getLogger(__name__)
@@ -42,26 +42,6 @@ def video_rate(source: ThreadedSource) -> float | None:
         kept = -(-source.frames_expected // source.stride)
         rate = max(rate, kept * source.fps / source.frames_expected)
     return rate
-
-
-def refuse_inputs(outputs: list[Path], inputs: list[Path]) -> None:
-    """An output that is one of the run's inputs (by file identity: a link or another spelling counts) is refused,
-    --exist-ok or not: writing it would destroy what the run reads."""
-    ids = {}
-    for path in inputs:
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        ids[(st.st_dev, st.st_ino)] = path
-    for path in outputs:
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in ids:
-            raise UserError(f"{path}: is an input of this run ({ids[(st.st_dev, st.st_ino)]}); an output there would "
-                            "replace it (--exist-ok never replaces an input); choose another --out folder")
 
 
 def refuse_collisions(targets: list[Path], inputs: list[Path]) -> None:
@@ -92,7 +72,7 @@ class Outputs:
             planned += targets
         elif video_path is not None:
             planned.append(video_path)
-        refuse_inputs(planned, source.input_files())
+        check_not_inputs(planned, source.input_files(), OUT_FIX)
         probed: set[Path] = set()
         for path in planned:  # everything, before a single byte is written
             check_writable(path, exist_ok, probed)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import tempfile
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +20,7 @@ import av
 import cv2
 import numpy as np
 
-from tedloc_edge.files import atomic_write_bytes
+from tedloc_edge.files import atomic_write_bytes, check_output
 from tedloc_edge.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
@@ -30,28 +29,12 @@ MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 WRITER_QUEUE = 8  # frames waiting for the encoder; write() blocks beyond that (no unbounded memory)
 
 
+OUT_FIX = "choose another --out folder"
+
+
 def check_writable(path: Path, exist_ok: bool, probed: set[Path] | None = None) -> Path:
-    """Refuse to write over an existing output unless exist_ok; create the parent folder and make sure a file can
-    be written there (and that an existing one can be replaced) before any work. `probed`: folders already tried."""
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder where an output file goes; remove it or choose another --out folder")
-    if path.exists() and not exist_ok:
-        raise UserError(f"{path}: already exists; pass --exist-ok to overwrite, or choose another --out folder")
-    folder = where = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if probed is None or folder not in probed:
-            with tempfile.TemporaryFile(dir=folder, prefix=".tedloc-write-test-"):
-                pass
-            if probed is not None:
-                probed.add(folder)
-        if path.exists():
-            where = path
-            open(path, "r+b").close()  # changes nothing; fails on a file that cannot be written
-    except OSError as exc:
-        raise UserError(f"{where}: cannot write the output here ({exc.strerror or first_line(exc)}); "
-                        "fix its permissions or choose another --out folder") from None
-    return path
+    """Refuse to write over an existing output unless exist_ok; the folder must take a new file (files.check_output)."""
+    return check_output(path, exist_ok, OUT_FIX, probed)
 
 
 def write_failed(path: Path, exc: BaseException, frames: str = "") -> UserError:

@@ -182,7 +182,7 @@ def test_out_folder_that_cannot_be_written_is_one_line_error_before_any_frame(mo
     make_clip(tmp_path / "clip.mp4", frames=5)
     (tmp_path / "out").mkdir()
     with read_only(tmp_path / "out"):
-        with pytest.raises(UserError, match=r"out: cannot write the output here"):
+        with pytest.raises(UserError, match=r"out: output folder is not writable"):
             infer(tmp_path / "clip.mp4", model, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -192,7 +192,7 @@ def test_output_file_that_cannot_be_replaced_stops_the_run_before_it_starts(mode
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "clip.mp4").write_bytes(b"")
     with read_only(tmp_path / "out" / "clip.mp4"):
-        with pytest.raises(UserError, match=r"clip.mp4: cannot write the output here"):
+        with pytest.raises(UserError, match=r"clip.mp4: output file is not writable"):
             infer(tmp_path / "clip.mp4", model, tmp_path / "out", exist_ok=True)
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,37 @@ class TrainConfig:
         if self.cue == "files" and not self.cue_dir:
             raise UserError("--cue files needs --cue-dir DIR holding one map per training image")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "input_size": self.input_size,
-                    "embed_dim": self.embed_dim, "k_fg": self.k_fg, "k_bg": self.k_bg, "feature_batch": self.feature_batch}
+                    "embed_dim": self.embed_dim, "decoder_hidden": self.decoder_hidden, "k_fg": self.k_fg,
+                    "k_bg": self.k_bg, "feature_batch": self.feature_batch}
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        # every float is checked finite first: NaN passes any comparison test (--lr nan trained into NaN weights)
+        floats = {"lr": self.lr, "temperature": self.temperature, "weight_decay": self.weight_decay,
+                  "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip, "bg_fraction": self.bg_fraction,
+                  "w_kd": self.w_kd, "w_pcl": self.w_pcl, "w_icl": self.w_icl}
+        for name, value in floats.items():
+            if not math.isfinite(value):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
         if not 0.0 < self.bg_fraction < 1.0:
             raise UserError(f"--bg-fraction {self.bg_fraction} must be between 0 and 1")
         if self.temperature <= 0 or self.lr <= 0:
             raise UserError("--temperature and --lr must be positive")
+        for name in ("weight_decay", "warmup_epochs", "grad_clip", "w_kd", "w_pcl", "w_icl", "workers"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be in 0..{2**32 - 1} (numpy's range), not {self.seed}")
+        try:
+            usable = "{}" in self.prompt_template and bool(self.prompt_template.format("x"))
+        except (IndexError, KeyError, ValueError):
+            usable = False
+        if not usable:
+            raise UserError(f"--prompt-template {self.prompt_template!r} needs one '{{}}' where the class name goes "
+                            "(and no other braces)")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: is a file, not a run folder; choose a folder path for --out")
         return self
 
     def replace(self, **changes: Any) -> "TrainConfig":

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from tedloc_edge.console import next_commands, setup_logging, user_errors
-from tedloc_edge.errors import UserError
+from tedloc_edge.errors import UserError, first_line
+from tedloc_edge.files import check_output
 from tedloc_edge.metric_names import METRIC_NAMES
 from tedloc_edge.rundir import RunDir
 
@@ -46,6 +47,11 @@ def evaluate(
         setup_logging(verbose)
         split = split or ("val" if calibrate else "test")
         _check_options(target, split, criterion, calibrate, maps, predictions, threshold, batch)
+        written = [p for p in (json_out, plot) if p is not None]
+        if calibrate:
+            written.append(threshold_dir(target, maps).threshold_file)
+        for path in written:  # before the evaluation: its figures are not lost to an unwritable path afterwards
+            check_output(path, True, "choose another path")
         data = data or run_data(target)
         from tedloc_edge.datasets import open_split
         from tedloc_edge.evaluate import evaluate_maps, evaluate_predictor
@@ -177,21 +183,31 @@ def gap_lines(report: Any) -> list[str]:
     return lines
 
 
+def _written(path: Path, write: Callable[[], Any]) -> Any:
+    """A write after the evaluation: a failure (a disk that filled up since the check) is one line, and the
+    figures are already on the screen."""
+    try:
+        return write()
+    except OSError as exc:
+        raise UserError(f"{path}: could not be written ({exc.strerror or first_line(exc)}); the figures are printed "
+                        "above") from None
+
+
 def _write_outputs(report: Any, json_out: Optional[Path], plot: Optional[Path]) -> None:
     if json_out is not None:
-        report.save_json(json_out)
+        _written(json_out, lambda: report.save_json(json_out))
         logger.info("wrote %s", json_out)
     if plot is not None:
         from tedloc_edge.plots import save_report_plot
 
-        save_report_plot(report, plot)
+        _written(plot, lambda: save_report_plot(report, plot))
 
 
 def _calibrate(report: Any, criterion: str, run: RunDir, target: Optional[Path], data: Path) -> None:
     from tedloc_edge.evaluate import calibrate_threshold
 
     doc = calibrate_threshold(report, criterion)
-    path = run.write_threshold(doc)
+    path = _written(run.threshold_file, lambda: run.write_threshold(doc))
     Console(highlight=False).print(
         f"calibrated: tau {doc['threshold']:.3f} maximizes {criterion} on {report.split} ({doc['value']:.2f}%) -> {path}"
     )

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, cast, overload
+from typing import Iterable, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from tedloc_edge.bundle import BundleMeta
 from tedloc_edge.errors import UserError
 from tedloc_edge.runtime.backends import load_runner
 from tedloc_edge.runtime.postprocess import DecodeConfig, decode_one
-from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color
+from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color, frame_list
 from tedloc_edge.runtime.result import Result
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,7 @@ class Localizer:
     def __call__(self, frames: Frames, color: str = "RGB") -> Result | list[Result]:
         """One frame (HxW[xC] array) -> Result; a list of frames or an (N, H, W, 3) array -> list[Result]."""
         color = check_color(color)
-        single = isinstance(frames, np.ndarray) and frames.ndim in (2, 3)
-        batch: list[np.ndarray] = [cast(np.ndarray, frames)] if single else list(frames)
+        batch, single = frame_list(frames)
         if not batch:
             return []
         results: list[Result] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,12 @@ class TrainConfig:
         unknown = sorted(set(doc) - known)
         if unknown:
             raise UserError(f"{source}: unknown config keys {', '.join(unknown)}; was it written by a newer tedloc-edge?")
-        return cls(**doc)
+        hints = typing.get_type_hints(cls)
+        for name, value in doc.items():  # a hand-edited "epochs": "10" must not be a TypeError in validate()
+            if not _fits(value, hints[name]):
+                raise UserError(f"{source}: {name} = {json.dumps(value)[:40]} is not {_kind(hints[name])}; restore "
+                                "config.json or retrain")
+        return cls(**{k: float(v) if hints[k] is float else v for k, v in doc.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -145,3 +151,19 @@ class TrainConfig:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON ({exc.msg}); restore it or retrain") from None
         return cls.from_dict(doc, str(path))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value is of a field's type (`X | None` either; an int is a float; a bool is no number)."""
+    if typing.get_args(hint):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _kind(hint: Any) -> str:
+    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false", type(None): "null"}
+    return " or ".join(names.get(arg, str(arg)) for arg in (typing.get_args(hint) or (hint,)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -84,6 +85,8 @@ def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: 
 
     timeout = check_timeout(timeout)
     text = str(spec).strip()
+    if not text:
+        raise UserError("SOURCE is empty; pass a video, an image, a folder of images, a URL or a webcam index")
     path = Path(text).expanduser()
     video = dict(queue_frames=queue, stride=stride, timeout=timeout, hwaccel=hwaccel)
     if isinstance(spec, int) or (text.isdigit() and not Path(text).exists()):
@@ -103,4 +106,6 @@ def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: 
         return ImageSource(files, label, stride=stride, names=[relative_name(p, base) for p in files])
     if not path.exists():
         raise UserError(f"{text}: no such file; pass a video, an image, a folder of images, a URL or a webcam index")
+    if stat.S_ISFIFO(path.stat().st_mode) or stat.S_ISSOCK(path.stat().st_mode):  # opening one waits for a writer
+        raise UserError(f"{text}: a pipe or socket, not a video file; stream it through a URL (e.g. udp:// or rtsp://)")
     return VideoSource(str(path), **video)

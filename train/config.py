@@ -120,6 +120,12 @@ class TrainConfig:
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out}: is a file, not a run folder; choose a folder path for --out")
+        if self.data and out.exists() and Path(self.data).exists() and out.resolve() == Path(self.data).resolve():
+            raise UserError(f"--out {out} is the dataset folder (--data): the run would write over its classes.txt; "
+                            "choose another --out")
+        if self.exist_ok and not self.resume and out.is_dir() and any(out.iterdir()) and not _is_run(out):
+            raise UserError(f"--out {out}: not a run folder (no config.json or checkpoints/ of one); --exist-ok "
+                            "replaces only runs: choose a new or empty folder")
         return self
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -151,6 +157,17 @@ class TrainConfig:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON ({exc.msg}); restore it or retrain") from None
         return cls.from_dict(doc, str(path))
+
+
+def _is_run(folder: Path) -> bool:
+    """A folder `tedloc-edge train` wrote: its checkpoints/, or a config.json of a run."""
+    if (folder / "checkpoints").is_dir():
+        return True
+    try:
+        TrainConfig.load(folder / "config.json")
+        return True
+    except (UserError, OSError):
+        return False
 
 
 def _fits(value: Any, hint: Any) -> bool:

@@ -53,6 +53,7 @@ CLASS_TABLE = (
     ("dotted magenta", "magenta", "dotted"), ("cyan finch", "cyan", "solid"),
 )
 MAX_CLASSES = len(CLASS_TABLE)
+README_TITLE = "Synthetic WSOL benchmark (tedloc-edge data synth)"  # how --exist-ok knows its own folders
 SCALE_RANGE = (0.15, 0.70)  # the object's box, longer side, as a fraction of the image's shorter side
 ASPECT_RANGE = (0.8, 1.25)  # stretch across the body axis (areas scale alike, so the head share is fixed)
 BODY_RGB = np.array((150, 122, 92), dtype=np.float32)
@@ -312,8 +313,13 @@ def _check_args(out: Path, classes: int, counts: dict[str, int], image_size: tup
     lo, hi = image_size
     if not 64 <= lo <= hi:
         raise UserError(f"image sides {lo}..{hi} (--min-size/--max-size): need 64 <= min-size <= max-size")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not exist_ok:
-        raise UserError(f"{out}: already exists and is not empty; pick a new folder or pass --exist-ok to replace it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not exist_ok:
+            raise UserError(f"{out}: already exists and is not empty; pick a new folder or pass --exist-ok to replace it")
+        readme = out / "README.txt"  # --exist-ok replaced any folder (or file) wholesale
+        if not (readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(README_TITLE)):
+            raise UserError(f"{out}: is not a synthetic benchmark written by `tedloc-edge data synth` (no README.txt of "
+                            "one); --exist-ok replaces only those: pick a new or empty folder")
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -363,7 +369,7 @@ def _write_png_or_jpg(path: Path, pixels: np.ndarray) -> None:
 def _readme(classes: int, counts: dict[str, int], seed: int, image_size: tuple[int, int]) -> str:
     table = "\n".join(f"  {i:2d}  {name:<18} head: {colour} {pattern}"
                       for i, (name, colour, pattern) in enumerate(CLASS_TABLE[:classes]))
-    return f"""Synthetic WSOL benchmark (tedloc-edge data synth)
+    return f"""{README_TITLE}
 
 Every image holds one bird. All birds share one body: the same shape, feather texture and colour.
 Only the head tells the class: its colour and pattern (solid, striped, dotted or ringed), and the head

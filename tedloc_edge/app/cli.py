@@ -34,10 +34,15 @@ def video(
     fps: float = typer.Option(30.0, help="Frame rate."),
     classes: int = typer.Option(8, help="Classes of the benchmark the objects come from."),
     seed: int = typer.Option(0, help="Same seed gives the same video."),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace PATH and PATH.json if they exist."),
 ) -> None:
     """Write a short H.264 video of benchmark objects moving over clutter, with per-frame boxes in PATH.json."""
     with user_errors():
+        from tedloc_edge.files import check_output
         from tedloc_edge.train.synth_video import make_video
+
+        for target in (path, Path(f"{path}.json")):
+            check_output(target, exist_ok, "choose another PATH")
 
         boxes = make_video(path, frames=frames, size=(width, height), fps=fps, classes=classes, seed=seed)
         console.print(f"wrote {path} ({len(boxes)} frames) and {path}.json")

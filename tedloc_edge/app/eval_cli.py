@@ -16,7 +16,7 @@ from rich.table import Table
 
 from tedloc_edge.console import next_commands, setup_logging, user_errors
 from tedloc_edge.errors import UserError, first_line
-from tedloc_edge.files import check_output
+from tedloc_edge.files import check_not_inputs, check_output
 from tedloc_edge.metric_names import METRIC_NAMES
 from tedloc_edge.rundir import RunDir
 
@@ -50,9 +50,10 @@ def evaluate(
         written = [p for p in (json_out, plot) if p is not None]
         if calibrate:
             written.append(threshold_dir(target, maps).threshold_file)
+        data = data or run_data(target)
+        check_not_inputs(written, eval_inputs(target, maps, predictions, data), "choose another path")
         for path in written:  # before the evaluation: its figures are not lost to an unwritable path afterwards
             check_output(path, True, "choose another path")
-        data = data or run_data(target)
         from tedloc_edge.datasets import open_split
         from tedloc_edge.evaluate import evaluate_maps, evaluate_predictor
 
@@ -99,6 +100,18 @@ def _maps_threshold(maps: Path, threshold: Optional[float], calibrate: bool) -> 
     """--threshold, else DIR/threshold.json from an earlier --calibrate on these maps' val split."""
     stored = None if threshold is not None or calibrate else RunDir(maps).read_threshold()
     return stored or (threshold, "given")
+
+
+def eval_inputs(target: Optional[Path], maps: Optional[Path], predictions: Optional[Path], data: Path) -> list[Path]:
+    """The files an evaluation reads that a --json or --plot path could name: the model or the run's checkpoints
+    and config, the predictions, the saved maps, the dataset's class list and metadata."""
+    found = [p for p in (target, predictions) if p is not None and p.is_file()]
+    if target is not None and (target.is_dir() or target.suffix == ".pt"):
+        run = RunDir.of(target)
+        found += [run.config, run.path / "classes.txt", *run.checkpoints.glob("*.pt")]
+    if maps is not None and maps.is_dir():
+        found += list(maps.rglob("*.npy"))
+    return found + list(data.glob("*.txt")) + list((data / "metadata").rglob("*.txt"))
 
 
 def load_predictor(target: Path, device: str, batch: int) -> Any:

@@ -1,0 +1,152 @@
+"""Issue 23, beyond its list: the same classes of fault hunted in the other commands. An output never replaces an
+input (eval --json, bench --json) nor a file without --exist-ok (data video), and --exist-ok never wipes a folder
+the command did not make (data synth, train); nothing hangs (a pipe as source, bench --seconds nan); options are
+checked before any work (bench --frame-size 0x0)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import typer
+from faultkit import read_only
+from runtime_models import fixture_meta, write_model
+from typer.testing import CliRunner
+
+from tedloc_edge.app import cli as app_cli
+from tedloc_edge.app.eval_cli import evaluate as eval_command
+from tedloc_edge.datasets import open_split
+from tedloc_edge.errors import UserError
+from tedloc_edge.runtime.cli import bench as bench_command
+from tedloc_edge.runtime.infer import InferOptions, run_infer
+from tedloc_edge.train.config import TrainConfig
+from tedloc_edge.train.synth import generate
+
+
+def invoke(command, *args: object):
+    app = typer.Typer()
+    app.command()(command)
+    app.command("other")(lambda: None)  # two commands: the first argument names the command
+    return CliRunner().invoke(app, [command.__name__, *map(str, args)])
+
+
+def one_line(result, *needles: str) -> None:
+    assert result.exit_code == 2 and isinstance(result.exception, (SystemExit, type(None))), result.output
+    text = " ".join(result.output.split())
+    assert "Traceback" not in text and all(needle in text for needle in needles), result.output
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("data") / "synth", classes=3, train=6, val=3, test=3, seed=3,
+                    image_size=(64, 96), show_progress=False)
+
+
+@pytest.fixture
+def model(tmp_path, dataset) -> Path:
+    return write_model(tmp_path / "m.onnx", meta=fixture_meta(class_names=open_split(dataset, "test").class_names))
+
+
+# -- an output never replaces an input ---------------------------------------------------------------------------
+
+
+def test_eval_json_over_the_model_it_evaluates_is_refused(model, dataset):
+    before = model.read_bytes()
+    one_line(invoke(eval_command, model, "--data", dataset, "--json", model), "m.onnx: is an input of this run")
+    assert model.read_bytes() == before  # it was replaced by the report, exit 0
+    classes = dataset / "classes.txt"
+    one_line(invoke(eval_command, model, "--data", dataset, "--plot", classes), "classes.txt: is an input of this run")
+
+
+def test_bench_json_over_a_model_it_benches_is_refused_before_the_bench(model, tmp_path):
+    before = model.read_bytes()
+    one_line(invoke(bench_command, model, "--seconds", "0.1", "--json", model), "m.onnx: is an input of this run")
+    assert model.read_bytes() == before
+    (tmp_path / "ro").mkdir()
+    with read_only(tmp_path / "ro"):
+        result = invoke(bench_command, model, "--seconds", "0.1", "--json", tmp_path / "ro" / "b.json")
+    one_line(result, "ro: output folder is not writable")
+    assert "images/s" not in result.output  # refused before the benchmark, not after it
+
+
+def test_data_video_does_not_replace_a_file_without_exist_ok(tmp_path):
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n")
+    one_line(invoke(app_cli.video, notes, "--frames", "2"), "notes.mp4: already exists; pass --exist-ok")
+    assert notes.read_text() == "not a video\n"
+    result = invoke(app_cli.video, notes, "--frames", "2", "--exist-ok")
+    assert result.exit_code == 0, result.output
+    assert notes.stat().st_size > 100 and Path(f"{notes}.json").is_file()
+
+
+# -- --exist-ok replaces only what the command made ------------------------------------------------------------------
+
+
+def test_data_synth_exist_ok_never_wipes_a_folder_it_did_not_make(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work\n")
+    small = dict(classes=2, train=2, val=0, test=0, image_size=(64, 64), show_progress=False)
+    with pytest.raises(UserError, match="mine: is not a synthetic benchmark .* --exist-ok replaces only those"):
+        generate(mine, exist_ok=True, **small)
+    assert (mine / "thesis.tex").read_text() == "years of work\n"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    with pytest.raises(UserError, match="not a synthetic benchmark"):
+        generate(notes, exist_ok=True, **small)
+    assert notes.read_text() == "x"
+    bench = generate(tmp_path / "bench", **small)
+    assert generate(bench, exist_ok=True, seed=1, **small) == bench  # its own earlier output: replaced
+
+
+def test_train_exist_ok_never_writes_into_a_folder_that_is_not_a_run(tmp_path, dataset):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"my": "settings"}')
+    with pytest.raises(UserError, match="not a run folder .* --exist-ok replaces only runs"):
+        TrainConfig(data=str(dataset), out=str(project), exist_ok=True).validate()
+    with pytest.raises(UserError, match="is the dataset folder"):
+        TrainConfig(data=str(dataset), out=str(dataset), exist_ok=True).validate()
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    TrainConfig(data=str(dataset), out=str(run), exist_ok=True).validate()  # an earlier run: allowed
+
+
+# -- nothing hangs; options before any work ---------------------------------------------------------------------------
+
+
+def test_a_pipe_as_source_is_refused_instead_of_waiting_for_a_writer(model, tmp_path):
+    pipe = tmp_path / "camera.mp4"
+    os.mkfifo(pipe)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_infer(InferOptions(source=str(pipe), model=model, out=tmp_path / "out", show_progress=False))
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        with open(pipe, "wb"):  # let the waiting open return, so the thread ends
+            pass
+        pytest.fail("infer on a named pipe waited for a writer")
+    assert len(raised) == 1 and isinstance(raised[0], UserError) and "a pipe or socket" in str(raised[0])
+    with pytest.raises(UserError, match="SOURCE is empty"):
+        run_infer(InferOptions(source="  ", model=model, out=tmp_path / "out2", show_progress=False))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seconds", "nan"], "--seconds nan: must be a positive number"),
+    (["--seconds", "inf"], "--seconds inf: must be a positive number"),
+    (["--frame-size", "0x0"], "--frame-size '0x0': give WIDTHxHEIGHT, each 1..8192"),
+    (["--frame-size", "99999x99999"], "each 1..8192"),
+    (["--threads", "-3"], "--threads must be 0 (one per core) or more"),
+])
+def test_bench_options_are_checked_before_any_model_runs(model, args, message):
+    result = invoke(bench_command, model, *args)  # --seconds nan never ended; 0x0 was a ZeroDivisionError
+    one_line(result, message)

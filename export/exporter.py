@@ -8,6 +8,7 @@ will write is known before any work: an existing one is replaced only with --exi
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -336,6 +337,13 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
         check_static_batch(opts.static_batch)
     if opts.calib_images < 1:
         raise UserError(f"--calib-images {opts.calib_images} must be >= 1")
+    if opts.verify_images < 1:  # 0 or less verified on every image, silently
+        raise UserError(f"--verify-images {opts.verify_images} must be >= 1 (--no-verify skips the comparison)")
+    if not math.isfinite(opts.int8_max_drop):
+        raise UserError(f"--int8-max-drop {opts.int8_max_drop} must be a number of points, e.g. 1")
+    for specs, flag in ((opts.images, "--images"), (opts.calib_dir, "--calib-dir")):
+        if specs:  # a missing folder is found now, not after the model is exported
+            paths_from_args(specs, flag)
     if source.is_onnx:
         meta = onnx_meta(source)
         precision = fmts.check_precision(fmt, opts.precision or meta.precision)

@@ -150,3 +150,22 @@ def test_a_pipe_as_source_is_refused_instead_of_waiting_for_a_writer(model, tmp_
 def test_bench_options_are_checked_before_any_model_runs(model, args, message):
     result = invoke(bench_command, model, *args)  # --seconds nan never ended; 0x0 was a ZeroDivisionError
     one_line(result, message)
+
+
+def test_export_options_are_checked_before_the_model_is_exported(tmp_path, monkeypatch):
+    """--verify-images 0 verified on every image; --int8-max-drop nan ran calibration and the gate, then refused
+    with 'allowed drop nan'; a missing --images folder was found after the ONNX export."""
+    from tedloc_edge.export import exporter
+    from tedloc_edge.export.exporter import ExportOptions, export
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(exporter, "load_model", lambda source: pytest.fail("the model was loaded"))
+    cases = [(dict(verify_images=0), "--verify-images 0 must be >= 1"),
+             (dict(verify_images=-3), "--verify-images -3 must be >= 1"),
+             (dict(precision="int8", int8_max_drop=float("nan")), "--int8-max-drop nan must be a number"),
+             (dict(images=(str(tmp_path / "nope"),)), "nope: no such image file or folder; fix --images"),
+             (dict(precision="int8", calib_dir=(str(tmp_path / "nope"),)), "fix --calib-dir")]
+    for options, message in cases:
+        with pytest.raises(UserError, match=message.replace("(", r"\(")):
+            export(run, ExportOptions(**options))

@@ -60,8 +60,8 @@ def _batches(text: str) -> list[int]:
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UserError(f"--batch {text!r}: give batch sizes as integers separated by commas, e.g. 1,8") from None
-    if not sizes or min(sizes) < 1:
-        raise UserError(f"--batch {text!r}: batch sizes must be at least 1")
+    if not sizes or min(sizes) < 1 or max(sizes) > 4096:  # 10**8 made 10**8 synthetic frames, for ever
+        raise UserError(f"--batch {text!r}: batch sizes must be in 1..4096")
     return sizes
 
 

@@ -26,6 +26,7 @@ from tedloc_edge.runtime.sources import check_timeout, open_source
 
 logger = logging.getLogger(__name__)
 
+MAX_BATCH = 4096  # frames per model call: buffers are allocated for this many up front
 STAGES = ("decode", "preprocess", "inference", "postprocess", "annotate_write")
 
 
@@ -149,8 +150,8 @@ def _run_batch(loc: Any, outputs: Outputs, batch: list[Frame], totals: dict[str,
 
 def run_infer(opts: InferOptions) -> InferSummary:
     """Run the pipeline; returns the summary (also written to OUT/summary.json)."""
-    if opts.batch < 1 or opts.stride < 1:
-        raise UserError("--batch and --stride must be at least 1")
+    if not (1 <= opts.batch <= MAX_BATCH and opts.stride >= 1):  # 10**8 was a MemoryError traceback
+        raise UserError(f"--batch must be in 1..{MAX_BATCH} and --stride at least 1")
     if opts.max_frames is not None and opts.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
     check_timeout(opts.timeout)  # before the model loads: a Triton server or a URL waits this long

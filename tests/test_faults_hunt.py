@@ -169,3 +169,10 @@ def test_export_options_are_checked_before_the_model_is_exported(tmp_path, monke
     for options, message in cases:
         with pytest.raises(UserError, match=message.replace("(", r"\(")):
             export(run, ExportOptions(**options))
+
+
+def test_a_batch_too_large_to_allocate_is_one_line_error(model, tmp_path):
+    """infer --batch 10**8 was a numpy MemoryError traceback; bench --batch 10**8 made frames for ever."""
+    with pytest.raises(UserError, match=r"--batch must be in 1\.\.4096"):
+        run_infer(InferOptions(source=str(model), model=model, out=tmp_path / "out", batch=10**8, show_progress=False))
+    one_line(invoke(bench_command, model, "--batch", "1,100000000"), "batch sizes must be in 1..4096")

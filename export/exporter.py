@@ -337,6 +337,16 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
         check_static_batch(opts.static_batch)
     if opts.calib_images < 1:
         raise UserError(f"--calib-images {opts.calib_images} must be >= 1")
+    if "batch_max" in fmt.options:  # engine, triton: the batch range, before the ONNX is made (it failed after)
+        engine_spec(opts, Path("model.onnx"), Path("model.plan"))
+        if fmt.wraps_backend:
+            from tedloc_edge.export.triton_repo import TritonOptions
+
+            TritonOptions(max_batch_size=opts.batch_max or 8).check()
+    if not source.is_onnx:
+        from tedloc_edge.export.onnx_export import check_opset
+
+        check_opset(opts.opset)  # before the checkpoint loads
     if opts.verify_images < 1:  # 0 or less verified on every image, silently
         raise UserError(f"--verify-images {opts.verify_images} must be >= 1 (--no-verify skips the comparison)")
     if not math.isfinite(opts.int8_max_drop):

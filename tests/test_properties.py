@@ -237,3 +237,43 @@ def test_the_lister_ends_through_any_links_and_names_each_file_once(tmp_path_fac
     base = image_base(str(root / "top" / pattern))
     rel = [relative_name(p, base) for p in found]
     assert len(rel) == len(set(rel)) and not any(r.startswith("..") or os.path.isabs(r) for r in rel)
+
+
+class Reached(Exception):
+    """Raised by a stand-in for the first piece of real export work (loading the checkpoint)."""
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fmt=st.sampled_from(["onnx", "triton", "triton", "ONNX", "onxx"]), precision=st.sampled_from([None, "fp32", "fp16", "int8", "int9"]),
+       opset=st.sampled_from([17, 18, 20, 16, 99]), verify_images=st.sampled_from([1, 32, 0, -3]),
+       calib_images=st.sampled_from([1, 200, 0]), int8_max_drop=st.sampled_from([1.0, -100.0, float("nan"), float("inf")]),
+       static_batch=st.none() | st.sampled_from([1, 8, 4096, 0, 5000]), batch_max=st.none() | st.sampled_from([8, 1, 0, -1, 2000]),
+       int8_mode=st.sampled_from([None, "cpu", "tensorrt", "gpu"]))
+def test_any_export_options_stop_with_one_user_error_before_any_work(tmp_path_factory, monkeypatch, fmt, precision,
+                                                                     opset, verify_images, calib_images, int8_max_drop,
+                                                                     static_batch, batch_max, int8_mode):
+    from tedloc_edge.export import exporter
+    from tedloc_edge.export.exporter import ExportOptions, export
+
+    run = tmp_path_factory.mktemp("run")
+    (run / "checkpoints").mkdir()
+
+    def reached(source):
+        raise Reached
+
+    monkeypatch.setattr(exporter, "load_model", reached)
+    opts = ExportOptions(format=fmt, precision=precision, opset=opset, verify_images=verify_images,
+                         calib_images=calib_images, int8_max_drop=int8_max_drop, static_batch=static_batch,
+                         batch_max=batch_max, int8_mode=int8_mode)
+    try:
+        export(run, opts)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return
+    except Reached:  # every option passed its check: each is one the export can use
+        assert 17 <= opset <= 20 and verify_images >= 1 and calib_images >= 1 and np.isfinite(int8_max_drop)
+        assert static_batch is None or 1 <= static_batch <= 4096
+        assert batch_max is None or 1 <= batch_max <= 1024
+        assert precision != "int9" and fmt.lower() != "onxx" and int8_mode != "gpu"
+        return
+    pytest.fail("export ran to the end with a stand-in model")

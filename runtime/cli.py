@@ -117,4 +117,4 @@ def bench(
                 write_json(report, json_out)
             except OSError as exc:  # a disk that filled up during the run: the table is on the screen
                 raise UserError(f"{json_out}: could not be written ({exc.strerror}); the results are printed above") from None
-            console.print(f"results: {json_out}")
+            console.print(f"results: {json_out}", markup=False)

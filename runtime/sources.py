@@ -72,7 +72,7 @@ def check_timeout(timeout: float) -> float:
 
 def is_image_spec(spec: str) -> bool:
     path = Path(spec).expanduser()
-    return path.is_dir() or is_pattern(spec) or path.suffix.lower() in IMAGE_SUFFIXES
+    return path.is_dir() or (is_pattern(spec) and not path.exists()) or path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: float = 10.0,
@@ -97,7 +97,7 @@ def open_source(spec: str | int, queue: bool = False, stride: int = 1, timeout: 
         if hwaccel is not None:
             logger.warning("--hwaccel %s applies to videos and streams; %s is decoded by OpenCV on the CPU", hwaccel, text)
         files = list_images(text)  # a folder's own images only: its subfolders are not read
-        label = text if is_pattern(text) and not path.is_dir() else str(path)
+        label = text if is_pattern(text) and not path.exists() else str(path)
         if not files:
             raise UserError(f"{text}: no images found (looked for {', '.join(IMAGE_SUFFIXES[:5])}, ...); check the folder or pattern")
         if len(files) == 1 and not files[0].is_file():

@@ -10,6 +10,7 @@ from typing import Iterator
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -65,7 +66,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (UserError, BundleError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # a path "x[/y]" is text
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: partial outputs were kept")
@@ -74,6 +75,6 @@ def user_errors() -> Iterator[None]:
 
 def next_commands(title: str, commands: list[str]) -> None:
     """Print ready-to-run follow-up commands, as Ultralytics does after export/train."""
-    console.print(f"\n[bold]{title}[/]")
+    console.print(f"\n[bold]{escape(title)}[/]")
     for cmd in commands:
-        console.print(f"  [cyan]{cmd}[/]", soft_wrap=True)
+        console.print(f"  [cyan]{escape(cmd)}[/]", soft_wrap=True)

@@ -131,7 +131,7 @@ def list_images(spec: str | os.PathLike, recursive: bool = False) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_dir():
         found = _walk(path, ("**", "*") if recursive else ("*",), set())
-    elif is_pattern(str(spec)):
+    elif is_pattern(str(spec)) and not path.exists():  # "clip[1].jpg" that exists is that file
         found = _walk(*_split_pattern(path), set())
     else:
         return [path]
@@ -144,7 +144,7 @@ def image_base(spec: str | os.PathLike) -> Path:
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
-    return _split_pattern(path)[0] if is_pattern(str(spec)) else path.parent
+    return _split_pattern(path)[0] if is_pattern(str(spec)) and not path.exists() else path.parent
 
 
 def relative_name(path: Path, base: Path) -> str:

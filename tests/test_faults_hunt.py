@@ -9,6 +9,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from faultkit import read_only
@@ -176,3 +177,23 @@ def test_a_batch_too_large_to_allocate_is_one_line_error(model, tmp_path):
     with pytest.raises(UserError, match=r"--batch must be in 1\.\.4096"):
         run_infer(InferOptions(source=str(model), model=model, out=tmp_path / "out", batch=10**8, show_progress=False))
     one_line(invoke(bench_command, model, "--batch", "1,100000000"), "batch sizes must be in 1..4096")
+
+
+def test_paths_with_brackets_are_text_not_markup(model, tmp_path):
+    """A path like 'x[/y]' is rich markup: it was a MarkupError traceback in the error line and in infer's summary
+    (after the whole run), and '[bold]x.mp4' was named as 'x.mp4'."""
+    import cv2
+    from faultkit import cli
+    from runtime_media import make_clip
+
+    proc = cli("infer", tmp_path / "nope[/x].mp4", "--model", model, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout and "nope[/x].mp4: no images found" in proc.stdout
+    make_clip(tmp_path / "clip[1].mp4", frames=3)  # an existing name with brackets is that file, not a pattern
+    assert run_infer(InferOptions(source=str(tmp_path / "clip[1].mp4"), model=model, out=tmp_path / "v",
+                                  show_progress=False)).frames_processed == 3
+    folder = tmp_path / "ph[/b]"  # folders "ph[" and "b]"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "a.png"), np.full((32, 32, 3), 90, np.uint8))
+    proc = cli("infer", folder, "--model", model, "--out", tmp_path / "o[/c]")
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout, proc.stdout
+    assert f"jsonl: {tmp_path / 'o[/c]' / 'predictions.jsonl'}" in proc.stdout

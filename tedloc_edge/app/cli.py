@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from tedloc_edge.console import console, next_commands, user_errors
 from tedloc_edge.app.demo import demo
@@ -45,7 +46,7 @@ def video(
             check_output(target, exist_ok, "choose another PATH")
 
         boxes = make_video(path, frames=frames, size=(width, height), fps=fps, classes=classes, seed=seed)
-        console.print(f"wrote {path} ({len(boxes)} frames) and {path}.json")
+        console.print(escape(f"wrote {path} ({len(boxes)} frames) and {path}.json"))
         next_commands("Next:", [f"tedloc-edge infer {path} --model MODEL.onnx --out runs/infer"])
 
 app.command("train")(train)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from tedloc_edge.console import console, next_commands, user_errors
 
@@ -114,7 +115,7 @@ def run_stage(stage: Stage, index: int, total: int, fresh: bool, log_dir: Path) 
         console.print(f"{header} [dim](reused; --fresh to redo)[/]")
         return
     console.rule(header, align="left")
-    console.print(f"[dim]$ {stage.command}[/]", soft_wrap=True)
+    console.print(f"[dim]$ {escape(stage.command)}[/]", soft_wrap=True)
     start = time.perf_counter()
     log = log_dir / f"{index:02d}.log"
     cmd = [sys.executable, "-m", "tedloc_edge.app.cli", *stage.argv]
@@ -153,7 +154,7 @@ def demo(
         timings = [{"title": s.title, "command": s.command, "seconds": round(s.seconds, 1), "reused": s.reused} for s in stages]
         (out / "stages.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
         report = write_report(out, stages, total)
-        console.print(f"\n[bold green]Demo finished[/] in {total:.0f} s. Report: {report}")
+        console.print(f"\n[bold green]Demo finished[/] in {total:.0f} s. Report: {escape(str(report))}")
         next_commands("Next:", [
             f"tedloc-edge infer YOUR_VIDEO.mp4 --model {out / 'models' / 'tedloc_int8.onnx'} --out runs/infer",
             f"tedloc-edge bench {out / 'models' / 'tedloc_fp32.onnx'} {out / 'models' / 'tedloc_int8.onnx'}",

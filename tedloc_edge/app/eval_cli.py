@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tedloc_edge.console import next_commands, setup_logging, user_errors
@@ -162,7 +163,7 @@ def threshold_dir(target: Optional[Path], maps: Optional[Path]) -> RunDir:
 def print_report(report: Any) -> None:
     """The metrics as a rich table on stdout, then how far the stored threshold is from this split's optimum."""
     stored = "-" if report.threshold is None else f"{report.threshold:.3f}"
-    table = Table(title=f"{report.source} · {report.split} · {report.num_images} images", title_justify="left")
+    table = Table(title=f"{escape(report.source)} · {report.split} · {report.num_images} images", title_justify="left")
     table.add_column("metric")
     table.add_column("best over tau (%)", justify="right")
     table.add_column("at tau*", justify="right")

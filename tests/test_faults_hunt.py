@@ -197,3 +197,22 @@ def test_paths_with_brackets_are_text_not_markup(model, tmp_path):
     proc = cli("infer", folder, "--model", model, "--out", tmp_path / "o[/c]")
     assert proc.returncode == 0 and "Traceback" not in proc.stdout, proc.stdout
     assert f"jsonl: {tmp_path / 'o[/c]' / 'predictions.jsonl'}" in proc.stdout
+
+
+def test_sigterm_mid_write_removes_the_temporary_file_and_exits_143(tmp_path):
+    """SIGTERM's default action killed an export mid-way and left its 13 MB .model.partial.onnx behind."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom tedloc_edge.console import user_errors\nfrom tedloc_edge.files import atomic_write_with\n"
+            "def slow(fh):\n    fh.write(b'x' * 1000)\n    print('ready', flush=True)\n    time.sleep(60)\n"
+            "with user_errors():\n    atomic_write_with(sys.argv[1], slow)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out" / "model.onnx")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    assert [p.name for p in (tmp_path / "out").iterdir()][0].startswith(".model.onnx.")  # the temporary file
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=20)[0]
+    assert proc.returncode == 143 and "terminated" in output and "Traceback" not in output, output
+    assert list((tmp_path / "out").iterdir()) == []

@@ -167,9 +167,13 @@ def test_train_options_are_checked_before_any_work(tmp_path, option, value, mess
         TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), **{option: value}).validate()
 
 
-def test_train_lr_nan_stops_at_once_and_leaves_no_run_folder(tmp_path, dataset):
-    result = invoke(train_command, "--data", dataset, "--out", tmp_path / "run", "--lr", "nan")
-    one_line(result, "--lr must be a finite number, not nan")
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "--lr must be a finite number, not nan"),
+    (["--epochs", "0"], "--epochs must be at least 1, not 0"),  # it trained 10 epochs (merge of `options` fixed it)
+])
+def test_train_bad_option_stops_at_once_and_leaves_no_run_folder(tmp_path, dataset, args, message):
+    result = invoke(train_command, "--data", dataset, "--out", tmp_path / "run", *args)
+    one_line(result, message)
     assert not (tmp_path / "run").exists()
 
 

@@ -1,12 +1,14 @@
 """Export orchestration: source -> ONNX (fp32 / fp16 / int8), verified and gated -> engine -> Triton repository.
 
 Each product is written under a temporary name in its final folder, checked, then renamed, so an
-interrupted or refused export never leaves a model where a user (or the runtime) would pick it up.
+interrupted or refused export never leaves a model where a user (or the runtime) would pick it up. Every file it
+will write is known before any work: an existing one is replaced only with --exist-ok, the source never.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -19,12 +21,14 @@ import numpy as np
 
 from tedloc_edge.bundle import BundleMeta, sidecar_path
 from tedloc_edge.errors import UserError
+from tedloc_edge.files import check_not_inputs, check_output
 from tedloc_edge.export import formats as fmts
 from tedloc_edge.export.formats import ExportOptions
 from tedloc_edge.export.images import batch_hash, load_batch, paths_from_args, run_data_root, split_paths, spread
 from tedloc_edge.export.int8_gate import GateResult
 from tedloc_edge.export.source import Source, load_model, onnx_meta, resolve_source
 from tedloc_edge.export.verify import VerifyReport
+from tedloc_edge.rundir import RunDir
 
 if TYPE_CHECKING:
     import onnx
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
+OUTPUT_FIX = "choose another --output"
 
 
 @dataclass
@@ -83,6 +88,33 @@ def staged(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def planned_outputs(source: Source, opts: ExportOptions, fmt: fmts.ExportFormat, steps: tuple[fmts.ExportFormat, ...],
+                    precision: str) -> list[Path]:
+    """Every model file the export will write, known before any work (a Triton repository checks its folders)."""
+    model_path = source.path if source.is_onnx else onnx_output(source, opts, fmt, precision)
+    files = [] if source.is_onnx else [model_path]
+    if opts.static_batch is not None:
+        model_path = static_batch_path(model_path, opts.static_batch)
+        files.append(model_path)
+    for step in steps[1:]:
+        model_path = product_path(step, fmt, model_path, opts, source)
+        if step.suffix != "/":
+            files.append(model_path)
+    return files
+
+
+def check_outputs(files: list[Path], source: Source, exist_ok: bool) -> None:
+    """As infer: an existing file is replaced (atomically) only with --exist-ok, the source never."""
+    inputs = [source.path] + ([RunDir(source.run_dir).checkpoint(source.checkpoint)] if source.run_dir else [])
+    check_not_inputs(files, inputs, OUTPUT_FIX)
+    for path in files:
+        check_output(path, exist_ok, OUTPUT_FIX)
+
+
+def static_batch_path(onnx_path: Path, batch: int) -> Path:
+    return onnx_path.with_name(f"{onnx_path.stem}_b{batch}.onnx")
 
 
 def onnx_output(source: Source, opts: ExportOptions, fmt: fmts.ExportFormat, precision: str) -> Path:
@@ -247,7 +279,7 @@ def static_batch_stage(onnx_path: Path, batch: int, result: ExportResult) -> Pat
     from tedloc_edge.export.onnx_export import save_model
     from tedloc_edge.export.static_batch import compare_with_dynamic, make_static_batch
 
-    out = onnx_path.with_name(f"{onnx_path.stem}_b{batch}.onnx")
+    out = static_batch_path(onnx_path, batch)
     start = time.perf_counter()
     fixed = make_static_batch(onnx.load(str(onnx_path)), batch)
     with staged(out) as tmp:
@@ -311,6 +343,23 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
         check_static_batch(opts.static_batch)
     if opts.calib_images < 1:
         raise UserError(f"--calib-images {opts.calib_images} must be >= 1")
+    if "batch_max" in fmt.options:  # engine, triton: the batch range, before the ONNX is made (it failed after)
+        engine_spec(opts, Path("model.onnx"), Path("model.plan"))
+        if fmt.wraps_backend:
+            from tedloc_edge.export.triton_repo import TritonOptions
+
+            TritonOptions(max_batch_size=opts.batch_max or 8).check()
+    if not source.is_onnx:
+        from tedloc_edge.export.onnx_export import check_opset
+
+        check_opset(opts.opset)  # before the checkpoint loads
+    if opts.verify_images < 1:  # 0 or less verified on every image, silently
+        raise UserError(f"--verify-images {opts.verify_images} must be >= 1 (--no-verify skips the comparison)")
+    if not math.isfinite(opts.int8_max_drop):
+        raise UserError(f"--int8-max-drop {opts.int8_max_drop} must be a number of points, e.g. 1")
+    for specs, flag in ((opts.images, "--images"), (opts.calib_dir, "--calib-dir")):
+        if specs:  # a missing folder is found now, not after the model is exported
+            paths_from_args(specs, flag)
     if source.is_onnx:
         meta = onnx_meta(source)
         precision = fmts.check_precision(fmt, opts.precision or meta.precision)
@@ -324,10 +373,12 @@ def export(source_path: str | Path, opts: ExportOptions = ExportOptions()) -> Ex
                 f"{source.path} is a cpu-mode int8 ONNX (uint8 activations with zero points TensorRT cannot build); "
                 "export the run with --precision int8 --int8-mode tensorrt for an engine"
             )
+        check_outputs(planned_outputs(source, opts, fmt, steps, precision), source, opts.exist_ok)
         result = ExportResult(meta, source)
         onnx_path, model = source.path, None
     else:
         precision = fmts.check_precision(fmt, opts.precision or "fp32")
+        check_outputs(planned_outputs(source, opts, fmt, steps, precision), source, opts.exist_ok)
         result = ExportResult(BundleMeta(class_names=(), input_size=(0, 0), patch_grid=(0, 0)), source)
         onnx_path, model = export_onnx_stage(source, opts, fmt, precision, result)
     if opts.static_batch is not None:

@@ -38,7 +38,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     # TensorRT plan + <plan>.json build record; built on the device that runs it
     ExportFormat("engine", ".plan", True, PRECISIONS, ENGINE_OPTIONS | DLA_OPTIONS, stage="engine_stage"),
     # Triton model repository (tedloc_model, tedloc_decode, tedloc ensemble, tedloc_python; docs/triton.md)
-    ExportFormat("triton", "/", False, PRECISIONS, ENGINE_OPTIONS | {"triton_backend", "triton_variants", "exist_ok"},
+    ExportFormat("triton", "/", False, PRECISIONS, ENGINE_OPTIONS | {"triton_backend", "triton_variants"},
                  stage="triton_stage", wraps_backend=True),
 )}
 ONNX = FORMATS["onnx"]
@@ -75,7 +75,7 @@ class ExportOptions:
     triton_backend: str | None = option(None, "triton: what tedloc_model runs on: onnxruntime (default) | tensorrt.")
     triton_variants: tuple[str, ...] | None = option(None, "triton: model | decode | ensemble | python (repeat; default all). "
                                                      "See docs/triton.md.", flag="--triton-variant")  # None: all
-    exist_ok: bool | None = option(None, "triton: replace existing model folders in the repository.")
+    exist_ok: bool = option(False, "Replace outputs that exist (model files; triton: model folders in the repository).")
     static_batch: int | None = option(None, "onnx: also write <model>_b<N>.onnx with a fixed batch of N (what ONNX Runtime's "
                                       "CUDA graphs need; `infer --cuda-graph`).")
 

@@ -4,6 +4,7 @@ ready-to-run next commands, as Ultralytics does after an export."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tedloc_edge.export.exporter import ExportResult
@@ -18,7 +19,7 @@ def result_table(result: ExportResult) -> Table:
     for col in ("format", "precision", "file", "size", "seconds", "verified"):
         table.add_column(col, justify="right" if col in ("size", "seconds") else "left", overflow="fold")
     for art in result.artifacts:
-        table.add_row(art.kind, art.precision, str(art.path), _size(art.size_bytes), f"{art.seconds:.1f}", art.verified)
+        table.add_row(art.kind, art.precision, escape(str(art.path)), _size(art.size_bytes), f"{art.seconds:.1f}", art.verified)
     return table
 
 

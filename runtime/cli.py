@@ -3,6 +3,7 @@ PyAV) is imported only when a command runs, so `tedloc-edge --help` stays light 
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -12,6 +13,7 @@ import typer
 from tedloc_edge.console import console, setup_logging, user_errors
 
 from tedloc_edge.errors import UserError
+from tedloc_edge.files import check_not_inputs, check_output
 
 
 def infer(
@@ -87,9 +89,24 @@ def _batches(text: str) -> list[int]:
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UserError(f"--batch {text!r}: give batch sizes as integers separated by commas, e.g. 1,8") from None
-    if not sizes or min(sizes) < 1:
-        raise UserError(f"--batch {text!r}: batch sizes must be at least 1")
+    if not sizes or min(sizes) < 1 or max(sizes) > 4096:  # 10**8 made 10**8 synthetic frames, for ever
+        raise UserError(f"--batch {text!r}: batch sizes must be in 1..4096")
     return sizes
+
+
+def _check_bench(seconds: float, frame_size: str, threads: int, json_out: Optional[Path], models: List[Path]) -> None:
+    """Before any model runs: a duration that ends (NaN never did), a frame with pixels (0x0 was a
+    ZeroDivisionError), threads >= 0, and a --json that can be written and is none of the models."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"--seconds {seconds}: must be a positive number of seconds")
+    width, _, height = frame_size.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and 1 <= int(width) <= 8192 and 1 <= int(height) <= 8192):
+        raise UserError(f"--frame-size {frame_size!r}: give WIDTHxHEIGHT, each 1..8192, e.g. 1280x720")
+    if threads < 0:
+        raise UserError(f"--threads must be 0 (one per core) or more, not {threads}")
+    if json_out is not None:
+        check_not_inputs([json_out], models, "choose another --json path")
+        check_output(json_out, True, "choose another --json path")
 
 
 def bench(
@@ -109,6 +126,7 @@ def bench(
     """Images/s and per-stage latency (p50/p90/p99) of each model and backend, with ratios from one run."""
     setup_logging(verbose)
     with user_errors():
+        _check_bench(seconds, frame_size, threads, json_out, models or [])
         if triton:
             from tedloc_edge.runtime import triton_bench
 
@@ -124,5 +142,8 @@ def bench(
         report = run_bench(opts)
         print_table(report)
         if json_out is not None:
-            write_json(report, json_out)
-            console.print(f"results: {json_out}")
+            try:
+                write_json(report, json_out)
+            except OSError as exc:  # a disk that filled up during the run: the table is on the screen
+                raise UserError(f"{json_out}: could not be written ({exc.strerror}); the results are printed above") from None
+            console.print(f"results: {json_out}", markup=False)

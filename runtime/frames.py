@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -73,6 +74,10 @@ class ThreadedSource(abc.ABC):
         self._closed = False
         self.ended = False  # the consumer has seen the end of the source
         self.notify: threading.Event | None = None  # set on every frame and at the end (one consumer, many sources)
+
+    def input_files(self) -> list[Path]:
+        """The local files this source reads (an output must never replace one of them); none for a stream."""
+        return []
 
     @abc.abstractmethod
     def _produce(self, emit: Callable[[Frame], bool]) -> None:

@@ -28,9 +28,11 @@ from tedloc_edge.runtime.reconnect import ReconnectingSource, open_stream
 from tedloc_edge.runtime.result import Result
 from tedloc_edge.runtime.segments import parse_duration
 from tedloc_edge.runtime.smoothing import Smoother
+from tedloc_edge.runtime.sources import check_timeout, open_source
 
 logger = logging.getLogger(__name__)
 
+MAX_BATCH = 4096  # frames per model call: buffers are allocated for this many up front
 STAGES = ("decode", "preprocess", "inference", "postprocess", "annotate_write")
 
 
@@ -179,12 +181,13 @@ def _run_batch(loc: Localizer, outputs: Outputs, batch: list[Frame], totals: dic
 
 def run_infer(opts: InferOptions) -> InferSummary:
     """Run the pipeline; returns the summary (also written to OUT/summary.json)."""
-    if opts.batch < 1 or opts.stride < 1:
-        raise UserError("--batch and --stride must be at least 1")
+    if not (1 <= opts.batch <= MAX_BATCH and opts.stride >= 1):  # 10**8 was a MemoryError traceback
+        raise UserError(f"--batch must be in 1..{MAX_BATCH} and --stride at least 1")
     if opts.max_frames is not None and opts.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
     segment_s = parse_duration(opts.segment) if opts.segment else None
     smoother = Smoother(opts.smooth) if opts.smooth else None
+    check_timeout(opts.timeout)  # before the model loads: a Triton server or a URL waits this long
     with ExitStack() as cleanup:  # closes, in reverse: outputs (then the summary), source, model
         loc = open_localizer(opts)
         cleanup.callback(loc.close)

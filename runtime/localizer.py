@@ -27,7 +27,7 @@ from tedloc_edge.errors import UserError
 from tedloc_edge.presence import PROBABILITY
 from tedloc_edge.runtime.backends import load_runner
 from tedloc_edge.runtime.postprocess import DecodeConfig, Decoded, decode_one, top_classes
-from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color
+from tedloc_edge.runtime.preprocess import Preprocessor, as_uint8_3ch, check_color, frame_list
 from tedloc_edge.runtime.result import Result
 from tedloc_edge.runtime.runner import Boxes, BoxRunner, Runner
 
@@ -154,8 +154,7 @@ class Localizer:
         """One frame (HxW[xC] array) -> Result; a list of frames or an (N, H, W, 3) array -> list[Result].
         A runner's `frame_errors` (a server's failed request) lose this call only; the next may succeed."""
         color = check_color(color)
-        single = isinstance(frames, np.ndarray) and frames.ndim in (2, 3)
-        batch: list[np.ndarray] = [cast(np.ndarray, frames)] if single else list(frames)
+        batch, single = frame_list(frames)
         if not batch:
             return []
         results: list[Result] = []

@@ -1,7 +1,7 @@
 """The outputs of one `infer` run, named from the source and checked for overwrites before any frame runs.
 
 video or stream SOURCE -> OUT/<source name>.mp4 (annotated, unless --no-video)
-image(s) SOURCE        -> OUT/<image name> (annotated), one per image
+image(s) SOURCE        -> OUT/<image path relative to the folder or glob> (annotated), one per image
 always                 -> OUT/predictions.jsonl (one line per frame) and OUT/summary.json (atomic, at the end)
 --segment 10m          -> OUT/<source name>_0000.mp4, OUT/predictions_0000.jsonl, ... (runtime/segments.py)
 
@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from tedloc_edge.errors import UserError
-from tedloc_edge.files import atomic_write_text
+from tedloc_edge.files import atomic_write_text, check_not_inputs
 from tedloc_edge.runtime.annotate import draw_result
 from tedloc_edge.runtime.frames import Frame, ThreadedSource, utc_iso
 from tedloc_edge.runtime.result import Result
 from tedloc_edge.runtime.segments import Segments, part_name
-from tedloc_edge.runtime.sinks import ImageSink, JsonlSink, VideoSink, check_writable
+from tedloc_edge.runtime.sinks import OUT_FIX, ImageSink, JsonlSink, VideoSink, check_writable
 from tedloc_edge.runtime.sources import ImageSource
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,30 @@ def output_stem(source: ThreadedSource) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "source"
 
 
+def video_rate(source: ThreadedSource) -> float | None:
+    """The annotated mp4's frame rate: the source's / --stride keeps real-time playback, but never so slow that
+    the mp4 outlasts its source (--stride 1000 on a 3 s clip: one frame shown 3 s, not 33 s)."""
+    if not source.fps:
+        return None
+    rate = source.fps / source.stride
+    if source.frames_expected:
+        kept = -(-source.frames_expected // source.stride)
+        rate = max(rate, kept * source.fps / source.frames_expected)
+    return rate
+
+
+def refuse_collisions(targets: list[Path], inputs: list[Path]) -> None:
+    """Two inputs whose annotated copies would be one file: the second would replace the first."""
+    first: dict[Path, Path] = {}
+    for target, path in zip(targets, inputs):
+        if first.setdefault(target, path) is not path:
+            raise UserError(f"{target}: both {first[target]} and {path} would be annotated to this one file; "
+                            "rename one of them or run them separately")
+
+
 class Outputs:
     """Opens every sink up front (so an existing file stops the run before it starts), writes each frame's
-    result to all of them, and closes them in any case."""
+    result to all of them, and closes them in any case. No output may be one of the source's files."""
 
     def __init__(self, out: Path, source: ThreadedSource, exist_ok: bool, video: bool, heatmap: bool,
                  segment_s: float | None = None) -> None:
@@ -55,20 +76,29 @@ class Outputs:
         self.segments: Segments | None = None
         self._video_name: str | None = None
         self._fps: float | None = None
-        self.summary_path = check_writable(out / "summary.json", exist_ok)
+        self.summary_path = out / "summary.json"
+        planned = [self.summary_path]
         if isinstance(source, ImageSource):
             self.images = ImageSink(out, exist_ok)
-            for path in source.paths:
-                check_writable(self.images.target(path.name), exist_ok)
+            targets = [self.images.target(name) for name in source.names]
+            refuse_collisions(targets, source.paths)
+            planned += targets
         else:
             if video:
-                self._fps = source.fps / source.stride if source.fps else None  # --stride keeps real-time playback
+                self._fps = video_rate(source)  # --stride keeps real-time playback, never longer than the source
                 self._video_name = f"{output_stem(source)}.mp4"
             if segment_s is not None:
                 self.segments = Segments(segment_s, source.live)
                 taken = sorted(out.glob("predictions_[0-9]*.jsonl"))
                 if taken and not exist_ok:
                     raise UserError(f"{taken[0]}: already exists; pass --exist-ok to overwrite, or choose another --out folder")
+        planned.append(out / self._name("predictions.jsonl"))
+        if self._video_name is not None:
+            planned.append(out / self._name(self._video_name))
+        check_not_inputs(planned, source.input_files(), OUT_FIX)
+        probed: set[Path] = set()
+        for path in planned:  # everything, before a single byte is written
+            check_writable(path, exist_ok, probed)
         self._open_part()
 
     def _name(self, name: str) -> str:
@@ -111,7 +141,7 @@ class Outputs:
             if self.video is not None:
                 self.video.write(annotated)
             if self.images is not None:
-                record["annotated"] = self.images.write(frame.name, annotated).name
+                record["annotated"] = self.images.write(frame.name, annotated).relative_to(self.out).as_posix()
         self.jsonl.write(record)
         if self.segments is not None:
             self.segments.wrote(frame)

@@ -30,6 +30,22 @@ def check_color(color: str) -> str:
     return upper
 
 
+def frame_list(frames: object) -> tuple[list[np.ndarray], bool]:
+    """(the frames as a list, whether a single frame was given): one HxW[xC] array, an (N, H, W, C) array or a
+    sequence of arrays; anything else (a scalar, a 1-D array, None) is a one-line UserError."""
+    if isinstance(frames, np.ndarray):
+        if frames.ndim in (2, 3):
+            return [frames], True
+        if frames.ndim == 4:
+            return list(frames), False
+        raise UserError(f"frames: an array of shape {frames.shape} is neither a frame (HxW or HxWxC) nor a batch "
+                        "(NxHxWxC)")
+    try:
+        return list(frames), False  # type: ignore[call-overload]
+    except TypeError:
+        raise UserError(f"frames: pass an HxWx3 array or a list of them, not {type(frames).__name__}") from None
+
+
 class Preprocessor:
     """Resize frames into the model's uint8 NHWC input buffer (allocated once, at `max_batch`), as the bundle's
     `preprocess` record says (interpolation, channel order).

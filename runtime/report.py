@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tedloc_edge.console import console
@@ -20,7 +21,7 @@ def wide_console(width: int) -> Console:
 
 
 def print_summary(summary: "InferSummary") -> None:
-    table = Table(title=f"infer: {Path(summary.source).name or summary.source}", show_header=True, header_style="bold")
+    table = Table(title=f"infer: {escape(Path(summary.source).name or summary.source)}", show_header=True, header_style="bold")
     table.add_column("stage")
     table.add_column("mean ms / frame", justify="right")
     for stage, ms in summary.mean_ms.items():
@@ -39,9 +40,9 @@ def print_summary(summary: "InferSummary") -> None:
         console.print(f"[yellow]reconnected[/] {summary.reconnects} times, {sum(g['seconds'] for g in summary.gaps):.1f} s "
                       f"without frames in all (summary.json: gaps)")
     if summary.stream_error and not summary.lost:  # a lost source gets its own error line
-        console.print(f"[yellow]input ended early[/]: {summary.stream_error}")
+        console.print(f"[yellow]input ended early[/]: {escape(summary.stream_error)}")
     for kind, path in summary.outputs.items():
-        console.print(f"  {kind}: {path}")
+        console.print(f"  {kind}: {escape(path)}")  # user paths are text, not markup
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -20,8 +20,8 @@ import av
 import cv2
 import numpy as np
 
-from tedloc_edge.files import atomic_write_bytes
-from tedloc_edge.errors import UserError
+from tedloc_edge.files import atomic_write_bytes, check_output
+from tedloc_edge.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,20 @@ MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 WRITER_QUEUE = 8  # frames waiting for the encoder; write() blocks beyond that (no unbounded memory)
 
 
-def check_writable(path: Path, exist_ok: bool) -> Path:
-    """Refuse to write over an existing output unless exist_ok; create the parent folder."""
-    if path.exists() and not exist_ok:
-        raise UserError(f"{path}: already exists; pass --exist-ok to overwrite, or choose another --out folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{path.parent}: cannot create the output folder ({exc.strerror}); choose another --out") from None
-    return path
+OUT_FIX = "choose another --out folder"
+
+
+def check_writable(path: Path, exist_ok: bool, probed: set[Path] | None = None) -> Path:
+    """Refuse to write over an existing output unless exist_ok; the folder must take a new file (files.check_output)."""
+    return check_output(path, exist_ok, OUT_FIX, probed)
+
+
+def write_failed(path: Path, exc: BaseException, frames: str = "") -> UserError:
+    """The one-line error of an output that failed part way, saying what is on disk (not what was meant to be)."""
+    size = path.stat().st_size if path.is_file() else 0
+    kept = f"{size} bytes are on disk{frames}" if size else "nothing was written"
+    return UserError(f"{path}: writing failed ({getattr(exc, 'strerror', None) or first_line(exc)}); {kept}; "
+                     "check the disk and permissions, or choose another --out folder")
 
 
 def _even(n: int) -> int:
@@ -66,7 +71,10 @@ class VideoSink:
     def _open(self, height: int, width: int) -> None:
         self.size = (_even(width), _even(height))
         self._first = (width, height)
-        self.container = av.open(str(self.path), mode="w", format="mp4", options=MP4_OPTIONS)
+        try:
+            self.container = av.open(str(self.path), mode="w", format="mp4", options=MP4_OPTIONS)
+        except (OSError, av.FFmpegError) as exc:
+            raise write_failed(self.path, exc) from None
         stream = self.container.add_stream("libx264", rate=self.rate)
         stream.width, stream.height = self.size
         stream.pix_fmt = "yuv420p"
@@ -119,8 +127,9 @@ class VideoSink:
         container.close()
         if self.resized:
             logger.info("%s: %d frames of another size were resized to %s", self.path, self.resized, self.size)
-        if self._failure is not None:
-            raise UserError(f"{self.path}: video encoding failed ({self._failure}); the file holds {self.frames} frames")
+        if self._failure is not None:  # what plays is what reached the disk, up to its last complete fragment
+            raise write_failed(self.path, self._failure, f" (it plays up to its last complete fragment of {self.frames} "
+                               "frames encoded)")
 
 
 class JsonlSink:
@@ -128,13 +137,19 @@ class JsonlSink:
 
     def __init__(self, path: Path, exist_ok: bool = False) -> None:
         self.path = check_writable(path, exist_ok)
-        self._fh: TextIO | None = self.path.open("w", encoding="utf-8")
+        try:
+            self._fh: TextIO | None = self.path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
         self.lines = 0
 
     def write(self, record: dict[str, Any]) -> None:
         assert self._fh is not None, "JsonlSink is closed"
-        self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # a full disk: the lines before this one are complete
+            raise write_failed(self.path, exc, f" ({self.lines} complete lines)") from None
         self.lines += 1
 
     def close(self) -> None:
@@ -144,7 +159,8 @@ class JsonlSink:
 
 
 class ImageSink:
-    """Annotated copies of still images, same name (PNG for formats OpenCV writes lossy or not at all)."""
+    """Annotated copies of still images under their relative names ("a/x.jpg"), the format kept; formats OpenCV
+    writes lossy or not at all get ".png" added ("x.pgm.png"), so they never meet an "x.png" input's copy."""
 
     KEEP = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -154,15 +170,21 @@ class ImageSink:
         self.written = 0
 
     def target(self, name: str) -> Path:
-        path = self.folder / Path(name).name
-        return path if path.suffix.lower() in self.KEEP else path.with_suffix(".png")
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:  # never outside the folder
+            rel = Path(rel.name)
+        path = self.folder / rel
+        return path if path.suffix.lower() in self.KEEP else path.with_name(path.name + ".png")
 
     def write(self, name: str, image_rgb: np.ndarray) -> Path:
         path = check_writable(self.target(name), self.exist_ok)
         ok, data = cv2.imencode(path.suffix, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
         if not ok:
             raise UserError(f"{path}: OpenCV cannot encode this format; rename the input to .png or .jpg")
-        atomic_write_bytes(path, data.tobytes())
+        try:
+            atomic_write_bytes(path, data.tobytes())  # makes the subfolder of a relative name
+        except OSError as exc:
+            raise write_failed(path, exc) from None
         self.written += 1
         return path
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
+import urllib.parse
+from pathlib import Path
 from typing import Any, Callable
 
 import av
@@ -36,7 +39,7 @@ def open_container(target: str, fmt: str | None, options: dict[str, str], timeou
     started = time.monotonic()
     extra = dict(OPEN_OPTIONS, hwaccel=hardware_decoding(hwaccel)) if hwaccel is not None else OPEN_OPTIONS
     try:
-        return av.open(target, format=fmt, options=options, timeout=(timeout, timeout), **extra)
+        return interruptible(lambda: av.open(target, format=fmt, options=options, timeout=(timeout, timeout), **extra))
     except (FileNotFoundError, av.error.FileNotFoundError):
         raise UserError(f"{label}: no such file or device; check the path (or the camera index)") from None
     except (PermissionError, av.error.PermissionError, av.FFmpegError, OSError) as exc:
@@ -49,6 +52,37 @@ def open_container(target: str, fmt: str | None, options: dict[str, str], timeou
         if time.monotonic() - started >= timeout * 0.9:
             raise UserError(f"{label}: no answer within {timeout:g} s; check the URL and the network, or raise --timeout") from None
         raise UserError(f"{label}: cannot open as video ({first_line(exc)}); pass a video file, an image, a folder or a stream URL") from None
+
+
+def interruptible(open_container: Callable[[], Any]) -> Any:
+    """Run a blocking open in a helper thread while this one waits in short steps, so Ctrl-C (KeyboardInterrupt)
+    is seen at once, not when FFmpeg gives up: a Python signal handler only runs between bytecodes, and av.open
+    waits inside FFmpeg for up to the whole timeout. A container opened after the caller gave up is closed."""
+    done, lock, box = threading.Event(), threading.Lock(), {}
+
+    def work() -> None:
+        try:
+            box["container"] = open_container()
+        except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread
+            box["error"] = exc
+        with lock:
+            done.set()
+            if box.get("abandoned") and "container" in box:
+                box["container"].close()
+
+    threading.Thread(target=work, name="open", daemon=True).start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except BaseException:
+        with lock:
+            box["abandoned"] = True
+            if done.is_set() and "container" in box:
+                box["container"].close()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["container"]
 
 
 def _device_needs(device: str) -> str:
@@ -104,6 +138,7 @@ class VideoSource(ThreadedSource):
     ) -> None:
         self.live = live
         self.label = label or target
+        self.target = target
         super().__init__(queue_frames=queue_frames, stride=stride)
         self._args = dict(target=target, label=label, fmt=fmt, options=options, live=live, queue_frames=queue_frames,
                           stride=stride, timeout=timeout, hwaccel=hwaccel)
@@ -122,6 +157,10 @@ class VideoSource(ThreadedSource):
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.frames_expected = int(self.stream.frames) or None
+
+    def input_files(self) -> list[Path]:
+        path = Path(urllib.parse.urlparse(self.target).path if self.target.startswith("file:") else self.target)
+        return [path] if path.is_file() else []
 
     def _count_error(self, exc: BaseException) -> None:
         self.stats.decode_errors += 1

@@ -11,9 +11,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from tedloc_edge.bundle import CONTOUR_MODES
+
 # Exactly the reference's threshold list (np.arange floats, so int(tau * max) matches bit for bit).
 CAM_THRESHOLDS = np.arange(0, 1, 0.001)
-CONTOUR_MODES = ("largest", "all")
 NO_BOX = np.zeros((1, 4), dtype=np.int64)  # the protocol's box when no contour exists
 
 

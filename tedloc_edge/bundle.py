@@ -25,6 +25,12 @@ FORMAT_VERSION = 2  # 2: the preprocess record; an older reader would silently d
 METADATA_KEY = "tedloc"
 INTERPOLATIONS = ("bilinear", "area", "bicubic")  # resize_image maps them to OpenCV's; this module stays pure Python
 COLOR_ORDERS = ("RGB", "BGR")
+CONTOUR_MODES = ("largest", "all")  # the box decoder's (tedloc_edge.boxes)
+METHODS = ("tedloc", "cam")
+# Fields a document must hold: a default would silently change what the model does (the calibrated threshold of
+# 0.82 read as 0.5 moves every box).
+REQUIRED = ("class_names", "input_size", "patch_grid", "threshold")
+TEXT_FIELDS = ("threshold_source", "backbone", "anchor_source", "precision", "run_id")
 V1_PREPROCESS = {"mean": "mean", "std": "std", "input_layout": "layout", "input_dtype": "dtype",
                  "channel_order": "channel_order", "normalize_in_graph": "normalize_in_graph"}
 
@@ -126,9 +132,15 @@ class BundleMeta:
             )
         doc = _from_v1(doc) if version == 1 else doc
         kwargs = _fields(cls, doc, skip="format_version")  # read into the current format
+        missing = [key for key in REQUIRED if key not in kwargs]
+        if missing:
+            raise BundleError(f"{source}: tedloc metadata is incomplete (no {', '.join(missing)}); re-export it with "
+                              "`tedloc-edge export`")
+        problem = _field_problem(kwargs)
+        if problem:
+            raise BundleError(f"{source}: tedloc metadata: {problem}; re-export the model with `tedloc-edge export`")
         for key in ("class_names", "input_size", "patch_grid"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
+            kwargs[key] = tuple(kwargs[key])
         try:
             kwargs["preprocess"] = Preprocess(**_fields(Preprocess, kwargs.get("preprocess", {})))
             return cls(**kwargs)
@@ -146,6 +158,45 @@ class BundleMeta:
         if not isinstance(doc, dict):
             raise BundleError(f"{source}: tedloc metadata is not a JSON object; re-export the model")
         return cls.from_dict(doc, source)
+
+
+def _field_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with the values of a document's fields (types and ranges), or None: a value the runtime
+    would misread (a threshold "0.5", a 0x0 input) is refused at load, never met as a traceback mid-stream."""
+    names, threshold = doc["class_names"], doc["threshold"]
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
+        return f"class_names must be a non-empty list of names, not {_short(names)}"
+    for key in ("input_size", "patch_grid"):
+        value = doc[key]
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_whole(v) and v > 0 for v in value)):
+            return f"{key} must be two positive whole numbers (height, width), not {_short(value)}"
+    if not _number(threshold) or not 0.0 <= threshold < 1.0:  # NaN fails the comparison too
+        return f"threshold must be a number in [0, 1), not {_short(threshold)}"
+    choices = {"contour_mode": CONTOUR_MODES, "method": METHODS}
+    for key, allowed in choices.items():
+        if key in doc and doc[key] not in allowed:
+            return f"{key} must be one of {', '.join(allowed)}, not {_short(doc[key])}"
+    for key in TEXT_FIELDS:
+        if key in doc and not isinstance(doc[key], str):
+            return f"{key} must be text, not {_short(doc[key])}"
+    typed = {"calibration_hash": (str, type(None)), "anchors_have_text_semantics": bool, "extra": dict, "preprocess": dict}
+    for key, kind in typed.items():
+        if key in doc and not isinstance(doc[key], kind):
+            return f"{key} has the wrong type ({type(doc[key]).__name__})"
+    return None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _fields(cls: type, doc: dict[str, Any], skip: str = "") -> dict[str, Any]:

@@ -66,8 +66,8 @@ def test_a_stage_is_called_by_the_name_the_table_gives(fake_run, monkeypatch):
     monkeypatch.setattr(exporter, "triton_stage", lambda model_path, out, *rest: ran.append(f"triton {out.name}") or out)
     exporter.export(run, ExportOptions(format="triton"))
     assert ran == ["onnx", "triton triton"]  # onnxruntime backend: no GPU check, no engine
-    ran.clear()
-    exporter.export(run, ExportOptions(format="triton", triton_backend="tensorrt", output=run / "repo"))
+    ran.clear()  # the same run again: its model.onnx exists, so --exist-ok (issue 23: export replaces only with it)
+    exporter.export(run, ExportOptions(format="triton", triton_backend="tensorrt", output=run / "repo", exist_ok=True))
     assert ran == ["gpu check", "onnx", "engine", "triton repo"]
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,10 +107,19 @@ class TrainConfig:
         if self.cue == "files" and not self.cue_dir:
             raise UserError("--cue files needs --cue-dir DIR holding one map per training image")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "input_size": self.input_size,
-                    "k_fg": self.k_fg, "k_bg": self.k_bg, "feature_batch": self.feature_batch}
+                    "decoder_hidden": self.decoder_hidden, "k_fg": self.k_fg,
+                    "k_bg": self.k_bg, "feature_batch": self.feature_batch}
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        # every float is checked finite first: NaN passes any comparison test (--lr nan trained into NaN weights)
+        floats = {"lr": self.lr, "temperature": self.temperature, "weight_decay": self.weight_decay,
+                  "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip, "label_smoothing": self.label_smoothing,
+                  "dropout": self.dropout, "finetune_lr": self.finetune_lr,
+                  "w_kd": self.w_kd, "w_pcl": self.w_pcl, "w_icl": self.w_icl}
+        for name, value in floats.items():
+            if not math.isfinite(value):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
         if self.finetune_stages < 0 or self.finetune_lr < 0:
             raise UserError("--finetune-stages and --finetune-lr must be at least 0")
         if self.embed_dim < 0:
@@ -124,6 +135,27 @@ class TrainConfig:
             raise UserError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         if self.temperature <= 0 or self.lr <= 0:
             raise UserError("--temperature and --lr must be positive")
+        for name in ("weight_decay", "warmup_epochs", "grad_clip", "w_kd", "w_pcl", "w_icl", "workers"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be in 0..{2**32 - 1} (numpy's range), not {self.seed}")
+        try:
+            usable = "{}" in self.prompt_template and bool(self.prompt_template.format("x"))
+        except (IndexError, KeyError, ValueError):
+            usable = False
+        if not usable:
+            raise UserError(f"--prompt-template {self.prompt_template!r} needs one '{{}}' where the class name goes "
+                            "(and no other braces)")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: is a file, not a run folder; choose a folder path for --out")
+        if self.data and out.exists() and Path(self.data).exists() and out.resolve() == Path(self.data).resolve():
+            raise UserError(f"--out {out} is the dataset folder (--data): the run would write over its classes.txt; "
+                            "choose another --out")
+        if self.exist_ok and not self.resume and out.is_dir() and any(out.iterdir()) and not _is_run(out):
+            raise UserError(f"--out {out}: not a run folder (no config.json or checkpoints/ of one); --exist-ok "
+                            "replaces only runs: choose a new or empty folder")
         return self
 
     def resolved(self, num_classes: int) -> "TrainConfig":
@@ -148,7 +180,12 @@ class TrainConfig:
         unknown = sorted(set(doc) - known)
         if unknown:
             raise UserError(f"{source}: unknown config keys {', '.join(unknown)}; was it written by a newer tedloc-edge?")
-        return cls(**doc)
+        hints = typing.get_type_hints(cls)
+        for name, value in doc.items():  # a hand-edited "epochs": "10" must not be a TypeError in validate()
+            if not _fits(value, hints[name]):
+                raise UserError(f"{source}: {name} = {json.dumps(value)[:40]} is not {_kind(hints[name])}; restore "
+                                "config.json or retrain")
+        return cls(**{k: float(v) if hints[k] is float else v for k, v in doc.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -160,3 +197,30 @@ class TrainConfig:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON ({exc.msg}); restore it or retrain") from None
         return cls.from_dict(doc, str(path))
+
+
+def _is_run(folder: Path) -> bool:
+    """A folder `tedloc-edge train` wrote: its checkpoints/, or a config.json of a run."""
+    if (folder / "checkpoints").is_dir():
+        return True
+    try:
+        TrainConfig.load(folder / "config.json")
+        return True
+    except (UserError, OSError):
+        return False
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value is of a field's type (`X | None` either; an int is a float; a bool is no number)."""
+    if typing.get_args(hint):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _kind(hint: Any) -> str:
+    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false", type(None): "null"}
+    return " or ".join(names.get(arg, str(arg)) for arg in (typing.get_args(hint) or (hint,)))

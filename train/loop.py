@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from tedloc_edge.files import atomic_write_with
@@ -214,7 +215,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
 
     if dist.is_main:
         total = time.perf_counter() - t_start
-        console.print(f"[green]done[/] in {total:.0f} s: {run} (best {best['metric']} {best['value']:.2f} "
+        console.print(f"[green]done[/] in {total:.0f} s: {escape(str(run))} (best {best['metric']} {best['value']:.2f} "
                       f"at epoch {best['epoch']})")
         next_commands("Next:", [f"tedloc-edge eval {run} --calibrate", f"tedloc-edge eval {run} --split test",
                                 f"tedloc-edge export {run}"])

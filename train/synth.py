@@ -30,7 +30,7 @@ import numpy as np
 from tedloc_edge.console import progress
 from tedloc_edge.datasets import negatives_split
 from tedloc_edge.errors import UserError
-from tedloc_edge.train.synth_readme import readme
+from tedloc_edge.train.synth_readme import README_TITLE, readme
 
 log = logging.getLogger(__name__)
 
@@ -326,8 +326,13 @@ def _check_args(out: Path, classes: int, counts: dict[str, int], image_size: tup
     lo, hi = image_size
     if not 64 <= lo <= hi:
         raise UserError(f"image sides {lo}..{hi} (--min-size/--max-size): need 64 <= min-size <= max-size")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not exist_ok:
-        raise UserError(f"{out}: already exists and is not empty; pick a new folder or pass --exist-ok to replace it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not exist_ok:
+            raise UserError(f"{out}: already exists and is not empty; pick a new folder or pass --exist-ok to replace it")
+        readme = out / "README.txt"  # --exist-ok replaced any folder (or file) wholesale
+        if not (readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(README_TITLE)):
+            raise UserError(f"{out}: is not a synthetic benchmark written by `tedloc-edge data synth` (no README.txt of "
+                            "one); --exist-ok replaces only those: pick a new or empty folder")
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+README_TITLE = "Synthetic WSOL benchmark (tedloc-edge data synth)"  # how data synth --exist-ok knows its own folders
+
 
 def readme(table: tuple[tuple[str, str, str], ...], scale_range: tuple[float, float], counts: dict[str, int],
            seed: int, image_size: tuple[int, int], negatives: int) -> str:
@@ -15,7 +17,7 @@ bird. They list image_ids.txt and image_sizes.txt only: no class (a scene withou
 no mask. Training uses train_negatives for the presence score; eval --calibrate uses val_negatives to pick
 the presence threshold and eval on test reports presence with test_negatives.
 """
-    return f"""Synthetic WSOL benchmark (tedloc-edge data synth)
+    return f"""{README_TITLE}
 
 Every image holds one bird. All birds share one body: the same shape, feather texture and colour.
 Only the head tells the class: its colour and pattern (solid, striped, dotted or ringed), and the head

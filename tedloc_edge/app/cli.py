@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from tedloc_edge.console import console, next_commands, user_errors
 from tedloc_edge.app.demo import demo
@@ -35,13 +36,18 @@ def video(
     fps: float = typer.Option(30.0, help="Frame rate."),
     classes: int = typer.Option(8, help="Classes of the benchmark the objects come from."),
     seed: int = typer.Option(0, help="Same seed gives the same video."),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace PATH and PATH.json if they exist."),
 ) -> None:
     """Write a short H.264 video of benchmark objects moving over clutter, with per-frame boxes in PATH.json."""
     with user_errors():
+        from tedloc_edge.files import check_output
         from tedloc_edge.train.synth_video import make_video
 
+        for target in (path, Path(f"{path}.json")):
+            check_output(target, exist_ok, "choose another PATH")
+
         boxes = make_video(path, frames=frames, size=(width, height), fps=fps, classes=classes, seed=seed)
-        console.print(f"wrote {path} ({len(boxes)} frames) and {path}.json")
+        console.print(escape(f"wrote {path} ({len(boxes)} frames) and {path}.json"))
         next_commands("Next:", [f"tedloc-edge infer {path} --model MODEL.onnx --out runs/infer"])
 
 app.command("train")(train)

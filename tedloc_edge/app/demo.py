@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from tedloc_edge.console import console, next_commands, user_errors
 
@@ -98,7 +99,8 @@ def plan_stages(out: Path, size: DemoSize, seed: int) -> list[Stage]:
         eval_stage("Evaluate TeD-Loc ONNX fp32 on test", fp32, "tedloc_fp32"),
         eval_stage("Evaluate TeD-Loc ONNX INT8 on test", int8, "tedloc_int8"),
         Stage("Make a synthetic video with known boxes",
-              ["data", "video", str(video), "--frames", str(size.video_frames), "--classes", n[0], "--seed", str(seed)], [video]),
+              ["data", "video", str(video), "--frames", str(size.video_frames), "--classes", n[0], "--seed", str(seed),
+               "--exist-ok"], [video]),
         Stage("Run infer on the video (ONNX INT8)",
               ["infer", str(video), "--model", str(int8), "--out", str(out / "infer"), "--exist-ok"],
               [out / "infer" / "predictions.jsonl"]),
@@ -115,7 +117,7 @@ def run_stage(stage: Stage, index: int, total: int, fresh: bool, log_dir: Path) 
         console.print(f"{header} [dim](reused; --fresh to redo)[/]")
         return
     console.rule(header, align="left")
-    console.print(f"[dim]$ {stage.command}[/]", soft_wrap=True)
+    console.print(f"[dim]$ {escape(stage.command)}[/]", soft_wrap=True)
     start = time.perf_counter()
     log = log_dir / f"{index:02d}.log"
     cmd = [sys.executable, "-m", "tedloc_edge.app.cli", *stage.argv]
@@ -154,7 +156,7 @@ def demo(
         timings = [{"title": s.title, "command": s.command, "seconds": round(s.seconds, 1), "reused": s.reused} for s in stages]
         (out / "stages.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
         report = write_report(out, stages, total)
-        console.print(f"\n[bold green]Demo finished[/] in {total:.0f} s. Report: {report}")
+        console.print(f"\n[bold green]Demo finished[/] in {total:.0f} s. Report: {escape(str(report))}")
         next_commands("Next:", [
             f"tedloc-edge infer YOUR_VIDEO.mp4 --model {out / 'models' / 'tedloc_int8.onnx'} --out runs/infer",
             f"tedloc-edge bench {out / 'models' / 'tedloc_fp32.onnx'} {out / 'models' / 'tedloc_int8.onnx'}",

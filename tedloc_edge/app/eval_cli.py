@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tedloc_edge.console import next_commands, setup_logging, user_errors
-from tedloc_edge.errors import UserError
+from tedloc_edge.errors import UserError, first_line
+from tedloc_edge.files import check_not_inputs, check_output
 from tedloc_edge.metric_names import METRIC_NAMES
 from tedloc_edge.rundir import RunDir
 
@@ -53,7 +55,13 @@ def evaluate(
         split = split or ("val" if calibrate else "test")
         _check_options(target, split, criterion, calibrate, maps, predictions, threshold, batch)
         _check_presence_options(maps, negatives, presence_threshold)
+        written = [p for p in (json_out, plot) if p is not None]
+        if calibrate:
+            written.append(threshold_dir(target, maps).threshold_file)
         data = data or run_data(target)
+        check_not_inputs(written, eval_inputs(target, maps, predictions, data), "choose another path")
+        for path in written:  # before the evaluation: its figures are not lost to an unwritable path afterwards
+            check_output(path, True, "choose another path")
         from tedloc_edge.datasets import dataset_negatives, open_negatives, open_split
         from tedloc_edge.evaluate import evaluate_maps, evaluate_predictor
 
@@ -113,6 +121,18 @@ def _maps_threshold(maps: Path, threshold: Optional[float], calibrate: bool) -> 
     return stored or (threshold, "given")
 
 
+def eval_inputs(target: Optional[Path], maps: Optional[Path], predictions: Optional[Path], data: Path) -> list[Path]:
+    """The files an evaluation reads that a --json or --plot path could name: the model or the run's checkpoints
+    and config, the predictions, the saved maps, the dataset's class list and metadata."""
+    found = [p for p in (target, predictions) if p is not None and p.is_file()]
+    if target is not None and (target.is_dir() or target.suffix == ".pt"):
+        run = RunDir.of(target)
+        found += [run.config, run.path / "classes.txt", *run.checkpoints.glob("*.pt")]
+    if maps is not None and maps.is_dir():
+        found += list(maps.rglob("*.npy"))
+    return found + list(data.glob("*.txt")) + list((data / "metadata").rglob("*.txt"))
+
+
 def load_predictor(target: Path, device: str, batch: int) -> "Localizer":
     """The Localizer over a run folder or checkpoint (torch) or an exported model (runtime)."""
     if not target.exists():
@@ -160,7 +180,7 @@ def threshold_dir(target: Optional[Path], maps: Optional[Path]) -> RunDir:
 def print_report(report: Any) -> None:
     """The metrics as a rich table on stdout, then how far the stored threshold is from this split's optimum."""
     stored = "-" if report.threshold is None else f"{report.threshold:.3f}"
-    table = Table(title=f"{report.source} · {report.split} · {report.num_images} images", title_justify="left")
+    table = Table(title=f"{escape(report.source)} · {report.split} · {report.num_images} images", title_justify="left")
     table.add_column("metric")
     table.add_column("best over tau (%)", justify="right")
     table.add_column("at tau*", justify="right")
@@ -213,21 +233,31 @@ def presence_lines(report: Any) -> list[str]:
     return lines
 
 
+def _written(path: Path, write: Callable[[], Any]) -> Any:
+    """A write after the evaluation: a failure (a disk that filled up since the check) is one line, and the
+    figures are already on the screen."""
+    try:
+        return write()
+    except OSError as exc:
+        raise UserError(f"{path}: could not be written ({exc.strerror or first_line(exc)}); the figures are printed "
+                        "above") from None
+
+
 def _write_outputs(report: Any, json_out: Optional[Path], plot: Optional[Path]) -> None:
     if json_out is not None:
-        report.save_json(json_out)
+        _written(json_out, lambda: report.save_json(json_out))
         logger.info("wrote %s", json_out)
     if plot is not None:
         from tedloc_edge.plots import save_report_plot
 
-        save_report_plot(report, plot)
+        _written(plot, lambda: save_report_plot(report, plot))
 
 
 def _calibrate(report: Any, criterion: str, run: RunDir, target: Optional[Path], data: Path) -> None:
     from tedloc_edge.evaluate import calibrate_threshold
 
     doc = calibrate_threshold(report, criterion)
-    path = run.write_threshold(doc)
+    path = _written(run.threshold_file, lambda: run.write_threshold(doc))
     out = Console(highlight=False)
     out.print(f"calibrated: tau {doc['threshold']:.3f} maximizes {criterion} on {report.split} ({doc['value']:.2f}%) -> {path}")
     p = doc["presence"]

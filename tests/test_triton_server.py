@@ -107,7 +107,11 @@ def assert_same(local_result, remote_result):
     assert remote_result.score == pytest.approx(local_result.score, rel=1e-5)
     a, b = local_result.summary(), remote_result.summary()
     a.pop("speed"), b.pop("speed")
-    assert a == b  # the JSONL fields are the same
+    # The server's decoding models send boxes and logits, not the map: no presence score comes back, and every
+    # frame is present (docs/triton.md); everything else in the JSONL is the same.
+    assert b.pop("presence") is None and b["present"] is True
+    a.pop("presence")
+    assert a == b
 
 
 def url(server, protocol: str, model: str) -> str:

@@ -155,13 +155,14 @@ class Int8Quantizer:
     A context manager: its temporary folder holds the pre-processed graph and the cache."""
 
     def __init__(self, fp32: onnx.ModelProto, meta: BundleMeta, images: np.ndarray, calibration_hash: str,
-                 mode: str = "cpu", calibrator: str | None = None) -> None:
+                 mode: str = "cpu", calibrator: str | None = None, cache: Path | None = None) -> None:
         check_mode(mode)
         if len(images) == 0:
             raise UserError("int8 needs calibration images: pass --calib-dir FOLDER or export a run whose dataset is here")
         self.fp32, self.meta, self.images, self.calibration_hash, self.mode = fp32, meta, images, calibration_hash, mode
         self.calibrator = check_calibrator(calibrator or DEFAULT_CALIBRATOR[mode])
         self.calibration_seconds = 0.0
+        self.cache = cache  # the calibration cache file (default: in the temporary folder); reused if it exists
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.head: list[str] = []
         self.options: dict[str, Any] = {}
@@ -210,7 +211,7 @@ class Int8Quantizer:
         options = dict(self.options, extra_options={**self.options["extra_options"], **calib_options})
         skip = set(keep_float)
         options["nodes_to_quantize"] = [n for n in (only if only is not None else options["nodes_to_quantize"]) if n not in skip]
-        cache, out = self.folder / "calibration.json", self.folder / "int8.onnx"
+        cache, out = self.cache or self.folder / "calibration.json", self.folder / "int8.onnx"
         cached = cache.is_file()
         if _has_calibration_cache(quantize_static):  # ORT >= 1.23; older ones calibrate on every call
             options["calibration_cache_path"] = str(cache)

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 RANK_EVALS = 64  # at most this many one-layer quantizations before ranking by groups
 DEFAULT_MAX_FLOAT = 8  # budget of float layers (--int8-max-float)
+# calibrators the search tries, in order, after the default one (benchmarks/bench_int8.py measured them)
+SEARCH_CALIBRATORS = {"cpu": ("minmax", "percentile"), "tensorrt": ("percentile", "minmax")}
 Outputs = tuple[np.ndarray, np.ndarray]  # fg_map (N, gh, gw), logits (N, C)
 
 
@@ -55,15 +57,26 @@ class LayerSensitivity:
         return {"layer": self.nodes[0], "op": self.op, "map": round(self.map_share, 4), "logits": round(self.logit_share, 4)}
 
 
+@dataclass(frozen=True)
+class Step:
+    calibrator: str
+    kept: int  # the worst `kept` layers float
+    gate: GateResult
+
+
 @dataclass
 class SearchReport:
     layers: int  # quantized layers in the model
     budget: int
     sensitivities: list[LayerSensitivity]  # worst first
-    steps: list[tuple[int, GateResult]] = field(default_factory=list)  # (layers kept float, gate) in the order tried
-    kept: int = 0  # layers kept float in the chosen model
-    speed: tuple[float, float] | None = None  # img/s of the full int8 model and of the chosen one, side by side
+    steps: list[Step] = field(default_factory=list)  # in the order tried
+    chosen: Step | None = None  # the passing model kept (None: none passed)
+    speed: tuple[float, float] | None = None  # img/s of the first model tried and of the chosen one, side by side
     seconds: float = 0.0
+
+    @property
+    def kept(self) -> int:
+        return self.chosen.kept if self.chosen else 0
 
     @property
     def kept_float(self) -> list[str]:
@@ -71,14 +84,14 @@ class SearchReport:
 
     @property
     def passed(self) -> bool:
-        return any(k == self.kept and g.passed for k, g in self.steps)
+        return self.chosen is not None and self.chosen.gate.passed
 
     def summary(self) -> str:
         names = ", ".join(s.nodes[0] for s in self.sensitivities[: self.kept]) or "none"
-        tried = ", ".join(f"{k}: {'pass' if g.passed else 'fail'}" for k, g in self.steps)
+        tried = ", ".join(f"{s.calibrator} {s.kept}: {'pass' if s.gate.passed else 'fail'}" for s in self.steps)
         speed = f"; img/s full int8 {self.speed[0]:.1f} -> {self.speed[1]:.1f}" if self.speed else ""
-        return (f"int8 search over {self.layers} layers ({self.seconds:.0f} s): {self.kept} kept float ({names}); "
-                f"gates tried by layers kept float: {tried}{speed}")
+        chosen = f"{self.chosen.calibrator} calibration, {self.kept} layers kept float ({names})" if self.chosen else "nothing passed"
+        return f"int8 search over {self.layers} layers ({self.seconds:.0f} s): {chosen}; tried (calibrator, layers float): {tried}{speed}"
 
     def table(self, rows: int = 12) -> str:
         lines = ["| rank | layer | op | fg_map share | logits share | kept float |", "|---|---|---|---|---|---|"]
@@ -90,8 +103,10 @@ class SearchReport:
         return {
             "layers": self.layers,
             "budget": self.budget,
+            "calibrator": self.chosen.calibrator if self.chosen else None,
             "kept_float": [s.nodes[0] for s in self.sensitivities[: self.kept]],
-            "tried": [{"kept_float": k, "passed": g.passed, "drops": {m: round(d, 4) for m, d in g.drops.items()}} for k, g in self.steps],
+            "tried": [{"calibrator": s.calibrator, "kept_float": s.kept, "passed": s.gate.passed,
+                       "drops": {m: round(d, 4) for m, d in s.gate.drops.items()}} for s in self.steps],
             "sensitivity": [s.to_dict() for s in self.sensitivities[:rows]],
             "img_per_s": {"full_int8": round(self.speed[0], 1), "chosen": round(self.speed[1], 1)} if self.speed else None,
             "seconds": round(self.seconds, 1),
@@ -176,17 +191,16 @@ def rank_layers(units: list[tuple[str, ...]], damage: Callable[[list[str]], tupl
 
 
 def search(quantizer: Int8Quantizer, fp32_path: Path, fp32_scores: Any, images: np.ndarray, split: Any, max_drop: float,
-           budget: int, full_gate: GateResult) -> tuple[onnx.ModelProto | None, SearchReport]:
-    """Rank the layers, then keep the fewest worst ones float until the gate passes (see the module
-    docstring). Returns the passing model (None when no count within the budget passes) and the report."""
+           budget: int, full_gate: GateResult, alternatives: Sequence[str] = ()) -> tuple[onnx.ModelProto | None, SearchReport]:
+    """Rank the layers with `quantizer`'s calibration, then keep the fewest worst ones float until the gate
+    passes; if none within the budget does, the same with each calibrator of `alternatives` (module docstring).
+    Returns the passing model (None when nothing passed) and the report."""
     start = time.perf_counter()
-    folder = quantizer.folder
     ref = run_model(fp32_path, images)
     full = quantizer.quantize()
     full_map, full_kl = output_errors(ref, run_model(full, images))
     units = quantizer.units()
-    ops = {n.name: n.op_type for n in full.graph.node}
-    ops.update({n.name: n.op_type for n in (quantizer.pre_model.graph.node if quantizer.pre_model else [])})
+    ops = {n.name: n.op_type for n in (quantizer.pre_model.graph.node if quantizer.pre_model else [])}
 
     def damage(nodes: list[str]) -> tuple[float, float]:
         err_map, err_kl = output_errors(ref, run_model(quantizer.quantize(only=nodes), images))
@@ -194,42 +208,59 @@ def search(quantizer: Int8Quantizer, fp32_path: Path, fp32_scores: Any, images: 
 
     logger.info("int8 search: ranking %d quantized layers by their damage alone on %d val images", len(units), len(images))
     report = SearchReport(len(units), min(budget, len(units)), rank_layers(units, damage, ops))
-    report.steps.append((0, full_gate))
+    chosen = None
+    if full_gate.passed:  # --int8-search on a passing model: the ranking only
+        report.steps.append(Step(quantizer.calibrator, 0, full_gate))
+        report.chosen, chosen = report.steps[-1], full
+    for name in ([] if full_gate.passed else [quantizer.calibrator, *alternatives]):
+        if name == quantizer.calibrator:
+            report.steps.append(Step(name, 0, full_gate))
+            chosen = fewest_float(quantizer, report, fp32_scores, split, max_drop)
+        else:
+            with Int8Quantizer(quantizer.fp32, quantizer.meta, quantizer.images, quantizer.calibration_hash, quantizer.mode,
+                               name) as other:
+                chosen = fewest_float(other, report, fp32_scores, split, max_drop, first=0)
+        if chosen is not None:
+            break
+    if chosen is not None and chosen is not full:
+        report.speed = tuple(images_per_second([full, chosen], images[: min(8, len(images))]))  # type: ignore[assignment]
+    report.seconds = time.perf_counter() - start
+    return chosen, report
+
+
+def fewest_float(quantizer: Int8Quantizer, report: SearchReport, fp32_scores: Any, split: Any, max_drop: float,
+                 first: int = 1) -> onnx.ModelProto | None:
+    """The model with the fewest of the report's worst layers float that passes the gate: k = `first`, then
+    1, 2, 4, ... up to the budget, then k bisected down between the last failing and the first passing count."""
     models: dict[int, onnx.ModelProto] = {}
 
     def attempt(k: int) -> bool:
-        kept = [n for s in report.sensitivities[:k] for n in s.nodes]
-        model = quantizer.quantize(keep_float=kept)
-        path = folder / f"search_{k}.onnx"
+        model = quantizer.quantize(keep_float=[n for s in report.sensitivities[:k] for n in s.nodes])
+        path = quantizer.folder / f"search_{k}.onnx"
         onnx.save_model(model, str(path))
         result = score_gate(fp32_scores, path, split, max_drop)
-        report.steps.append((k, result))
-        logger.info("int8 search: %d layer(s) kept float: %s", k, result.summary())
+        report.steps.append(Step(quantizer.calibrator, k, result))
+        logger.info("int8 search: %s calibration, %d layer(s) kept float: %s", quantizer.calibrator, k, result.summary())
         if result.passed:
             models[k] = model
         return result.passed
 
-    fail, k, passing = 0, 1, (0 if full_gate.passed else None)  # --int8-search on a passing model: ranking only
+    fail, k, passing = -1, first, None
     while passing is None and k <= report.budget:
         if attempt(k):
             passing = k
         else:
-            fail, k = k, (report.budget + 1 if k == report.budget else min(2 * k, report.budget))
-    while passing is not None and passing - fail > 1:  # the fewest float layers that pass
-        mid = (fail + passing) // 2
+            fail, k = k, (report.budget + 1 if k == report.budget else min(max(2 * k, 1), report.budget))
+    while passing is not None and passing - fail > 1 and passing - 1 > max(fail, 0):  # the fewest float layers that pass
+        mid = (max(fail, 0) + passing) // 2
         if attempt(mid):
             passing = mid
         else:
             fail = mid
-    report.seconds = time.perf_counter() - start
     if passing is None:
-        return None, report
-    report.kept = passing
-    chosen = models.get(passing, full)
-    if passing:
-        report.speed = tuple(images_per_second([full, chosen], images[: min(8, len(images))]))  # type: ignore[assignment]
-    report.seconds = time.perf_counter() - start
-    return chosen, report
+        return None
+    report.chosen = next(s for s in reversed(report.steps) if s.calibrator == quantizer.calibrator and s.kept == passing)
+    return models[passing]
 
 
 # ------------------------------------------------------------------------------------------ the export step
@@ -273,12 +304,12 @@ def quantize_gated(fp32: onnx.ModelProto, meta: Any, images: np.ndarray, calibra
 
             val_images = load_batch([s.path for s in split.samples], meta)
             budget = DEFAULT_MAX_FLOAT if getattr(opts, "int8_max_float", None) is None else opts.int8_max_float
-            chosen, report = search(quantizer, fp32_path, ref, val_images, split, opts.int8_max_drop, budget, result)
+            alternatives = [c for c in SEARCH_CALIBRATORS[quantizer.mode] if c != quantizer.calibrator]
+            chosen, report = search(quantizer, fp32_path, ref, val_images, split, opts.int8_max_drop, budget, result, alternatives)
             logger.info("int8 layer sensitivity (worst first):\n%s", report.table())
             logger.info("%s", report.summary())
-            if chosen is not None:
-                proto = chosen
-                result = next(g for k, g in report.steps if k == report.kept)
+            if chosen is not None and report.chosen is not None:
+                proto, result = chosen, report.chosen.gate
             result = replace(result, search=report.to_dict())
         failed = "" if report is None or report.passed else f"keeping up to {report.budget} of {report.layers} layers float did not pass ({report.summary()})"
         enforce(result, opts.int8_allow_drop, label, note=failed)

@@ -137,10 +137,17 @@ def test_ranking_is_worst_first_and_groups_when_there_are_many_units():
 
 
 class _FakeQuantizer:
-    folder = None
+    """Stands in for Int8Quantizer: records what it was asked to keep float; its models are empty graphs."""
 
-    def __init__(self, folder: Path, units):
-        self.folder, self._units, self.pre_model, self.kept = folder, units, None, []
+    def __init__(self, folder: Path, units, calibrator: str = "minmax-mean"):
+        self.folder, self._units, self.pre_model, self.kept, self.calibrator = folder, units, None, [], calibrator
+        self.fp32 = self.meta = self.images = self.calibration_hash = self.mode = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
 
     def units(self):
         return self._units
@@ -151,30 +158,48 @@ class _FakeQuantizer:
         return onnx.helper.make_model(graph)
 
 
-def _gate_passing_from(k_needed: int):
+def _gate_passing_from(k_needed: int, calibrator_needed: str = "minmax-mean"):
     def score(fp32_scores, path, split, max_drop):
         k = int(Path(path).stem.split("_")[1])
-        drop = 0.0 if k >= k_needed else 5.0
+        drop = 0.0 if k >= k_needed and Path(path).parent.name == calibrator_needed else 5.0
         return gate({"maxboxacc": 50.0, "top1_loc": 40.0}, {"maxboxacc": 50.0, "top1_loc": 40.0 - drop}, max_drop, 80)
     return score
 
 
-@pytest.mark.parametrize("needed, tried", [(3, [0, 1, 2, 4, 3]), (1, [0, 1]), (9, [0, 1, 2, 4, 8, 10, 9]), (11, [0, 1, 2, 4, 8, 10])])
-def test_search_doubles_then_bisects_to_the_fewest_float_layers(tmp_path, monkeypatch, needed, tried):
+def _search(tmp_path, monkeypatch, needed: int, calibrator_needed: str = "minmax-mean", alternatives=()):
     units = [(f"n{i}",) for i in range(12)]
+    folders = {name: tmp_path / name for name in ("minmax-mean", "minmax", "percentile")}
+    for folder in folders.values():
+        folder.mkdir()
     monkeypatch.setattr(int8_search, "run_model", lambda model, images: (np.zeros((1, 2, 2)), np.zeros((1, 3))))
     monkeypatch.setattr(int8_search, "output_errors", lambda ref, got: (1.0, 1.0))
-    monkeypatch.setattr(int8_search, "score_gate", _gate_passing_from(needed))
+    monkeypatch.setattr(int8_search, "score_gate", _gate_passing_from(needed, calibrator_needed))
     monkeypatch.setattr(int8_search, "images_per_second", lambda models, batch: [100.0, 90.0])
+    monkeypatch.setattr(int8_search, "Int8Quantizer", lambda *args: _FakeQuantizer(folders[args[-1]], units, args[-1]))
     full = gate({"maxboxacc": 50.0, "top1_loc": 40.0}, {"maxboxacc": 50.0, "top1_loc": 35.0}, 1.0, 80)
-    model, report = search(_FakeQuantizer(tmp_path, units), tmp_path / "fp32.onnx", None, np.zeros((1, 8, 8, 3), np.uint8),
-                           None, 1.0, 10, full)
-    assert [k for k, _ in report.steps] == tried
+    return search(_FakeQuantizer(folders["minmax-mean"], units), tmp_path / "fp32.onnx", None, np.zeros((1, 8, 8, 3), np.uint8),
+                  None, 1.0, 10, full, alternatives)
+
+
+@pytest.mark.parametrize("needed, tried", [(3, [0, 1, 2, 4, 3]), (1, [0, 1]), (9, [0, 1, 2, 4, 8, 10, 9]), (11, [0, 1, 2, 4, 8, 10])])
+def test_search_doubles_then_bisects_to_the_fewest_float_layers(tmp_path, monkeypatch, needed, tried):
+    model, report = _search(tmp_path, monkeypatch, needed)
+    assert [s.kept for s in report.steps] == tried
     if needed <= 10:
         assert model is not None and report.kept == needed and report.passed and report.speed == (100.0, 90.0)
         assert report.to_dict()["img_per_s"] == {"full_int8": 100.0, "chosen": 90.0}
+        assert report.to_dict()["calibrator"] == "minmax-mean" and len(report.kept_float) == needed
     else:
-        assert model is None and not report.passed
+        assert model is None and not report.passed and report.to_dict()["calibrator"] is None
+
+
+def test_search_tries_the_other_calibrators_when_the_budget_is_spent(tmp_path, monkeypatch):
+    model, report = _search(tmp_path, monkeypatch, 2, calibrator_needed="percentile", alternatives=("minmax", "percentile"))
+    assert [(s.calibrator, s.kept) for s in report.steps] == (
+        [("minmax-mean", k) for k in (0, 1, 2, 4, 8, 10)] + [("minmax", k) for k in (0, 1, 2, 4, 8, 10)]
+        + [("percentile", k) for k in (0, 1, 2)])
+    assert model is not None and report.chosen.calibrator == "percentile" and report.kept == 2 and report.passed
+    assert "percentile calibration, 2 layers kept float (n0, n1)" in report.summary()
 
 
 def test_export_searches_when_the_gate_fails_and_records_it(tmp_path, dataset, meta, monkeypatch):

@@ -90,7 +90,7 @@ def plan_stages(out: Path, size: DemoSize, seed: int) -> list[Stage]:
               ["export", str(tedloc), "--format", "onnx", "--precision", "fp32", "--output", str(fp32)], [fp32]),
         Stage("Export ONNX INT8 Q/DQ (calibrated, accuracy-gated)",
               ["export", str(tedloc), "--format", "onnx", "--precision", "int8", "--output", str(int8),
-               "--calib-images", str(size.calib_images), "--int8-allow-drop"], [int8]),
+               "--calib-images", str(size.calib_images)], [int8]),
         eval_stage("Evaluate TeD-Loc (torch) on test", tedloc, "tedloc_torch"),
         eval_stage("Evaluate CAM (torch) on test", cam, "cam_torch"),
         eval_stage("Evaluate TeD-Loc ONNX fp32 on test", fp32, "tedloc_fp32"),

@@ -4,13 +4,15 @@
 
 Graphs (all from the same torch trace of the run's model, TorchScript exporter, opset 17):
 - ``torch export``: the trace with torch's constant folding only;
-- ``graph_opt`` (the project's rewrites, `tedloc_edge.export.graph_opt.optimize_graph`);
+- ``hand-written``: the project's former rewrites (shape folding, Pad -> Conv pads, normalization; git
+  6b81f25: read with `git show`, so this row needs the repository's history);
 - ``onnxslim`` / ``onnxsim``: the libraries on the trace, at their defaults (the batch stays dynamic);
-- ``<lib> + normalization``: the library, then only the project's normalization-into-first-Conv rewrite.
+- ``<lib> + normalization``: the library, then the project's normalization-into-first-Conv rewrite; ``onnxsim +
+  normalization`` is what `tedloc_edge.export.graph_opt.optimize_graph` ships.
 Per graph: nodes, Shape and Pad nodes, max abs difference from torch on the val images (and whether the
 decoded boxes and top-1 classes are identical: `export/verify.py`), fp32 img/s, and the cpu-mode INT8 model's
 DequantizeLinear / QLinearConv counts in ONNX Runtime's optimized graph and its img/s (speeds: rounds
-interleaved, medians, one batch of real val images, ONNX Runtime's default threads).
+interleaved, medians, one batch of real val images, one ONNX Runtime thread by default: steadier on a shared machine).
 Then Polygraphy's `Comparator` on torch-vs-ONNX outputs of the ``graph_opt`` model beside `verify.compare`.
 """
 
@@ -38,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per speed measurement and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for the speeds (0: its default)")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -67,11 +70,32 @@ def with_normalization(proto: Any) -> Any:
     return out
 
 
+HAND_WRITTEN = "6b81f25"  # the last commit with the hand-written shape folding
+
+
+def hand_written(raw: Any) -> Any:
+    """The former `optimize_graph` (graph_opt, shape_fold, graph_utils at HAND_WRITTEN), loaded from git."""
+    import importlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    folder = Path(tempfile.mkdtemp(prefix="hand-written-")) / "hand_written"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for name in ("graph_opt", "shape_fold", "graph_utils"):
+        text = subprocess.run(["git", "-C", str(root), "show", f"{HAND_WRITTEN}:export/{name}.py"], check=True,
+                              capture_output=True, text=True).stdout
+        (folder / f"{name}.py").write_text(text.replace("tedloc_edge.export.", "hand_written."))
+    sys.path.insert(0, str(folder.parent))
+    try:
+        return importlib.import_module("hand_written.graph_opt").optimize_graph(raw)[0]
+    finally:
+        sys.path.remove(str(folder.parent))
+
+
 def variants(raw: Any) -> dict[str, Callable[[], Any]]:
     import onnxslim
     import onnxsim
-
-    from tedloc_edge.export.graph_opt import optimize_graph
 
     def slim() -> Any:
         return onnxslim.slim(raw)
@@ -84,11 +108,11 @@ def variants(raw: Any) -> dict[str, Callable[[], Any]]:
 
     return {
         "torch export": lambda: raw,
-        "graph_opt (ours)": lambda: optimize_graph(raw)[0],
+        "hand-written (before)": lambda: hand_written(raw),
         "onnxslim": slim,
         "onnxsim": sim,
         "onnxslim + normalization": lambda: with_normalization(slim()),
-        "onnxsim + normalization": lambda: with_normalization(sim()),
+        "onnxsim + normalization (shipped)": lambda: with_normalization(sim()),
     }
 
 
@@ -104,10 +128,12 @@ def optimized_ops(path: Path) -> list[str]:
         return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
 
 
-def speeds(paths: list[Path], batch: np.ndarray, seconds: float, rounds: int) -> list[float]:
+def speeds(paths: list[Path], batch: np.ndarray, seconds: float, rounds: int, threads: int) -> list[float]:
     import onnxruntime as ort
 
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths]
     rates: list[list[float]] = [[] for _ in paths]
     for _ in range(rounds):
         for session, rate in zip(sessions, rates):
@@ -200,11 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         paths.append(path)
         int8_paths.append(int8)
     batch = val[: args.batch]
-    rates = speeds(paths + int8_paths, batch, args.seconds, args.rounds)
+    rates = speeds(paths + int8_paths, batch, args.seconds, args.rounds, args.threads)
     ok = [r for r in rows if "error" not in r]
     for row, fp32_rate, int8_rate in zip(ok, rates[: len(paths)], rates[len(paths) :]):
         row["fp32_img_s"], row["int8_img_s"] = round(fp32_rate, 1), round(int8_rate, 1)
-    print(f"\n{args.run} | {len(val)} val images | batch {args.batch} | {args.rounds} rounds x {args.seconds} s, medians\n")
+    print(f"\n{args.run} | {len(val)} val images | batch {args.batch} | {args.threads or 'default'} thread(s) | "
+          f"{args.rounds} rounds x {args.seconds} s, medians\n")
     print("| graph | nodes | Shape | Pad | fg_map max abs vs torch | logits max abs | boxes identical | top-1 agree | "
           "fp32 img/s | INT8 DequantizeLinear left | INT8 QLinearConv | INT8 img/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -214,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"| {r['graph']} | {r['nodes']} | {r['shape_nodes']} | {r['pads']} | {r['fg_map_max_abs']:.1e} | {r['logits_max_abs']:.1e} | "
               f"{r['boxes_identical']} | {r['top1_agree']} | {r['fp32_img_s']} | {r['int8_dq']} | {r['int8_qlinearconv']} | {r['int8_img_s']} |")
-    poly = polygraphy_check(model, paths[1], meta, val)
-    print(f"\nPolygraphy Comparator (graph_opt model, {len(val)} val images, atol/rtol of verify's fp32): passed "
+    poly = polygraphy_check(model, paths[-1], meta, val)
+    print(f"\nPolygraphy Comparator (shipped graph, {len(val)} val images, atol/rtol of verify's fp32): passed "
           f"{poly['polygraphy_passed']} in {poly['polygraphy_s']} s (+ torch {poly['torch_s']} s); export/verify.py: passed "
           f"{poly['verify_passed']} in {poly['verify_s']} s: {poly['verify_summary']}")
     if args.json:

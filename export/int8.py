@@ -66,6 +66,8 @@ CALIBRATORS: dict[str, tuple[str, dict[str, Any]]] = {
     "percentile": ("Percentile", {"CalibPercentile": 99.999}),
 }
 DEFAULT_CALIBRATOR = {"cpu": "minmax-mean", "tensorrt": "minmax-mean"}
+# histogram sizes of the entropy calibrator (TensorRT's: 2048 bins, 8-bit levels over the window)
+HISTOGRAM_BINS = {"entropy": {"num_bins": 2048, "num_quantized_bins": 256}}
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]  # tensorrt mode: Q/DQ on these ops' inputs
 # cpu mode: ops with ORT CPU int8 kernels (or folded into one: Clip/Relu), quantized inputs and outputs
 CPU_QUANTIZED_OPS = QUANTIZED_OPS + ["Clip", "Relu", "Add", "Concat", "Resize", "Pad", "MaxPool", "AveragePool", "GlobalAveragePool"]
@@ -213,12 +215,14 @@ class Int8Quantizer:
         options["nodes_to_quantize"] = [n for n in (only if only is not None else options["nodes_to_quantize"]) if n not in skip]
         cache, out = self.cache or self.folder / "calibration.json", self.folder / "int8.onnx"
         cached = cache.is_file()
-        if _has_calibration_cache(quantize_static):  # ORT >= 1.23; older ones calibrate on every call
-            options["calibration_cache_path"] = str(cache)
         start = time.perf_counter()
+        if _has_calibration_cache(quantize_static):  # newer ORT; older ones calibrate on every call
+            options["calibration_cache_path"] = str(cache)
+            if not cached and self.calibrator in HISTOGRAM_BINS:
+                self._histogram_cache(cache, options["op_types_to_quantize"])
         with contextlib.ExitStack() as stack:
             reader = None
-            if not cached:
+            if not cache.is_file():
                 bar = stack.enter_context(progress())
                 task = bar.add_task(f"int8 calibration ({self.calibrator})", total=len(self.images), info="")
                 reader = make_reader(self.images, lambda: bar.advance(task))
@@ -237,6 +241,20 @@ class Int8Quantizer:
         if keep_float:
             extra["int8_kept_float"] = sorted(skip)
         return set_metadata(model, self.meta.replace(precision="int8", calibration_hash=self.calibration_hash, extra=extra))
+
+
+    def _histogram_cache(self, cache: Path, op_types: list[str]) -> None:
+        """The entropy calibrator with HISTOGRAM_BINS, written as the calibration cache quantize_static then reads:
+        quantize_static passes no bin counts, and at ORT's default (128 bins, 128 quantized) the entropy search
+        has a single candidate, the full range, so it returns MinMax's ranges exactly."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+        with progress() as bar:
+            task = bar.add_task(f"int8 calibration ({self.calibrator})", total=len(self.images), info="")
+            calibrator = create_calibrator(self.folder / "pre.onnx", op_types, augmented_model_path=str(self.folder / "augmented.onnx"),
+                                           calibrate_method=CalibrationMethod.Entropy, extra_options=HISTOGRAM_BINS[self.calibrator])
+            calibrator.collect_data(make_reader(self.images, lambda: bar.advance(task)))
+            save_tensors_data(calibrator.compute_data(), cache)
 
 
 def keep_float_layers_float(model: onnx.ModelProto, mode: str) -> int:

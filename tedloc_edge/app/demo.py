@@ -40,7 +40,7 @@ class DemoSize:
 
 
 SIZES = {
-    "default": DemoSize(classes=8, train=400, val=80, test=160, epochs=10, input_size=224, calib_images=200,
+    "default": DemoSize(classes=8, train=400, val=120, test=160, epochs=10, input_size=224, calib_images=200,
                         video_frames=90, bench_seconds=2.0),
     "tiny": DemoSize(classes=3, train=12, val=6, test=6, epochs=2, input_size=64, calib_images=8,
                      video_frames=12, bench_seconds=0.3),

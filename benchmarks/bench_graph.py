@@ -8,7 +8,8 @@ Graphs (all from the same torch trace of the run's model, TorchScript exporter, 
   6b81f25: read with `git show`, so this row needs the repository's history);
 - ``onnxslim`` / ``onnxsim``: the libraries on the trace, at their defaults (the batch stays dynamic);
 - ``<lib> + normalization``: the library, then the project's normalization-into-first-Conv rewrite; ``onnxsim +
-  normalization`` is what `tedloc_edge.export.graph_opt.optimize_graph` ships.
+  normalization`` is what `tedloc_edge.export.graph_opt.optimize_graph` ships (onnxsim with its batched-Gemm
+  fusion skipped, as shipped).
 Per graph: nodes, Shape and Pad nodes, max abs difference from torch on the val images (and whether the
 decoded boxes and top-1 classes are identical: `export/verify.py`), fp32 img/s, and the cpu-mode INT8 model's
 DequantizeLinear / QLinearConv counts in ONNX Runtime's optimized graph and its img/s (speeds: rounds
@@ -101,7 +102,9 @@ def variants(raw: Any) -> dict[str, Callable[[], Any]]:
         return onnxslim.slim(raw)
 
     def sim() -> Any:
-        model, ok = onnxsim.simplify(raw)
+        from tedloc_edge.export.graph_opt import SKIPPED
+
+        model, ok = onnxsim.simplify(raw, skipped_optimizers=SKIPPED)
         if not ok:
             raise RuntimeError("onnxsim's own check failed")
         return model

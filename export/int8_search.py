@@ -12,7 +12,8 @@ When the INT8 gate (`int8_gate`) fails, or on ``--int8-search``:
    Polygraphy's ``debug precision`` bisects over the layer order), then the layers of the worst groups.
 2. **Fewest float layers.** The most harmful k layers are kept float, k = 1, 2, 4, ... up to the budget
    (``--int8-max-float``), until the gate passes; then k is bisected down between the last failing and the
-   first passing count. Calibration runs once (`Int8Quantizer` reuses ORT's calibration cache).
+   first passing count. Calibration runs once (`Int8Quantizer` reuses ORT's calibration cache). If no k
+   within the budget passes, the same (ranking kept) with each other calibrator of `SEARCH_CALIBRATORS`.
 3. **Record.** The kept-float layers, the sensitivity ranking, every gate tried and images/s of the full
    and the mixed model (measured side by side) go in the bundle's ``extra["int8_gate"]["search"]``, and the
    node names in ``extra["int8_kept_float"]``.
@@ -276,6 +277,9 @@ def quantize_gated(fp32: onnx.ModelProto, meta: Any, images: np.ndarray, calibra
     from tedloc_edge.export.int8_gate import enforce, evaluate_model, power_note
     from tedloc_edge.export.onnx_export import add_to_extra
 
+    budget = DEFAULT_MAX_FLOAT if getattr(opts, "int8_max_float", None) is None else int(opts.int8_max_float)
+    if budget < 0:
+        raise UserError(f"--int8-max-float {budget} must be >= 0 (the most layers the int8 search may keep float)")
     with Int8Quantizer(fp32, meta, images, calibration_hash, opts.int8_mode or "cpu") as quantizer:
         proto = quantizer.quantize()
         logger.info("int8 (%s): %d calibration images (%s, %.1f s), %d head nodes kept float", quantizer.mode, len(images),
@@ -303,7 +307,6 @@ def quantize_gated(fp32: onnx.ModelProto, meta: Any, images: np.ndarray, calibra
             from tedloc_edge.export.images import load_batch
 
             val_images = load_batch([s.path for s in split.samples], meta)
-            budget = DEFAULT_MAX_FLOAT if getattr(opts, "int8_max_float", None) is None else opts.int8_max_float
             alternatives = [c for c in SEARCH_CALIBRATORS[quantizer.mode] if c != quantizer.calibrator]
             chosen, report = search(quantizer, fp32_path, ref, val_images, split, opts.int8_max_drop, budget, result, alternatives)
             logger.info("int8 layer sensitivity (worst first):\n%s", report.table())

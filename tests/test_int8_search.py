@@ -264,3 +264,11 @@ def test_int8_engine_export_is_gated_on_gpu(tmp_path, dataset, meta, monkeypatch
     assert res.gate is not None and res.gate.passed and "gate passed" in res.final.verified
     stored = read_plan_sidecar(plan)[0].extra["int8_engine_gate"]
     assert stored["images"] == 8 and set(stored["flips"]) == {"maxboxacc", "top1_loc"}
+
+
+def test_a_negative_float_budget_is_refused_before_quantizing(tmp_path, dataset, meta, monkeypatch):
+    from tedloc_edge.errors import UserError
+
+    run = _tiny_run(tmp_path, dataset, meta, monkeypatch)
+    with pytest.raises(UserError, match="--int8-max-float -1 must be >= 0"):
+        export(run, ExportOptions(precision="int8", calib_images=8, int8_max_float=-1))

@@ -27,12 +27,13 @@ float, since INT8 score collapse there is the failure edge toolkits report most.
 the pre-processed graph, whose node names are the ones quantize_static sees. The mode is recorded in
 the bundle metadata (``extra["int8_mode"]``).
 
-Calibration is MinMax over the MEAN of the per-image ranges (ORT's ``CalibMovingAverage``: the reader
-feeds one image per batch and ORT averages the per-batch min and max), so one image with an extreme
-activation no longer sets the whole range. On the demo run (200 train images, val gate) it halved the val
-Top-1 Loc drop (cpu mode -5.0 -> -2.5 points, tensorrt mode -6.25 -> -3.75; the tensorrt mode's top-1
-classification drop went from -6.25 to 0) at the same calibration time; the percentile calibrator gave
-about the same accuracy 30-40x slower (215 s vs 5 s). With 128 images both gave -5.0 (4 of 80 images).
+Calibrators (`CALIBRATORS`, measured side by side by `benchmarks/bench_int8.py` on three runs, docs/performance.md):
+``minmax-mean`` is MinMax over the MEAN of the per-image ranges (ORT's ``CalibMovingAverage``: the reader feeds
+one image per batch and ORT averages the per-batch min and max), so one image with an extreme activation does
+not set a whole range; the cpu mode's default (it passed the 1-point val gate on 2 of the 3 runs, plain MinMax
+on 1, percentile on none). The tensorrt mode's default is ``percentile`` (99.999%: 3 of 3, the others 1 or
+0), at 4-10x the calibration time. ``entropy`` is ORT's with TensorRT's histogram sizes (HISTOGRAM_BINS).
+Calibration runs once per `Int8Quantizer`: re-quantizing with layers kept float reuses ORT's cache.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ CALIBRATORS: dict[str, tuple[str, dict[str, Any]]] = {
     "entropy": ("Entropy", {}),
     "percentile": ("Percentile", {"CalibPercentile": 99.999}),
 }
-DEFAULT_CALIBRATOR = {"cpu": "minmax-mean", "tensorrt": "minmax-mean"}
+# per mode, the calibrator that passed the 1-point val gate on most of three runs (docs/performance.md)
+DEFAULT_CALIBRATOR = {"cpu": "minmax-mean", "tensorrt": "percentile"}
 # histogram sizes of the entropy calibrator (TensorRT's: 2048 bins, 8-bit levels over the window)
 HISTOGRAM_BINS = {"entropy": {"num_bins": 2048, "num_quantized_bins": 256}}
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]  # tensorrt mode: Q/DQ on these ops' inputs

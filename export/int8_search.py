@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 RANK_EVALS = 64  # at most this many one-layer quantizations before ranking by groups
 DEFAULT_MAX_FLOAT = 8  # budget of float layers (--int8-max-float)
 # calibrators the search tries, in order, after the default one (benchmarks/bench_int8.py measured them)
-SEARCH_CALIBRATORS = {"cpu": ("minmax", "percentile"), "tensorrt": ("percentile", "minmax")}
+SEARCH_CALIBRATORS = {"cpu": ("minmax", "percentile"), "tensorrt": ("minmax-mean", "minmax")}
 Outputs = tuple[np.ndarray, np.ndarray]  # fg_map (N, gh, gw), logits (N, C)
 
 

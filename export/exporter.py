@@ -158,21 +158,18 @@ def export_onnx_stage(
         from tedloc_edge.export.fp16 import convert_fp16
 
         proto = convert_fp16(fp32, meta)
-    elif precision == "int8":
-        from tedloc_edge.export.int8 import quantize_int8
+    elif precision == "int8":  # quantized, gated on val, layers kept float when the gate needs it
+        from tedloc_edge.export.int8_search import quantize_gated
 
         calib, names = load_images(opts.calib_dir, source, "train", opts.calib_images, "calibration images", meta)
-        proto = quantize_int8(fp32, meta, calib, batch_hash(calib, names), mode=opts.int8_mode or "cpu")
+        proto, result.gate = quantize_gated(fp32, meta, calib, batch_hash(calib, names), opts, run_data_root(source.run_dir), out)
     verified = "skipped (--no-verify)"
     with staged(out) as tmp:
         save_model(proto, tmp)
         if opts.verify:
             verified = _verify(model, tmp, out, meta, precision, source, opts, result)
-        if precision == "int8":
-            _int8_gate(fp32, tmp, out, source, opts, result)
-            if result.gate is not None:  # int8 tensors are reported, not bounded: the gate is the check
-                verified = f"gate {'passed' if result.gate.passed else 'drop accepted'}" + ("" if opts.verify else ", tensors not compared")
-                _record_gate(proto, tmp, result.gate)
+        if precision == "int8" and result.gate is not None:  # int8 tensors are reported, not bounded: the gate is the check
+            verified = f"gate {'passed' if result.gate.passed else 'drop accepted'}" + ("" if opts.verify else ", tensors not compared")
     result.meta = meta.replace(precision=precision)
     result.artifacts.append(Artifact("onnx", precision, out, time.perf_counter() - start, verified))
     return out, model
@@ -188,36 +185,6 @@ def _verify(
     result.verify = report
     require_passed(report, final)
     return "yes"
-
-
-def _record_gate(proto: "onnx.ModelProto", path: Path, gate: GateResult) -> None:
-    """Store the gate's figures in the int8 model's bundle metadata (same graph, re-saved in place)."""
-    from tedloc_edge.export.onnx_export import add_to_extra, save_model
-
-    save_model(add_to_extra(proto, int8_gate=gate.to_dict()), path)
-
-
-def _int8_gate(
-    fp32_proto: "onnx.ModelProto", int8_path: Path, final: Path, source: Source, opts: ExportOptions, result: ExportResult
-) -> None:
-    from tedloc_edge.datasets import open_split
-    from tedloc_edge.export.int8_gate import run_gate
-    from tedloc_edge.export.onnx_export import save_model
-
-    root = run_data_root(source.run_dir)
-    if root is None:
-        if opts.int8_allow_drop:
-            logger.warning("int8 accuracy gate skipped: the run's dataset is not on this machine (--int8-allow-drop)")
-            return
-        raise UserError(
-            f"{source.path}: the int8 accuracy gate needs the run's val split, whose dataset (config.json 'data') is not "
-            "here; export where the dataset is, or pass --int8-allow-drop to skip the gate"
-        )
-    split = open_split(root, "val")
-    with tempfile.TemporaryDirectory(prefix="tedloc-gate-") as tmp:
-        fp32_path = Path(tmp, "fp32.onnx")
-        save_model(fp32_proto, fp32_path)
-        result.gate = run_gate(fp32_path, int8_path, split, opts.int8_max_drop, opts.int8_allow_drop, label=final)
 
 
 def engine_spec(opts: ExportOptions, onnx_path: Path | None = None, plan: Path | None = None) -> "EngineSpec":
@@ -265,6 +232,12 @@ def engine_stage(
                 report = verify_export(model, tmp, meta, images, precision, runner, batch, ENGINE_TOLERANCE[precision])
                 require_passed(report, plan)
                 result.verify, verified = report, "yes"
+            if precision == "int8":  # scored on val like the int8 ONNX (export/int8_gate.py)
+                from tedloc_edge.export.int8_gate import gate_plan
+
+                gated = gate_plan(onnx_path, tmp, result.source, opts, plan)
+                if gated is not None:
+                    result.gate, verified = gated, f"{verified}, gate {'passed' if gated.passed else 'drop accepted'}"
             os.replace(sidecar_path(tmp), sidecar_path(plan))
         finally:
             sidecar_path(tmp).unlink(missing_ok=True)

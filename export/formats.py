@@ -63,6 +63,10 @@ class ExportOptions:
     int8_allow_drop: bool = option(False, "int8: keep the model even when the drop is larger (still printed).")
     int8_mode: str | None = option(None, "int8: cpu (uint8 activations, fast in ONNX Runtime on a CPU) | tensorrt (symmetric, "
                                    "zero point 0, for engines). Default: tensorrt when an engine is built, else cpu.")
+    int8_search: bool | None = option(None, "int8: rank the layers by sensitivity on val and keep the fewest worst ones "
+                                      "float until the gate passes. Default: only when the gate fails.",
+                                      flag="--int8-search/--no-int8-search")
+    int8_max_float: int | None = option(None, "int8: most layers the search may keep float (8).")
     batch_min: int | None = option(None, "engine/triton: smallest batch of the TensorRT profile (1).")
     batch_opt: int | None = option(None, "engine/triton: batch TensorRT tunes for (1).")
     batch_max: int | None = option(None, "engine/triton: largest batch (8); Triton's max_batch_size.")

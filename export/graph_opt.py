@@ -1,18 +1,24 @@
-"""Exact rewrites of the exported fp32 graph, before fp16 / int8 conversion (what ONNX Runtime cannot do itself).
+"""Exact rewrites of the exported fp32 graph, before fp16 / int8 conversion.
 
-1. **Static shape arithmetic.** The input size is fixed by the graph contract (only the batch is dynamic),
-   so timm's dynamic "same" padding (Shape -> Gather -> Div -> Ceil ... -> Pad) computes constants. The
-   shape subgraphs are evaluated with the static dims from ONNX shape inference; a Shape's batch entry is
-   never folded, so the batch axis stays dynamic (Reshape/Resize targets that use it stay computed).
-2. **Zero Pad -> Conv pads.** A constant-mode Pad with constant pads and value 0 that only feeds a Conv
-   becomes the Conv's own (possibly asymmetric) ``pads``: with Q/DQ around a Pad nothing fuses in int8.
-3. **Input normalization -> first Conv.** The graph starts uint8 NHWC -> Transpose -> Cast -> x/255 ->
+1. **onnxsim** (the library, measured against onnxslim and the hand-written folding it replaced:
+   `benchmarks/bench_graph.py`, docs/performance.md). The input size is fixed by the graph contract (only the
+   batch is dynamic), so it folds timm's dynamic "same" padding (Shape -> Gather -> Div -> Ceil ... -> Pad)
+   into constants, zero Pads into the Conv's own ``pads``, and Constant nodes into initializers, keeping the
+   batch dynamic. Without these, ONNX Runtime's INT8 graph keeps 54 DequantizeLinear instead of 6. Its
+   batched MatMul + Add -> Reshape/Gemm/Reshape fusion is skipped (`SKIPPED`): it adds shape-dependent Reshapes
+   to every 3-D Linear (ViT blocks, the patch head) for no gain on a CPU. onnxslim 0.1.98 folds timm's
+   padding wrongly at odd feature sizes (a 5x5 stride-2 "same" Conv on 15 px got pads 1 instead of 2, so
+   the map came out 7x7 instead of 8x8, on the 30 px graph of tests/test_graph_opt.py), so it is not used.
+2. **Input normalization -> first Conv**, project-specific (neither library folds an affine op that sits
+   BEFORE a Conv; both fold the ones after it). The graph starts uint8 NHWC -> Transpose -> Cast -> x/255 ->
    (x - m) / s -> Conv. The affine chain a*x + b (per channel) feeding one Conv is rewritten as
    conv(W * a, pad0(x + b/a)): zero padding in normalized space is zero padding of x + b/a, so this holds
    for any padding. What remains is one Sub (x - 255 m); when the Conv pads nothing, that Sub goes into
    its bias too.
 
-Each rewrite applies only where its pattern is found unambiguously; otherwise the graph is left as it is.
+The normalization fold applies only where its pattern is found unambiguously; otherwise the graph is left
+as it is. Without onnxsim installed (the ``export`` extra has it) the graph is exported unsimplified, with a
+warning (timm's padding arithmetic then also hides the normalization from its fold).
 `optimize_graph` returns a new proto and never modifies its argument.
 """
 
@@ -25,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from tedloc_edge.export.graph_utils import attr, constants, consumer_map, remove_dead_nodes, unique_name
+
 logger = logging.getLogger(__name__)
 
 _AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
@@ -32,86 +40,58 @@ _AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 @dataclass
 class GraphOptReport:
-    folded_nodes: int = 0
-    pads_folded: int = 0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    simplifier: str = ""  # "onnxsim <version>", or "" when it did not run
     normalization_folded: str = ""  # "", "sub" (one Sub left) or "bias" (into the Conv bias)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         norm = {"": "not folded", "sub": "folded (one Sub left)", "bias": "folded into the first Conv"}[self.normalization_folded]
-        return f"{self.folded_nodes} shape nodes folded, {self.pads_folded} Pads into Conv pads, input normalization {norm}"
+        by = self.simplifier or "no simplifier"
+        return f"{self.nodes_before} -> {self.nodes_after} nodes ({by}), input normalization {norm}"
 
 
 def optimize_graph(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphOptReport]:
     """A rewritten copy of `proto` (see the module docstring) and what was done."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
+    report = GraphOptReport(nodes_before=len(proto.graph.node))
+    model = simplify(proto, report)
     try:
-        report = _optimize(model)
-    except Exception as exc:  # noqa: BLE001 - the rewrites are an optimization: an unforeseen graph is exported as it is
-        logger.warning("graph optimization skipped (%s: %s); the model is exported unoptimized", type(exc).__name__, exc)
-        model = onnx.ModelProto()
-        model.CopyFrom(proto)
-        report = GraphOptReport(notes=[f"skipped: {exc}"])
+        report.normalization_folded = fold_input_normalization(model.graph)
+        remove_dead_nodes(model.graph)
+    except Exception as exc:  # noqa: BLE001 - an optimization: an unforeseen graph is exported as it is
+        logger.warning("input normalization not folded (%s: %s)", type(exc).__name__, exc)
+        report.notes.append(f"normalization skipped: {exc}")
+        model = simplify(proto, GraphOptReport())
+    report.nodes_after = len(model.graph.node)
+    logger.info("graph optimization: %s", report.summary())
     return model, report
 
 
-def _optimize(model: onnx.ModelProto) -> GraphOptReport:
-    report = GraphOptReport()
-    for _ in range(32):  # each round lets shape inference see through the Pads folded in the previous one
-        folded = fold_shape_arithmetic(model)
-        padded = fold_pads_into_convs(model.graph)
-        remove_dead_nodes(model.graph)
-        report.folded_nodes += folded
-        report.pads_folded += padded
-        if not folded and not padded:
-            break
-    report.normalization_folded = fold_input_normalization(model.graph)
-    remove_dead_nodes(model.graph)
-    logger.info("graph optimization: %s", report.summary())
-    return report
+SKIPPED = ["fuse_matmul_add_bias_into_gemm_batched"]  # onnxsim passes not run (module docstring)
 
 
-from tedloc_edge.export.graph_utils import attr, constants, consumer_map, remove_dead_nodes, set_ints, unique_name
-from tedloc_edge.export.shape_fold import fold_shape_arithmetic
-
-
-def fold_pads_into_convs(graph: onnx.GraphProto) -> int:
-    known = constants(graph)
-    consumers = consumer_map(graph)
-    graph_outputs = {o.name for o in graph.output}
-    removed: set[int] = set()
-    for idx, pad in enumerate(graph.node):
-        if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or attr(pad, "mode", b"constant") not in (b"constant", "constant"):
-            continue
-        inputs = list(pad.input) + [""] * 4
-        if inputs[1] not in known or inputs[3] or (inputs[2] and (inputs[2] not in known or np.any(known[inputs[2]] != 0))):
-            continue
-        users = consumers.get(pad.output[0], [])
-        if pad.output[0] in graph_outputs or len(users) != 1:
-            continue
-        conv = users[0]
-        if conv.op_type != "Conv" or list(conv.input).index(pad.output[0]) != 0 or attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            continue
-        pads = [int(v) for v in known[inputs[1]].reshape(-1)]
-        rank = len(pads) // 2
-        spatial = rank - 2
-        kernel = attr(conv, "kernel_shape")
-        if rank < 3 or (kernel is not None and len(kernel) != spatial) or any(p < 0 for p in pads):
-            continue
-        if pads[0] or pads[1] or pads[rank] or pads[rank + 1]:  # batch or channel padding: not a Conv pad
-            continue
-        conv_pads = list(attr(conv, "pads", [0] * (2 * spatial)))
-        begin = [conv_pads[i] + pads[2 + i] for i in range(spatial)]
-        end = [conv_pads[spatial + i] + pads[rank + 2 + i] for i in range(spatial)]
-        set_ints(conv, "pads", begin + end)
-        conv.input[0] = pad.input[0]
-        removed.add(idx)
-    if removed:
-        keep = [n for i, n in enumerate(graph.node) if i not in removed]
-        del graph.node[:]
-        graph.node.extend(keep)
-    return len(removed)
+def simplify(proto: onnx.ModelProto, report: GraphOptReport) -> onnx.ModelProto:
+    """onnxsim's copy of `proto` (a plain copy when onnxsim is missing or fails), with `proto`'s IR version."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    try:
+        import onnxsim
+    except ImportError:
+        report.notes.append("onnxsim is not installed")
+        logger.warning("onnxsim is not installed (pip install 'tedloc-edge[export]'): the graph is exported unsimplified")
+        return model
+    try:
+        simplified, ok = onnxsim.simplify(model, skipped_optimizers=SKIPPED)
+    except Exception as exc:  # noqa: BLE001 - the library's own errors are many; the graph is exported as it is
+        simplified, ok = None, False
+        report.notes.append(f"onnxsim failed: {exc}")
+    if not ok or not isinstance(simplified, onnx.ModelProto):
+        logger.warning("onnxsim could not simplify the graph (%s); it is exported unsimplified", "; ".join(report.notes) or "check failed")
+        return model
+    simplified.ir_version = min(simplified.ir_version, proto.ir_version) or simplified.ir_version
+    report.simplifier = f"onnxsim {str(getattr(onnxsim, '__version__', '')).lstrip('v')}".strip()
+    return simplified
 
 
 # --- 3. input normalization -> first Conv -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Small ONNX graph helpers shared by the export graph rewrites (`graph_opt`, `shape_fold`)."""
+"""Small ONNX graph helpers of the export graph rewrites (`graph_opt`'s normalization fold, `static_batch`, `int8`)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,6 @@ def attr(node: onnx.NodeProto, name: str, default=None):  # noqa: ANN001, ANN202
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
-
-
-def set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    node.attribute.append(onnx.helper.make_attribute(name, [int(v) for v in values]))
 
 
 def consumer_map(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -46,10 +39,6 @@ def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
                 if value is None and attr(node, name) is not None:
                     known[node.output[0]] = np.array(attr(node, name), dtype=dtype)
     return known
-
-
-def has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 def unique_name(graph: onnx.GraphProto, base: str) -> str:

@@ -51,3 +51,36 @@ def test_hits_from_different_splits_are_refused():
     with pytest.raises(ValueError, match="same split"):
         gate({"maxboxacc": 1.0, "top1_loc": 1.0}, {"maxboxacc": 1.0, "top1_loc": 1.0}, 1.0, 3,
              hits=({"maxboxacc": _hits("101")}, {"maxboxacc": _hits("10")}))
+
+
+def test_the_gate_says_when_its_split_cannot_resolve_the_allowed_drop():
+    from tedloc_edge.export.int8_gate import power_note
+
+    note = power_note(80, 1.0)  # the demo's val split: one image is 1.25 points
+    assert "80 images, so one image is 1.25 points" in note and "at least 100 images" in note and "--val 100" in note
+    assert power_note(120, 1.0) == "" and power_note(100, 1.0) == ""
+    assert "at least 200 images" in power_note(120, 0.5)
+
+
+def test_the_record_carries_fp32_hits_for_gating_an_engine_later():
+    from tedloc_edge.export.int8_gate import reference_from_record
+
+    fp32_hits = {"maxboxacc": _hits("1101"), "top1_loc": _hits("1001")}
+    int8_hits = {"maxboxacc": _hits("1100"), "top1_loc": _hits("1001")}
+    record = gate({"maxboxacc": 75.0, "top1_loc": 50.0}, {"maxboxacc": 50.0, "top1_loc": 50.0}, 1.0, 4,
+                  hits=(fp32_hits, int8_hits)).to_dict()
+    assert record["fp32_hits"] == {"maxboxacc": "1101", "top1_loc": "1001"}
+    metrics, hits = reference_from_record(record, 4)
+    assert metrics == {"maxboxacc": 75.0, "top1_loc": 50.0} and hits["maxboxacc"].tolist() == [True, True, False, True]
+    assert reference_from_record(record, 5) is None  # another split: no reference
+    assert reference_from_record({k: v for k, v in record.items() if k != "fp32_hits"}, 4) is None
+
+
+def test_an_engine_without_a_reference_is_refused_unless_allowed(tmp_path):
+    from tedloc_edge.errors import UserError
+    from tedloc_edge.export.int8_gate import gate_engine
+
+    split = [object()] * 4
+    with pytest.raises(UserError, match="carries no fp32 val figures for 4 images.*--int8-allow-drop"):
+        gate_engine(tmp_path / "m.plan", None, split, 1.0, False, "m.plan")
+    assert gate_engine(tmp_path / "m.plan", None, split, 1.0, True, "m.plan") is None

@@ -42,7 +42,7 @@ class DemoSize:
 
 
 SIZES = {
-    "default": DemoSize(classes=8, train=400, val=80, test=160, negatives=160, epochs=10, input_size=224, calib_images=200,
+    "default": DemoSize(classes=8, train=400, val=120, test=160, negatives=160, epochs=10, input_size=224, calib_images=200,
                         video_frames=90, bench_seconds=2.0),
     "tiny": DemoSize(classes=3, train=12, val=6, test=6, negatives=6, epochs=2, input_size=64, calib_images=8,
                      video_frames=12, bench_seconds=0.3),
@@ -93,7 +93,7 @@ def plan_stages(out: Path, size: DemoSize, seed: int) -> list[Stage]:
               ["export", str(tedloc), "--format", "onnx", "--precision", "fp32", "--output", str(fp32)], [fp32]),
         Stage("Export ONNX INT8 Q/DQ (calibrated, accuracy-gated)",
               ["export", str(tedloc), "--format", "onnx", "--precision", "int8", "--output", str(int8),
-               "--calib-images", str(size.calib_images), "--int8-allow-drop"], [int8]),
+               "--calib-images", str(size.calib_images)], [int8]),
         eval_stage("Evaluate TeD-Loc (torch) on test", tedloc, "tedloc_torch"),
         eval_stage("Evaluate CAM (torch) on test", cam, "cam_torch"),
         eval_stage("Evaluate TeD-Loc ONNX fp32 on test", fp32, "tedloc_fp32"),

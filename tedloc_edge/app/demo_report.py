@@ -87,8 +87,11 @@ def int8_gate_note(model: Path) -> str:
         flips = gate.get("flips", {}).get(key, {})
         detail = f" (int8 lost {flips['lost']} images, gained {flips['gained']}; McNemar p {flips['mcnemar_p']:.2f})" if flips else ""
         parts.append(f"{title} {gate['fp32'][key]:.2f} → {gate['int8'][key]:.2f}{detail}")
-    verdict = ("within the allowed drop" if gate.get("passed") else
-               f"over the allowed {gate.get('max_drop', 0):g}-point drop, so the demo exports with `--int8-allow-drop`")
+    search = gate.get("search") or {}
+    kept = search.get("kept_float") or []
+    fallback = f" with {len(kept)} layer(s) kept float by the sensitivity search ({', '.join(kept)})" if kept else ""
+    verdict = (f"within the allowed drop{fallback}" if gate.get("passed") else
+               f"over the allowed {gate.get('max_drop', 0):g}-point drop (kept with `--int8-allow-drop`)")
     return f"INT8 accuracy gate on {gate.get('images', '?')} val images: " + "; ".join(parts) + f"; {verdict}."
 
 

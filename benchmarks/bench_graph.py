@@ -136,17 +136,10 @@ def speeds(paths: list[Path], batch: np.ndarray, seconds: float, rounds: int, th
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    from tedloc_edge.export.int8_search import session_rates
+
     sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths]
-    rates: list[list[float]] = [[] for _ in paths]
-    for _ in range(rounds):
-        for session, rate in zip(sessions, rates):
-            session.run(None, {"images": batch})
-            count, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < seconds:
-                session.run(None, {"images": batch})
-                count += len(batch)
-            rate.append(count / elapsed)
-    return [float(np.median(r)) for r in rates]
+    return session_rates(sessions, batch, rounds, seconds)
 
 
 def polygraphy_check(model: Any, path: Path, meta: Any, images: np.ndarray) -> dict[str, Any]:

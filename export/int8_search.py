@@ -149,6 +149,12 @@ def images_per_second(models: Sequence[onnx.ModelProto], batch: np.ndarray, roun
     import onnxruntime as ort
 
     sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in models]
+    return session_rates(sessions, batch, rounds, seconds)
+
+
+def session_rates(sessions: Sequence[Any], batch: np.ndarray, rounds: int, seconds: float) -> list[float]:
+    """img/s of each ONNX Runtime session on `batch`: one warm-up call, then `seconds` of calls per round, rounds
+    interleaved so a load change on a shared machine hits every session alike; the median round of each."""
     rates: list[list[float]] = [[] for _ in sessions]
     for _ in range(rounds):
         for session, rate in zip(sessions, rates):

@@ -170,7 +170,10 @@ def polygraphy_check(model: Any, path: Path, meta: Any, images: np.ndarray) -> d
         ort_iters = [IterationResult(dict(runner.infer({"images": b})), runner_name="onnxruntime") for b in batches]
     results = RunResults([("torch", ref_iters), ("onnxruntime", ort_iters)])
     tol = TOLERANCES["fp32"]
-    accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=tol.atol, rtol=tol.rtol, check_error_stat="max"))
+    import polygraphy.comparator as comparator
+
+    simple = getattr(comparator, "SimpleCompareFunc", None) or CompareFunc.simple  # the name since 0.53
+    accuracy = Comparator.compare_accuracy(results, compare_func=simple(atol=tol.atol, rtol=tol.rtol, check_error_stat="max"))
     poly_s = time.perf_counter() - start
     start = time.perf_counter()
     ref = run_batched(torch_runner(model), images)

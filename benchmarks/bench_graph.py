@@ -12,9 +12,10 @@ Graphs (all from the same torch trace of the run's model, TorchScript exporter, 
   fusion skipped, as shipped).
 Per graph: nodes, Shape and Pad nodes, max abs difference from torch on the val images (and whether the
 decoded boxes and top-1 classes are identical: `export/verify.py`), fp32 img/s, and the cpu-mode INT8 model's
-DequantizeLinear / QLinearConv counts in ONNX Runtime's optimized graph and its img/s (speeds: rounds
-interleaved, medians, one batch of real val images, one ONNX Runtime thread by default: steadier on a shared machine).
-Then Polygraphy's `Comparator` on torch-vs-ONNX outputs of the ``graph_opt`` model beside `verify.compare`.
+DequantizeLinear / QLinearConv counts in ONNX Runtime's optimized graph and its speed (rounds interleaved,
+medians, one batch of real val images; one ONNX Runtime thread by default, timed in images per CPU-second of
+the process, which the load of other jobs on a shared machine does not enter).
+Then Polygraphy's `Comparator` on torch-vs-ONNX outputs of the shipped graph beside `verify.compare`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verify-images", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per speed measurement and round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for the speeds (0: its default)")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
@@ -136,10 +137,20 @@ def speeds(paths: list[Path], batch: np.ndarray, seconds: float, rounds: int, th
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    from tedloc_edge.export.int8_search import session_rates
-
+    opts.inter_op_num_threads = 1
     sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths]
-    return session_rates(sessions, batch, rounds, seconds)
+    # one thread: images per CPU-second of this process, which other jobs on a shared machine do not enter
+    clock = time.process_time if threads == 1 else time.perf_counter
+    rates: list[list[float]] = [[] for _ in paths]
+    for _ in range(rounds):
+        for session, rate in zip(sessions, rates):
+            session.run(None, {"images": batch})
+            count, start = 0, clock()
+            while (elapsed := clock() - start) < seconds:
+                session.run(None, {"images": batch})
+                count += len(batch)
+            rate.append(count / elapsed)
+    return [float(np.median(r)) for r in rates]
 
 
 def polygraphy_check(model: Any, path: Path, meta: Any, images: np.ndarray) -> dict[str, Any]:
@@ -159,7 +170,10 @@ def polygraphy_check(model: Any, path: Path, meta: Any, images: np.ndarray) -> d
         ort_iters = [IterationResult(dict(runner.infer({"images": b})), runner_name="onnxruntime") for b in batches]
     results = RunResults([("torch", ref_iters), ("onnxruntime", ort_iters)])
     tol = TOLERANCES["fp32"]
-    accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=tol.atol, rtol=tol.rtol, check_error_stat="max"))
+    import polygraphy.comparator as comparator
+
+    simple = getattr(comparator, "SimpleCompareFunc", None) or CompareFunc.simple  # the name since 0.53
+    accuracy = Comparator.compare_accuracy(results, compare_func=simple(atol=tol.atol, rtol=tol.rtol, check_error_stat="max"))
     poly_s = time.perf_counter() - start
     start = time.perf_counter()
     ref = run_batched(torch_runner(model), images)
@@ -226,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = [r for r in rows if "error" not in r]
     for row, fp32_rate, int8_rate in zip(ok, rates[: len(paths)], rates[len(paths) :]):
         row["fp32_img_s"], row["int8_img_s"] = round(fp32_rate, 1), round(int8_rate, 1)
-    print(f"\n{args.run} | {len(val)} val images | batch {args.batch} | {args.threads or 'default'} thread(s) | "
+    unit = "img per CPU-second" if args.threads == 1 else "img/s"
+    print(f"\n{args.run} | {len(val)} val images | batch {args.batch} | {args.threads or 'default'} thread(s), {unit} | "
           f"{args.rounds} rounds x {args.seconds} s, medians\n")
     print("| graph | nodes | Shape | Pad | fg_map max abs vs torch | logits max abs | boxes identical | top-1 agree | "
           "fp32 img/s | INT8 DequantizeLinear left | INT8 QLinearConv | INT8 img/s |")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import faultkit
 import numpy as np
 import pytest
 from runtime_media import make_clip, truncate, write_photos
@@ -185,29 +186,9 @@ def test_close_stops_the_reader_early(tmp_path):
 
 @pytest.fixture
 def silent_server():
-    """A TCP server that accepts connections and never says a word."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    """A TCP server that accepts connections and never says a word (tests/faultkit.py)."""
+    with faultkit.silent_server() as port:
+        yield port
 
 
 @pytest.mark.parametrize("scheme", ["http", "rtsp"])

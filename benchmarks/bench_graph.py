@@ -135,22 +135,15 @@ def optimized_ops(path: Path) -> list[str]:
 def speeds(paths: list[Path], batch: np.ndarray, seconds: float, rounds: int, threads: int) -> list[float]:
     import onnxruntime as ort
 
+    from tedloc_edge.export.int8_search import session_rates
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths]
     # one thread: images per CPU-second of this process, which other jobs on a shared machine do not enter
     clock = time.process_time if threads == 1 else time.perf_counter
-    rates: list[list[float]] = [[] for _ in paths]
-    for _ in range(rounds):
-        for session, rate in zip(sessions, rates):
-            session.run(None, {"images": batch})
-            count, start = 0, clock()
-            while (elapsed := clock() - start) < seconds:
-                session.run(None, {"images": batch})
-                count += len(batch)
-            rate.append(count / elapsed)
-    return [float(np.median(r)) for r in rates]
+    return session_rates(sessions, batch, rounds, seconds, clock)
 
 
 def polygraphy_check(model: Any, path: Path, meta: Any, images: np.ndarray) -> dict[str, Any]:

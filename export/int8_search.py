@@ -152,15 +152,17 @@ def images_per_second(models: Sequence[onnx.ModelProto], batch: np.ndarray, roun
     return session_rates(sessions, batch, rounds, seconds)
 
 
-def session_rates(sessions: Sequence[Any], batch: np.ndarray, rounds: int, seconds: float) -> list[float]:
+def session_rates(sessions: Sequence[Any], batch: np.ndarray, rounds: int, seconds: float,
+                  clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """img/s of each ONNX Runtime session on `batch`: one warm-up call, then `seconds` of calls per round, rounds
-    interleaved so a load change on a shared machine hits every session alike; the median round of each."""
+    interleaved so a load change on a shared machine hits every session alike; the median round of each.
+    `clock`: wall time by default; `time.process_time` counts this process's CPU-seconds only (one thread)."""
     rates: list[list[float]] = [[] for _ in sessions]
     for _ in range(rounds):
         for session, rate in zip(sessions, rates):
             session.run(None, {"images": batch})
-            count, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < seconds:
+            count, start = 0, clock()
+            while (elapsed := clock() - start) < seconds:
                 session.run(None, {"images": batch})
                 count += len(batch)
             rate.append(count / max(elapsed, 1e-9))

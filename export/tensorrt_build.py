@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from tedloc_edge.build_record import make_build_record
-from tedloc_edge.files import file_sha256
 from tedloc_edge.bundle import BundleMeta, read_onnx_meta, write_plan_sidecar
 from tedloc_edge.errors import UserError
-from tedloc_edge.files import atomic_write_bytes
+from tedloc_edge.files import atomic_write_bytes, file_sha256
 from tedloc_edge.runtime.gpu_facts import GpuFacts, gpu_facts
 from tedloc_edge.runtime.runner import INPUT_NAME
 
@@ -134,6 +133,7 @@ def _parse(parser: "trt.OnnxParser", onnx_path: Path) -> None:
     if parser.parse_from_file(str(onnx_path)):
         return
     errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
+    errors = [e for e in errors if e]  # an empty message would leave no first line to show
     first = errors[0].splitlines()[0] if errors else "no error reported"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     raise UserError(

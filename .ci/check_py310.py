@@ -1,7 +1,7 @@
 """Python 3.10 (JetPack 6's interpreter) for what a device installs, proven without a 3.10 interpreter.
 
 1. vermin --target=3.10-: no syntax, stdlib module, member or keyword newer than 3.10 in the core, runtime,
-   app, export and train packages (export/int8.py excepted: see DEVICE_EXCEPTIONS).
+   app, export and train packages (DEVICE_EXCEPTIONS lists files left out, with the reason; none today).
 2. mypy --python-version 3.10 over the torch-free modules a device runs (core, app CLI, runtime, and export's
    ONNX -> engine path): every error mypy reports at 3.10 and not at 3.11 fails (a name or signature the
    3.10 standard library lacks). Errors it reports at both versions are ordinary type errors, not version
@@ -25,10 +25,7 @@ TARGET, BASELINE = "3.10", "3.11"
 
 # Folders vermin reads, and the files it leaves out with the reason (printed on every run).
 VERMIN_FOLDERS = ("tedloc_edge", "runtime", "export", "train")
-DEVICE_EXCEPTIONS = {
-    "export/int8.py": "contextlib.chdir (3.11) in the INT8 quantizer: `export RUN --precision int8` (the [export] "
-                      "extra, never on a device) needs 3.11 until it is swapped for os.chdir",
-}
+DEVICE_EXCEPTIONS: dict[str, str] = {}  # path -> why vermin leaves it out (none today)
 
 # What a device runs: the core, the app CLI, the runtime, and export from an ONNX file to an engine.
 MYPY_PACKAGES = ("tedloc_edge.runtime", "tedloc_edge.app")

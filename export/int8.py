@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -110,7 +111,7 @@ def _pre_process(quant_pre_process: Callable[..., None], src: Path, pre: Path) -
     When it gives up, ORT dumps `sym_shape_infer_temp.onnx` (+ a uuid .data file) into the CURRENT folder;
     running it from the temporary folder keeps the user's folder clean."""
     try:
-        with contextlib.chdir(src.parent):
+        with _working_folder(src.parent):
             quant_pre_process(str(src), str(pre))
     except Exception as exc:  # noqa: BLE001 - ORT raises a bare Exception("Incomplete symbolic shape inference")
         logger.info("int8 pre-processing without symbolic shape inference (%s)", first_line(exc))
@@ -365,3 +366,14 @@ def quantize_int8(fp32: onnx.ModelProto, meta: BundleMeta, images: np.ndarray, c
     logger.info("int8 (%s): %d calibration images (%s, %.1f s), %d head nodes kept float", mode, len(images),
                 quantizer.calibrator, quantizer.calibration_seconds, len(quantizer.head))
     return model
+
+
+@contextlib.contextmanager
+def _working_folder(path: Path) -> Iterator[None]:
+    """Run a block in `path`, then return to the current folder (contextlib.chdir, which needs Python 3.11)."""
+    here = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(here)

@@ -94,7 +94,7 @@ class BundleMeta:
     threshold_source: str = "default"  # e.g. "val:top1_loc" once calibrated
     contour_mode: str = "largest"  # "largest" or "all"
     presence_threshold: float | None = None  # on the presence score (a probability), picked on val + negatives
-    presence_source: str = ""  # e.g. "val:youden (80 object, 80 empty images)" once calibrated
+    presence_source: str = ""  # e.g. "val:minimax (80 object, 80 empty images)" once calibrated
     method: str = "tedloc"  # "tedloc" or "cam"
     backbone: str = ""
     anchor_source: str = ""

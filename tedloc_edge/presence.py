@@ -59,20 +59,24 @@ def rates(positives: np.ndarray, negatives: np.ndarray, threshold: float) -> tup
     return fp, miss
 
 
+CRITERION = "minimax"  # threshold.json's name for calibrate_presence's rule
+
+
 def calibrate_presence(positives: Sequence[float] | np.ndarray, negatives: Sequence[float] | np.ndarray) -> float:
-    """The threshold maximizing Youden's J (1 - miss rate - false-positive rate: both errors weigh the same), at the
-    middle of the widest best gap between two neighbouring scores, so it sits as far from both sides as the data
-    allows. Needs images of both kinds."""
+    """The threshold at which the larger of the two error rates (objects lost, empty images reported present) is
+    smallest: a camera needs both low, and a target like "<= 5% each" is met by this threshold when any meets it
+    (Youden's J, which minimizes their sum, can trade a 10% miss rate for a 2% false-positive rate). Among equally
+    good thresholds, the middle of the widest gap between two neighbouring scores, so it sits as far from both
+    sides as the data allows. Needs images of both kinds."""
     pos, neg = np.asarray(positives, np.float64), np.asarray(negatives, np.float64)
     if not len(pos) or not len(neg):
         raise ValueError("presence calibration needs images with objects and images without")
     values = np.unique(np.concatenate([pos, neg]))
     edges = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
-    pos_sorted, neg_sorted = np.sort(pos), np.sort(neg)
-    tpr = 1.0 - np.searchsorted(pos_sorted, edges, side="left") / len(pos)  # pos >= edge
-    fpr = 1.0 - np.searchsorted(neg_sorted, edges, side="left") / len(neg)
-    j = tpr - fpr
-    best = np.flatnonzero(np.isclose(j, j.max(), rtol=0, atol=1e-12))
+    miss = np.searchsorted(np.sort(pos), edges, side="left") / len(pos)  # pos < edge
+    fpr = 1.0 - np.searchsorted(np.sort(neg), edges, side="left") / len(neg)  # neg >= edge
+    worst = np.maximum(miss, fpr)
+    best = np.flatnonzero(np.isclose(worst, worst.min(), rtol=0, atol=1e-12))
     gaps = np.array([_gap(values, i) for i in best])
     return float(np.clip(edges[best[int(np.argmax(gaps))]], 0.0, 1.0))
 
@@ -99,7 +103,7 @@ def calibration_record(report: "PresenceReport") -> dict[str, Any]:
     with the AUROC and both error rates (percent) it gives there."""
     threshold = calibrate_presence(report.positives, report.negatives)
     fp, miss = rates(report.positives, report.negatives, threshold)
-    return {"threshold": round(threshold, 6), "criterion": "youden", "score": SCORE_TEXT,
+    return {"threshold": round(threshold, 6), "criterion": CRITERION, "score": SCORE_TEXT,
             "object_images": int(len(report.positives)), "empty_images": int(len(report.negatives)),
             "auroc": auroc(report.positives, report.negatives), "false_positive_rate": 100.0 * (fp or 0.0),
             "miss_rate": 100.0 * (miss or 0.0), "negatives": report.negatives_source}

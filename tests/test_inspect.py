@@ -60,10 +60,10 @@ def test_onnx_int8(tmp_path):
 
 
 def test_presence_threshold_only_when_the_bundle_has_one(tmp_path):
-    meta = int8_meta(presence_threshold=0.6, presence_source="val:youden (80 object, 80 empty images)")
+    meta = int8_meta(presence_threshold=0.6, presence_source="val:minimax (80 object, 80 empty images)")
     doc = ins.describe(write_model(tmp_path / "m.onnx", meta=meta))
     assert doc["model"]["thresholds"]["presence"] == 0.6
-    assert dict(ins.rows(doc))["presence threshold"] == "0.6 (val:youden (80 object, 80 empty images))"
+    assert dict(ins.rows(doc))["presence threshold"] == "0.6 (val:minimax (80 object, 80 empty images))"
 
 
 def test_json_and_table_from_the_cli(tmp_path):

@@ -59,13 +59,18 @@ def test_auroc_is_the_pairwise_probability_with_ties_half():
     assert auroc([0.9, 0.8], [0.1]) == 1.0 and auroc([], [0.1]) is None
 
 
-def test_calibration_sits_in_the_middle_of_the_gap_and_maximizes_youden():
+def test_calibration_sits_in_the_middle_of_the_gap_and_minimizes_the_larger_error():
     assert calibrate_presence([0.8, 0.9, 0.95], [0.1, 0.2, 0.4]) == pytest.approx(0.6)  # separated: mid-gap
     pos, neg = [0.3, 0.7, 0.8, 0.9], [0.1, 0.2, 0.75]
     t = calibrate_presence(pos, neg)
     fp, miss = rates(np.array(pos), np.array(neg), t)
-    best = max(1 - sum(rates(np.array(pos), np.array(neg), x)) for x in np.linspace(0, 1, 1001))
-    assert 1 - fp - miss == pytest.approx(best)
+    best = min(max(rates(np.array(pos), np.array(neg), x)) for x in np.linspace(0, 1, 1001))
+    assert max(fp, miss) == pytest.approx(best)
+    # the smallest sum (Youden's J) is also reached at 0.461: 4 of 10 empty images present, no object lost
+    pos = [0.48, 0.5, 0.57, 0.69, 0.72, 0.72, 0.81, 0.85, 0.85, 0.9]
+    neg = [0.03, 0.06, 0.15, 0.42, 0.43, 0.46, 0.49, 0.54, 0.62, 0.77]
+    fp, miss = rates(np.array(pos), np.array(neg), calibrate_presence(pos, neg))
+    assert (fp, miss) == (0.2, 0.2)
     with pytest.raises(ValueError):
         calibrate_presence([0.5], [])
 
@@ -77,7 +82,7 @@ def test_calibration_sits_in_the_middle_of_the_gap_and_maximizes_youden():
 def models(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("presence")
     return {
-        "calibrated": write_model(d / "cal.onnx", meta=fixture_meta(presence_threshold=0.5, presence_source="val:youden")),
+        "calibrated": write_model(d / "cal.onnx", meta=fixture_meta(presence_threshold=0.5, presence_source="val:minimax")),
         "uncalibrated": write_model(d / "raw.onnx"),
         "cam": write_model(d / "cam.onnx", meta=fixture_meta(method="cam")),
     }
@@ -152,12 +157,12 @@ def test_synth_negatives_leave_the_object_splits_unchanged(tmp_path):
 def test_the_threshold_travels_from_threshold_json_to_the_bundle(tmp_path):
     run = RunDir(tmp_path)
     run.write_threshold({"threshold": 0.4, "criterion": "top1_loc", "split": "val", "value": 50.0,
-                         "presence": {"threshold": 0.62, "criterion": "youden", "object_images": 80, "empty_images": 70}})
+                         "presence": {"threshold": 0.62, "criterion": "minimax", "object_images": 80, "empty_images": 70}})
     assert run.read_threshold() == (0.4, "val:top1_loc")
-    assert run.read_presence() == (0.62, "val:youden (80 object, 70 empty images)")
+    assert run.read_presence() == (0.62, "val:minimax (80 object, 70 empty images)")
     run.write_threshold({"threshold": 0.4, "criterion": "top1_loc", "split": "val", "value": 50.0, "presence": None})
     assert run.read_presence() is None
-    meta = fixture_meta(presence_threshold=0.62, presence_source="val:youden")
+    meta = fixture_meta(presence_threshold=0.62, presence_source="val:minimax")
     assert BundleMeta.from_json(meta.to_json()).presence_threshold == 0.62
     old = json.loads(fixture_meta().to_json())
     del old["presence_threshold"], old["presence_source"]  # a bundle written before presence
@@ -242,11 +247,11 @@ def test_training_with_object_free_images_then_the_bundle_carries_the_threshold(
     assert np.isfinite(record["loss"]) and 0 <= record["train_top1"] <= 100  # top-1 over the object images only
     assert load_run(run)[1].presence_threshold is None
     RunDir(run).write_threshold({"threshold": 0.3, "criterion": "top1_loc", "split": "val", "value": 0.0,
-                                 "presence": {"threshold": 0.7, "criterion": "youden", "object_images": 9, "empty_images": 5}})
+                                 "presence": {"threshold": 0.7, "criterion": "minimax", "object_images": 9, "empty_images": 5}})
     meta = load_run(run)[1]
-    assert meta.presence_threshold == 0.7 and meta.presence_source == "val:youden (9 object, 5 empty images)"
+    assert meta.presence_threshold == 0.7 and meta.presence_source == "val:minimax (9 object, 5 empty images)"
     cam = make_tiny_run(tmp_path, "cam", negatives=str(empty))  # a CAM has no presence to train: not used
     assert json.loads((cam / "config.json").read_text())["negatives"] == ""
     RunDir(cam).write_threshold({"threshold": 0.3, "criterion": "top1_loc", "split": "val", "value": 0.0,
-                                 "presence": {"threshold": 0.7, "criterion": "youden", "object_images": 9, "empty_images": 5}})
+                                 "presence": {"threshold": 0.7, "criterion": "minimax", "object_images": 9, "empty_images": 5}})
     assert load_run(cam)[1].presence_threshold is None

@@ -148,7 +148,7 @@ calibrated on val and stored in the model: what a deployment gets.
 {chr(10).join(presence_lines(eval_dir))}
 
 The presence score is the mean of the top patches of the RAW foreground map (TeD-Loc's patch head gives
-absolute probabilities); the threshold is picked on val and its object-free scenes (Youden's J) and stored in
+absolute probabilities); the threshold is picked on val and its object-free scenes (where the larger of its two error rates is smallest) and stored in
 the model; below it a frame has no box and no class. Object-free scenes hold the benchmark's backgrounds and
 distractors (headless bodies, lone heads) without a bird.
 

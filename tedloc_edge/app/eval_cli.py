@@ -262,7 +262,7 @@ def _calibrate(report: Any, criterion: str, run: RunDir, target: Optional[Path],
     out.print(f"calibrated: tau {doc['threshold']:.3f} maximizes {criterion} on {report.split} ({doc['value']:.2f}%) -> {path}")
     p = doc["presence"]
     if p is not None:
-        out.print(f"calibrated: presence threshold {p['threshold']:.4f} (Youden's J on {p['object_images']} object and "
+        out.print(f"calibrated: presence threshold {p['threshold']:.4f} (minimax: the larger error rate as small as it goes, on {p['object_images']} object and "
                   f"{p['empty_images']} empty images: {p['false_positive_rate']:.2f}% false positives, "
                   f"{p['miss_rate']:.2f}% misses on {report.split}) -> {path}")
     elif report.presence is not None:

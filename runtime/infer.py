@@ -74,6 +74,7 @@ class InferSummary:
     decoder: str = ""  # what made the pixels: "h264 on cpu", "h264 on cuda", "opencv"
     frames_read: int = 0
     frames_processed: int = 0
+    frames_present: int = 0  # processed frames with an object (presence at or over the threshold)
     decode_errors: int = 0
     frames_missing: int = 0
     dropped_stale: int = 0
@@ -167,8 +168,9 @@ def smoothed(smoother: Smoother | None, frame: Frame, result: Result) -> tuple[R
 
 
 def _run_batch(loc: Localizer, outputs: Outputs, batch: list[Frame], totals: dict[str, float],
-               smoother: Smoother | None = None) -> None:
-    """Model on one batch, then every frame's result to every output; stage times added to `totals` (ms)."""
+               smoother: Smoother | None = None) -> int:
+    """Model on one batch, then every frame's result to every output; stage times added to `totals` (ms).
+    Returns how many of the frames hold an object."""
     results = loc([f.image for f in batch], color="RGB")
     t0 = time.perf_counter()
     for frame, result in zip(batch, results):
@@ -177,6 +179,7 @@ def _run_batch(loc: Localizer, outputs: Outputs, batch: list[Frame], totals: dic
         for stage in ("preprocess", "inference", "postprocess"):
             totals[stage] += result.speed[stage]
     totals["annotate_write"] += (time.perf_counter() - t0) * 1e3
+    return sum(1 for r in results if r.present)
 
 
 def run_infer(opts: InferOptions) -> InferSummary:
@@ -207,7 +210,7 @@ def run_infer(opts: InferOptions) -> InferSummary:
                 if opts.max_frames is not None:
                     batch = batch[: opts.max_frames - summary.frames_processed]
                 try:
-                    _run_batch(loc, outputs, batch, totals, smoother)
+                    summary.frames_present += _run_batch(loc, outputs, batch, totals, smoother)
                     summary.frames_processed += len(batch)
                 except loc.runner.frame_errors as exc:  # this batch is lost (counted); the stream goes on
                     summary.frame_errors += len(batch)

@@ -216,6 +216,7 @@ def _run_batch(loc: Localizer, batch: list[tuple[Camera, Frame]]) -> None:
         t0 = time.perf_counter()
         cam.open_outputs().write(frame, *smoothed(cam.smoother, frame, result))
         cam.summary.frames_processed += 1
+        cam.summary.frames_present += int(result.present)
         cam.totals["decode"] += frame.decode_ms
         for stage in ("preprocess", "inference", "postprocess"):
             cam.totals[stage] += result.speed[stage]

@@ -28,7 +28,8 @@ def print_summary(summary: "InferSummary") -> None:
         table.add_row(stage, f"{ms:.2f}")
     wide_console(120).print(table)
     console.print(
-        f"frames read {summary.frames_read}, processed {summary.frames_processed}, decode errors skipped "
+        f"frames read {summary.frames_read}, processed {summary.frames_processed} ({summary.frames_present} with an object), "
+        f"decode errors skipped "
         f"{summary.decode_errors}, stale frames dropped {summary.dropped_stale}; {summary.fps:.1f} frames/s overall "
         f"({summary.backend}, decoded by {summary.decoder}, {summary.wall_s:.1f} s)"
     )

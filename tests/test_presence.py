@@ -104,6 +104,22 @@ def test_an_empty_frame_has_no_box_no_class_and_nothing_drawn(models):
     assert not np.array_equal(seen.plot(frame(BRIGHT)), frame(BRIGHT))
 
 
+def test_infer_counts_the_frames_with_an_object_in_summary_json(models, tmp_path):
+    import cv2
+
+    from tedloc_edge.runtime.infer import InferOptions, run_infer
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, gray in enumerate([BRIGHT, DARK, DARK, BRIGHT, DARK]):
+        cv2.imwrite(str(folder / f"{i}.png"), frame(gray))
+    summary = run_infer(InferOptions(source=str(folder), model=models["calibrated"], out=tmp_path / "out",
+                                     show_progress=False))
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert summary.frames_processed == 5 and summary.frames_present == 2 == sum(x["present"] for x in lines)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["frames_present"] == 2
+
+
 def test_box_scores_are_raw_probabilities_not_the_normalized_map(models):
     loc = Localizer(models["calibrated"], presence_threshold=0.3)
     dim, bright = loc([frame(150), frame(BRIGHT)])  # a faint object's patches are about 0.67 likely, a bright one's 0.98

@@ -32,7 +32,7 @@ Calibrators (`CALIBRATORS`, measured side by side by `benchmarks/bench_int8.py` 
 one image per batch and ORT averages the per-batch min and max), so one image with an extreme activation does
 not set a whole range; the cpu mode's default (it passed the 1-point val gate on 2 of the 3 runs, plain MinMax
 on 1, percentile on none). The tensorrt mode's default is ``percentile`` (99.999%: 3 of 3, the others 1 or
-0), at 4-10x the calibration time. ``entropy`` is ORT's with TensorRT's histogram sizes (HISTOGRAM_BINS).
+0), at 4-10x the calibration time. ``entropy`` is ORT's with TensorRT's histogram sizes (HISTOGRAM_OPTIONS).
 Calibration runs once per `Int8Quantizer`: re-quantizing with layers kept float reuses ORT's cache.
 """
 
@@ -69,8 +69,12 @@ CALIBRATORS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # per mode, the calibrator that passed the 1-point val gate on most of three runs (docs/performance.md)
 DEFAULT_CALIBRATOR = {"cpu": "minmax-mean", "tensorrt": "percentile"}
-# histogram sizes of the entropy calibrator (TensorRT's: 2048 bins, 8-bit levels over the window)
-HISTOGRAM_BINS = {"entropy": {"num_bins": 2048, "num_quantized_bins": 256}}
+# the histogram calibrators' options as ORT's create_calibrator names them; entropy gets TensorRT's histogram sizes
+# (2048 bins, 8-bit levels over the window)
+HISTOGRAM_OPTIONS = {"entropy": {"num_bins": 2048, "num_quantized_bins": 256}, "percentile": {"percentile": 99.999}}
+# images per collect_data call of a histogram calibrator: ORT holds every activation of one call in memory until
+# the call ends (200 images at 448 px: over 20 GiB, killed by the OOM killer); histograms merge across calls
+HISTOGRAM_CHUNK = 16
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]  # tensorrt mode: Q/DQ on these ops' inputs
 # cpu mode: ops with ORT CPU int8 kernels (or folded into one: Clip/Relu), quantized inputs and outputs
 CPU_QUANTIZED_OPS = QUANTIZED_OPS + ["Clip", "Relu", "Add", "Concat", "Resize", "Pad", "MaxPool", "AveragePool", "GlobalAveragePool"]
@@ -221,8 +225,8 @@ class Int8Quantizer:
         start = time.perf_counter()
         if _has_calibration_cache(quantize_static):  # newer ORT; older ones calibrate on every call
             options["calibration_cache_path"] = str(cache)
-            if not cached and self.calibrator in HISTOGRAM_BINS:
-                self._histogram_cache(cache, options["op_types_to_quantize"])
+            if not cached and self.calibrator in HISTOGRAM_OPTIONS:
+                self._histogram_cache(cache, options["op_types_to_quantize"], method)
         with contextlib.ExitStack() as stack:
             reader = None
             if not cache.is_file():
@@ -246,17 +250,20 @@ class Int8Quantizer:
         return set_metadata(model, self.meta.replace(precision="int8", calibration_hash=self.calibration_hash, extra=extra))
 
 
-    def _histogram_cache(self, cache: Path, op_types: list[str]) -> None:
-        """The entropy calibrator with HISTOGRAM_BINS, written as the calibration cache quantize_static then reads:
-        quantize_static passes no bin counts, and at ORT's default (128 bins, 128 quantized) the entropy search
-        has a single candidate, the full range, so it returns MinMax's ranges exactly."""
+    def _histogram_cache(self, cache: Path, op_types: list[str], method: str) -> None:
+        """A histogram calibrator (entropy, percentile) run HISTOGRAM_CHUNK images per call, written as the
+        calibration cache quantize_static then reads: one call over every image holds all their activations in
+        memory. Entropy also gets its bin counts here: quantize_static passes none, and at ORT's default (128
+        bins, 128 quantized) the entropy search has a single candidate, the full range (MinMax's ranges)."""
         from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
         with progress() as bar:
             task = bar.add_task(f"int8 calibration ({self.calibrator})", total=len(self.images), info="")
             calibrator = create_calibrator(self.folder / "pre.onnx", op_types, augmented_model_path=str(self.folder / "augmented.onnx"),
-                                           calibrate_method=CalibrationMethod.Entropy, extra_options=HISTOGRAM_BINS[self.calibrator])
-            calibrator.collect_data(make_reader(self.images, lambda: bar.advance(task)))
+                                           calibrate_method=getattr(CalibrationMethod, method),
+                                           extra_options=HISTOGRAM_OPTIONS[self.calibrator])
+            for start in range(0, len(self.images), HISTOGRAM_CHUNK):
+                calibrator.collect_data(make_reader(self.images[start : start + HISTOGRAM_CHUNK], lambda: bar.advance(task)))
             save_tensors_data(calibrator.compute_data(), cache)
 
 

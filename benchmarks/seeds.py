@@ -27,6 +27,7 @@ from tedloc_edge.files import atomic_write_text  # noqa: E402
 
 SKIPPED_STAGES = ("CAM", "video", "Bench")  # stage titles that say nothing about presence or INT8
 MODELS = (("torch fp32", "tedloc_torch"), ("ONNX fp32", "tedloc_fp32"), ("ONNX INT8", "tedloc_int8"))
+REFUSED = "models/tedloc_int8.refused.txt"  # the export's refusal, when the gate failed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,12 +41,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_seed(out: Path, size: str, seed: int, reuse: bool) -> None:
+    """The seed's stages; when the INT8 export is refused (its gate failed), the refusal is written to
+    REFUSED and the stages that need the INT8 model are left out, so the seed still reports its other rows."""
     from tedloc_edge.app.demo import SIZES, plan_stages, run_stage
+    from tedloc_edge.errors import UserError
 
     stages = [s for s in plan_stages(out, SIZES[size], seed) if not any(word in s.title for word in SKIPPED_STAGES)]
+    int8 = out / "models" / "tedloc_int8.onnx"
+    refused = out / REFUSED
+    if not reuse:
+        refused.unlink(missing_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     for i, stage in enumerate(stages, 1):
-        run_stage(stage, i, len(stages), not reuse, out / "logs")
+        if str(int8) in stage.argv and refused.exists():
+            continue
+        try:
+            run_stage(stage, i, len(stages), not reuse, out / "logs")
+        except UserError:
+            if stage.outputs != [int8]:
+                raise
+            log = (out / "logs" / f"{i:02d}.log").read_text(encoding="utf-8")
+            atomic_write_text(refused, next((line for line in log.splitlines() if "int8 gate" in line and "refus" in line),
+                                            "the INT8 gate refused every model the search tried") + "\n")
 
 
 def seed_rows(out: Path, seed: int) -> tuple[list[list[str]], list[str]]:

@@ -109,7 +109,10 @@ def report(out: Path, seeds: list[int], command: str) -> str:
         model_rows += rows
         gate_rows.append(gate_row)
     return "\n\n".join([
-        f"Command: `{command}`",
+        "# The demo's recipe on several seeds: presence and the INT8 gate",
+        f"Written by `{command}`. Each seed runs the stages of `tedloc-edge demo --seed S` (without the CAM "
+        "baseline, the video and the bench): its synthetic benchmark, training, val calibration, ONNX fp32 and the "
+        "default INT8 export.",
         "Test split (its object images + as many object-free scenes); presence at the threshold calibrated on val:",
         table(["seed", "model", "MaxBoxAcc", "Top-1 Loc", "Top-1 cls", "presence AUROC", "empty present",
                "objects lost", "presence threshold"], model_rows),

@@ -66,22 +66,33 @@ def run_seed(out: Path, size: str, seed: int, reuse: bool) -> None:
 
 
 def seed_rows(out: Path, seed: int) -> tuple[list[list[str]], list[str]]:
-    """(presence + test rows per model, the INT8 gate row) of one seed's folder."""
+    """(presence + test rows per model, the INT8 gate row) of one seed's folder; "–" where the INT8 export was
+    refused."""
     from tedloc_edge.bundle import read_onnx_meta
 
     rows = []
     for title, name in MODELS:
-        doc = json.loads((out / "eval" / f"{name}.json").read_text(encoding="utf-8"))
+        doc = _metrics(out, name)
+        if doc is None:
+            rows.append([str(seed), title, *["–"] * 7])
+            continue
         m, p = doc["metrics"], doc.get("presence") or {}
         rows.append([str(seed), title, f"{m['maxboxacc']:.2f}", f"{m['top1_loc']:.2f}", f"{m['top1_cls']:.2f}",
                      _num(p.get("auroc"), 3), _num(p.get("false_positive_rate"), 1, "%"), _num(p.get("miss_rate"), 1, "%"),
                      _num(p.get("threshold"), 3)])
+    if (out / REFUSED).exists():
+        return rows, [str(seed), "–", "–", "–", "refused", "–"]
     gate = read_onnx_meta(out / "models" / "tedloc_int8.onnx").extra.get("int8_gate") or {}
     kept = (gate.get("search") or {}).get("kept_float") or []
     gate_row = [str(seed), str(gate.get("images", "?")),
                 *(f"{gate['fp32'][k]:.2f} → {gate['int8'][k]:.2f}" for k in ("maxboxacc", "top1_loc")),
                 "pass" if gate.get("passed") else "fail", str(len(kept))]
     return rows, gate_row
+
+
+def _metrics(out: Path, name: str) -> dict[str, Any] | None:
+    path = out / "eval" / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _num(value: Any, digits: int, unit: str = "") -> str:
@@ -92,9 +103,11 @@ def drops(out: Path, seeds: list[int]) -> list[list[str]]:
     """Test-split drop of INT8 against ONNX fp32, per seed (points; negative: INT8 is better)."""
     rows = []
     for seed in seeds:
-        fp32, int8 = (json.loads((out / f"seed{seed}" / "eval" / f"{n}.json").read_text(encoding="utf-8"))["metrics"]
-                      for n in ("tedloc_fp32", "tedloc_int8"))
-        rows.append([str(seed), *(f"{fp32[k] - int8[k]:+.2f}" for k in ("maxboxacc", "top1_loc"))])
+        fp32, int8 = (_metrics(out / f"seed{seed}", n) for n in ("tedloc_fp32", "tedloc_int8"))
+        if fp32 is None or int8 is None:
+            rows.append([str(seed), "–", "–"])
+            continue
+        rows.append([str(seed), *(f"{fp32['metrics'][k] - int8['metrics'][k]:+.2f}" for k in ("maxboxacc", "top1_loc"))])
     return rows
 
 

@@ -54,6 +54,15 @@ def open_container(target: str, fmt: str | None, options: dict[str, str], timeou
         raise UserError(f"{label}: cannot open as video ({first_line(exc)}); pass a video file, an image, a folder or a stream URL") from None
 
 
+_ABANDONED: set[threading.Thread] = set()  # open threads whose caller gave up (Ctrl-C) while FFmpeg still waits
+
+
+def abandoned_opens() -> list[threading.Thread]:
+    """Open threads still inside FFmpeg after their caller gave up: a process exiting around one can crash in
+    interpreter shutdown (SIGSEGV instead of its exit code), so the CLI's entry point exits past them."""
+    return [t for t in _ABANDONED if t.is_alive()]
+
+
 def interruptible(open_container: Callable[[], Any]) -> Any:
     """Run a blocking open in a helper thread while this one waits in short steps, so Ctrl-C (KeyboardInterrupt)
     is seen at once, not when FFmpeg gives up: a Python signal handler only runs between bytecodes, and av.open
@@ -70,13 +79,15 @@ def interruptible(open_container: Callable[[], Any]) -> Any:
             if box.get("abandoned") and "container" in box:
                 box["container"].close()
 
-    threading.Thread(target=work, name="open", daemon=True).start()
+    thread = threading.Thread(target=work, name="open", daemon=True)
+    thread.start()
     try:
         while not done.wait(0.05):
             pass
     except BaseException:
         with lock:
             box["abandoned"] = True
+            _ABANDONED.add(thread)
             if done.is_set() and "container" in box:
                 box["container"].close()
         raise

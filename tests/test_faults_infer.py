@@ -236,3 +236,27 @@ def test_a_strided_video_lasts_no_longer_than_its_source(model, tmp_path, stride
         seconds = container.duration / 1e6
     assert count_frames(tmp_path / "out" / "clip.mp4") == kept
     assert 3.0 - 3 * stride / 30 <= seconds <= 3.0 + 1e-3
+
+
+def test_the_cli_exits_past_an_open_still_inside_ffmpeg(monkeypatch):
+    """Ctrl-C while a URL opens leaves the open thread waiting in FFmpeg; interpreter shutdown around it ended once
+    in SIGSEGV (-11) instead of 130, so the entry point exits at once when such a thread is alive."""
+    import threading
+
+    from tedloc_edge.app import cli
+    from tedloc_edge.runtime import video_source
+
+    exits: list[int] = []
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    cli._exit_past_abandoned_opens(130)
+    assert exits == []  # nothing abandoned: the normal exit
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, daemon=True)
+    stuck.start()
+    monkeypatch.setattr(video_source, "_ABANDONED", {stuck})
+    try:
+        cli._exit_past_abandoned_opens(130)
+        cli._exit_past_abandoned_opens(None)
+    finally:
+        release.set()
+    assert exits == [130, 0]

@@ -3,6 +3,8 @@ when the command runs, so `tedloc-edge --help` and `tedloc-edge infer` never imp
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -61,7 +63,22 @@ app.add_typer(data_app, name="data")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        _exit_past_abandoned_opens(exc.code)
+        raise
+
+
+def _exit_past_abandoned_opens(code: object) -> None:
+    """A stream open abandoned on Ctrl-C leaves a thread waiting inside FFmpeg (up to --timeout); interpreter
+    shutdown around it can end in SIGSEGV instead of the exit code. The command's own clean-up has run by now
+    (outputs closed, summary written), so exit at once, past the shutdown."""
+    video_source = sys.modules.get("tedloc_edge.runtime.video_source")  # not imported: no stream was opened
+    if video_source is not None and video_source.abandoned_opens():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 if __name__ == "__main__":

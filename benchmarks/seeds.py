@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/seeds"), help="one demo-layout folder per seed under here")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--size", default="default", help="the demo's problem size (tiny: the CI test)")
+    p.add_argument("--size", default="default", help="the demo's problem size (tiny: a quick check of the script, minutes)")
     p.add_argument("--reuse", action="store_true", help="keep stages whose outputs exist (default: redo everything)")
     p.add_argument("--markdown", type=Path, help="write the tables to this file as well")
     return p.parse_args(argv)

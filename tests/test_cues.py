@@ -56,6 +56,53 @@ def test_ddt_sign_falls_back_to_minority_on_tiny_grids():
     assert cues._object_sign(-proj) == -1.0
 
 
+def _scenes_with_a_distractor(n, grid=10, channels=12, seed=0, with_object=True):
+    """Every scene has a strong distractor (one direction, 3x3, anywhere); object scenes add a weaker 2x2
+    object (another direction) in the interior, away from the distractor. Returns features and object masks."""
+    rng = np.random.default_rng(seed)
+    feats = 0.3 * rng.normal(size=(n, channels, grid, grid))
+    masks = np.zeros((n, grid, grid), bool)
+    for i in range(n):
+        y, x = rng.integers(0, grid - 3, size=2)
+        feats[i, 0, y:y + 3, x:x + 3] += 6.0
+        if with_object:
+            while True:
+                oy, ox = rng.integers(1, grid - 3, size=2)
+                if oy + 2 <= y or oy >= y + 3 or ox + 2 <= x or ox >= x + 3:
+                    break
+            feats[i, 1, oy:oy + 2, ox:ox + 2] += 2.0
+            masks[i, oy:oy + 2, ox:ox + 2] = True
+    return torch.tensor(feats, dtype=torch.float32), masks
+
+
+def test_contrastive_ddt_finds_a_small_object_where_plain_ddt_finds_the_distractor(tmp_path):
+    feats, masks = _scenes_with_a_distractor(30)
+    free, _ = _scenes_with_a_distractor(30, seed=1, with_object=False)
+    labels = np.zeros(30, np.int64)
+    kw = dict(features=feats, out_size=(10, 10), progress=False)
+    plain = compute_cues("ddt", _samples(labels), ["bird"], **kw)
+    contrast = compute_cues("ddt", _samples(labels), ["bird"], background=free, ddt_contrast=1.5, **kw)
+    assert plain[masks].mean() < 0.5 < plain[~masks].max()  # the distractor's variance wins plain DDT
+    assert contrast[masks].mean() > 0.7 and contrast[~masks].mean() < 0.1
+    peaks = contrast.reshape(30, -1).argmax(1)
+    assert masks.reshape(30, -1)[np.arange(30), peaks].all()  # every map peaks on its object
+    # contrast 0, or no object-free images: plain DDT
+    np.testing.assert_array_equal(compute_cues("ddt", _samples(labels), ["bird"], background=free, **kw), plain)
+    np.testing.assert_array_equal(compute_cues("ddt", _samples(labels), ["bird"], ddt_contrast=1.5, **kw), plain)
+
+
+def test_contrastive_ddt_is_cached_under_its_own_key(tmp_path):
+    feats, _ = _scenes_with_a_distractor(8)
+    free, _ = _scenes_with_a_distractor(8, seed=1, with_object=False)
+    kw = dict(features=feats, out_size=(10, 10), progress=False, cache_dir=tmp_path)
+    samples = _samples(np.zeros(8, np.int64))
+    compute_cues("ddt", samples, ["bird"], **kw)
+    compute_cues("ddt", samples, ["bird"], background=free, ddt_contrast=1.5, **kw)
+    compute_cues("ddt", samples, ["bird"], background=free, ddt_contrast=1.0, **kw)
+    compute_cues("ddt", samples, ["bird"], background=free[:4], ddt_contrast=1.0, **kw)  # other object-free images
+    assert len(list(tmp_path.glob("ddt-*.npy"))) == 4
+
+
 def test_cam_lights_the_discriminative_part_not_the_shared_body():
     rng = np.random.default_rng(1)
     n, c, g = 40, 8, 6

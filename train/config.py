@@ -67,6 +67,9 @@ class TrainConfig:
     # cues
     cue: str = option("ddt", "ddt (offline), cam, clip-es, or files.", panel=CUES)
     cue_dir: str | None = option(None, "With --cue files: one map per image.", panel=CUES, path="absolute")
+    ddt_contrast: float = option(0.0, "With --cue ddt and object-free images: contrastive DDT, the class's patch "
+                                 "covariance minus this times theirs (better cues for small objects); 0: plain DDT. "
+                                 "The demo uses 1.5.", panel=CUES)
     # sampling and losses (METHOD.md; defaults are the paper lab's)
     k_fg: int = option(10, "Foreground patches per image per step.", panel=LOSS)  # enough to cover a small object's grid cells
     k_bg: int = option(10, "Background patches per image per step.", panel=LOSS)  # same count as fg so P_CL stays balanced
@@ -135,7 +138,7 @@ class TrainConfig:
             raise UserError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         if self.temperature <= 0 or self.lr <= 0:
             raise UserError("--temperature and --lr must be positive")
-        for name in ("weight_decay", "warmup_epochs", "grad_clip", "w_kd", "w_pcl", "w_icl", "workers"):
+        for name in ("weight_decay", "warmup_epochs", "grad_clip", "w_kd", "w_pcl", "w_icl", "workers", "ddt_contrast"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(self, name)}")
         if not 0 <= self.seed < 2**32:

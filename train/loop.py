@@ -97,7 +97,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     check_after_skips(split, labels, train_cache.ok, skipped, run if dist.is_main else None)
     regions = None
     if cfg.method == "tedloc":
-        cues = resolve_cues(cfg, run, split, train_cache, args.grid, dist, backbone)
+        cues = resolve_cues(cfg, run, split, train_cache, args.grid, dist, backbone, neg_cache)
         regions = patch_regions(cues, cfg.bg_rule, cfg.fg_rule)
         if dist.is_main:
             log.info("cues: %d of %d training images give fg/bg patches (fg %s, bg %s; the rest have flat cue maps)",

@@ -99,9 +99,10 @@ def anchor_cache_dir() -> Path:
 
 
 def resolve_cues(cfg: TrainConfig, run: RunDir, split, cache: D.SplitCache, grid, dist: Dist,
-                 backbone=None) -> np.ndarray:
+                 backbone=None, negatives: D.SplitCache | None = None) -> np.ndarray:
     """Cue maps (N, gh, gw) for every training image (rank 0 computes, everyone reads RUN/cues/cues.npy).
-    Undecodable images get a flat (all-zero) map: they never train."""
+    Undecodable images get a flat (all-zero) map: they never train. The object-free images' features
+    (`negatives`) serve contrastive DDT (cfg.ddt_contrast > 0)."""
     path = run.cues / "cues.npy"
     if dist.is_main:
         from tedloc_edge.train.cues import compute_cues, save_cue_picture
@@ -111,7 +112,10 @@ def resolve_cues(cfg: TrainConfig, run: RunDir, split, cache: D.SplitCache, grid
         found = compute_cues(cfg.cue, samples, list(split.class_names), out_size=tuple(grid),
                              features=lambda: full_features(backbone, cache, rows), features_key=cache.key,
                              cache_dir=run.cues, clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained,
-                             cue_dir=Path(cfg.cue_dir) if cfg.cue_dir else None, device=str(dist.device), seed=cfg.seed)
+                             cue_dir=Path(cfg.cue_dir) if cfg.cue_dir else None, device=str(dist.device), seed=cfg.seed,
+                             ddt_contrast=cfg.ddt_contrast, background_key=negatives.key if negatives else None,
+                             background=(lambda: full_features(backbone, negatives, np.flatnonzero(negatives.ok)))
+                             if negatives is not None and cfg.ddt_contrast > 0 else None)
         cues = np.zeros((len(split.samples), *grid), dtype=np.float32)
         cues[rows] = found
         atomic_write_with(path, lambda fh: np.save(fh, cues))

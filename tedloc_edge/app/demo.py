@@ -37,6 +37,7 @@ class DemoSize:
     epochs: int
     input_size: int
     finetune_stages: int
+    ddt_contrast: float
     calib_images: int
     video_frames: int
     bench_seconds: float
@@ -44,11 +45,12 @@ class DemoSize:
 
 SIZES = {
     # 448 px and the backbone's last 3 stages trained: presence needs birds 15-30% of the image wide to span more
-    # than 2 patches, and features tuned to tell a bird from a headless body beside a lone head (docs/presence.md)
+    # than 2 patches, and features tuned to tell a bird from a headless body beside a lone head; contrastive DDT
+    # cues (against the object-free scenes) put small birds' foreground patches on the bird (docs/presence.md)
     "default": DemoSize(classes=8, train=400, val=120, test=160, negatives=160, epochs=10, input_size=448, finetune_stages=3,
-                        calib_images=200, video_frames=90, bench_seconds=2.0),
+                        ddt_contrast=1.5, calib_images=200, video_frames=90, bench_seconds=2.0),
     "tiny": DemoSize(classes=3, train=12, val=6, test=6, negatives=6, epochs=2, input_size=64, finetune_stages=0,
-                     calib_images=8, video_frames=12, bench_seconds=0.3),
+                     ddt_contrast=1.5, calib_images=8, video_frames=12, bench_seconds=0.3),
 }
 
 
@@ -85,8 +87,10 @@ def plan_stages(out: Path, size: DemoSize, seed: int) -> list[Stage]:
               ["data", "synth", str(data), "--classes", n[0], "--train", n[1], "--val", n[2], "--test", n[3],
                "--negatives", str(size.negatives), "--seed", str(seed)],
               [data / "classes.txt"]),
-        Stage("Train TeD-Loc (offline DDT cues, EfficientNet-Lite0 at 448 px, last stages fine-tuned; object-free scenes teach presence)",
-              ["train", "--out", str(tedloc), "--method", "tedloc", *common_train], [tedloc / "checkpoints" / "best.pt"]),
+        Stage("Train TeD-Loc (offline contrastive DDT cues, EfficientNet-Lite0 at 448 px, last stages fine-tuned; "
+              "object-free scenes teach presence)",
+              ["train", "--out", str(tedloc), "--method", "tedloc", *common_train, "--ddt-contrast", str(size.ddt_contrast)],
+              [tedloc / "checkpoints" / "best.pt"]),
         Stage("Train the CAM baseline (same backbone, data, budget)",
               ["train", "--out", str(cam), "--method", "cam", *common_train], [cam / "checkpoints" / "best.pt"]),
         Stage("Calibrate the TeD-Loc box and presence thresholds on val (+ val_negatives)",

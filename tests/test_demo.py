@@ -29,6 +29,8 @@ def test_tiny_demo_end_to_end_then_reused(tmp_path):
         assert "%" in line and "none stored" not in line and "| 6 + 6 |" in line, line  # calibrated on val_negatives
     assert "| CAM baseline (torch fp32) | none: the map is not a probability" in presence
     assert "Presence on the video:" in report
+    sidecar = json.loads(next((out / "runs" / "tedloc" / "cues").glob("ddt-*.json")).read_text())
+    assert sidecar["settings"]["contrast"] == 1.5 and "background" in sidecar["settings"]  # contrasted with negatives
     assert (out / "models" / "tedloc_fp32.onnx").stat().st_size > 0
     assert (out / "models" / "tedloc_int8.onnx").stat().st_size > 0
     assert (out / "eval" / "tedloc_torch.png").stat().st_size > 0

@@ -158,7 +158,7 @@ distractors (headless bodies, lone heads) without a bird.
 
 {_image(out, eval_dir / 'cam_torch.png', 'CAM curves and examples')}
 
-## What the model was taught (offline DDT cues)
+## What the model was taught (offline DDT cues, contrasted with the object-free scenes)
 
 {_image(out, out / 'runs' / 'tedloc' / 'cues' / 'cues.png', 'cue maps')}
 

@@ -3,9 +3,11 @@ that reuses every stage."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,8 @@ def test_tiny_demo_end_to_end_then_reused(tmp_path):
     assert "Presence on the video:" in report
     sidecar = json.loads(next((out / "runs" / "tedloc" / "cues").glob("ddt-*.json")).read_text())
     assert sidecar["settings"]["contrast"] == 1.5 and "background" in sidecar["settings"]  # contrasted with negatives
+    rows = _cue_quality().quality_rows(out / "runs" / "tedloc", [0.0, 1.5])  # benchmarks/cue_quality.py on the run
+    assert [r[1] for r in rows] == ["plain", "1.5"] and all(" of " in cell for cell in rows[1][2:] if cell != "–")
     assert (out / "models" / "tedloc_fp32.onnx").stat().st_size > 0
     assert (out / "models" / "tedloc_int8.onnx").stat().st_size > 0
     assert (out / "eval" / "tedloc_torch.png").stat().st_size > 0
@@ -43,3 +47,11 @@ def test_tiny_demo_end_to_end_then_reused(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     stages = json.loads((out / "stages.json").read_text())
     assert all(s["reused"] for s in stages)
+
+
+def _cue_quality():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cue_quality.py"
+    spec = importlib.util.spec_from_file_location("cue_quality_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -18,7 +18,8 @@ TeD-Loc samples foreground and background patches from these maps (training only
   direction is often a distractor's or the background's when the object is small. Projections are measured
   from the object-free mean, and the object side is the one the class's images lean to (they hold the object,
   the object-free ones do not). On seed 0 of the demo's data (448 px) the share of foreground patches inside
-  the box rises from 0.35 to 0.61 for birds under 30% of the image side and from 0.83 to 0.94 for large ones.
+  the box rises from 0.35 to 0.61 for birds under 30% of the image side and from 0.83 to 0.94 for large ones
+  (`benchmarks/cue_quality.py`, docs/presence.md).
 * ``cam``: class activation map of a linear classifier trained (seeded, full-batch L-BFGS) on globally
   pooled frozen features: the true class's map, ReLU.
 * ``clip-es``: CLIP-ES (``tedloc_edge.train.clip_es``) for the true class, from an open_clip ViT.

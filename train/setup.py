@@ -3,6 +3,7 @@ checks that refuse a run early (undecodable classes, a resume with other setting
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from tedloc_edge.rundir import RunDir
 from tedloc_edge.train import data as D
 from tedloc_edge.train.config import TrainConfig
 from tedloc_edge.train.distributed import Dist
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
@@ -104,6 +107,9 @@ def resolve_cues(cfg: TrainConfig, run: RunDir, split, cache: D.SplitCache, grid
     Undecodable images get a flat (all-zero) map: they never train. The object-free images' features
     (`negatives`) serve contrastive DDT (cfg.ddt_contrast > 0)."""
     path = run.cues / "cues.npy"
+    if dist.is_main and cfg.ddt_contrast > 0 and (cfg.cue != "ddt" or negatives is None):
+        log.warning("--ddt-contrast %g: %s; the cues are computed without it", cfg.ddt_contrast,
+                    "only --cue ddt uses it" if cfg.cue != "ddt" else "no object-free images to contrast with")
     if dist.is_main:
         from tedloc_edge.train.cues import compute_cues, save_cue_picture
 

@@ -9,7 +9,7 @@ import torch
 
 from tedloc_edge.errors import UserError
 from tedloc_edge.datasets import NO_BOXES, Sample
-from tedloc_edge.train import cue_picture, cues
+from tedloc_edge.train import cue_picture, cues, ddt
 from tedloc_edge.train.cues import compute_cues, save_cue_picture
 
 
@@ -52,8 +52,8 @@ def test_ddt_lights_the_object_with_the_right_sign(box):
 
 def test_ddt_sign_falls_back_to_minority_on_tiny_grids():
     proj = torch.tensor([[[-1.0, -1.0], [-1.0, 3.0]]])  # no interior; the single positive patch is the minority
-    assert cues._object_sign(proj) == 1.0
-    assert cues._object_sign(-proj) == -1.0
+    assert ddt._object_sign(proj) == 1.0
+    assert ddt._object_sign(-proj) == -1.0
 
 
 def _scenes_with_a_distractor(n, grid=10, channels=12, seed=0, with_object=True):

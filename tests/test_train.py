@@ -207,8 +207,9 @@ def test_cli_train_resume_and_one_line_errors(data, tmp_path):
     assert (tmp_path / "syn" / "metadata" / "val" / "localization.txt").is_file()
 
 
-def test_finetuned_backbone_stage_is_trained_saved_and_exported(data, tmp_path):
-    run = make_tiny_run(tmp_path, "tedloc", finetune_stages=1)
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "flips"])  # flips: packed (B, 2, D) cache rows
+def test_finetuned_backbone_stage_is_trained_saved_and_exported(data, tmp_path, augment):
+    run = make_tiny_run(tmp_path, "tedloc", finetune_stages=1, augment=augment)
     ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["config"]["finetune_stages"] == 1
     from tedloc_edge.train.backbone import create_backbone

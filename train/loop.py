@@ -156,7 +156,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                 y, x = y.to(device), x.to(device)
                 flip = torch.rand(len(rows), generator=gen) < 0.5 if cfg.augment else None
                 if flip is not None:  # x holds [original, mirrored] features: pick one view per image
-                    x = torch.where(flip.to(device).view(-1, 1, 1, 1), x[:, 1], x[:, 0])
+                    # (B, C, h, w) grids, or (B, D) packed rows when the backbone's tail is fine-tuned
+                    x = torch.where(flip.to(device).view(-1, *[1] * (x.dim() - 2)), x[:, 1], x[:, 0])
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = trained(x)
                     if regions is not None:

@@ -4,7 +4,7 @@ When the INT8 gate (`int8_gate`) fails, or on ``--int8-search``:
 
 1. **Sensitivity.** Each quantized layer (a Conv/MatMul/Gemm with the activation ORT folds into it, or an
    Add/Concat/pool of its own: `int8.quantized_units`) is quantized ALONE, the rest of the graph float, and
-   run on the val images. Its damage is measured against the fp32 model with no labels, on both outputs:
+   run on the val images (the first `RANK_IMAGES`). Its damage is measured against the fp32 model with no labels, on both outputs:
    the protocol-normalized fg_map (min-max per image, mean absolute difference) and the class posterior
    (KL of softmax(logits)), each as a share of what the fully quantized model loses, then summed. Labels are
    left to the gate: per-layer MaxBoxAcc moves by whole images and cannot rank 50 layers on 80 images.
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 RANK_EVALS = 64  # at most this many one-layer quantizations before ranking by groups
 DEFAULT_MAX_FLOAT = 8  # budget of float layers (--int8-max-float)
+RANK_IMAGES = 128  # val images the ranking runs on: bounds its time on a large val split (the gate scores all)
 # calibrators the search tries, in order, after the default one (benchmarks/bench_int8.py measured them)
 SEARCH_CALIBRATORS = {"cpu": ("minmax", "percentile"), "tensorrt": ("minmax-mean", "minmax")}
 Outputs = tuple[np.ndarray, np.ndarray]  # fg_map (N, gh, gw), logits (N, C)
@@ -314,7 +315,7 @@ def quantize_gated(fp32: onnx.ModelProto, meta: Any, images: np.ndarray, calibra
                 logger.info("int8 gate failed (%s); searching for the layers to keep float", result.summary())
             from tedloc_edge.export.images import load_batch
 
-            val_images = load_batch([s.path for s in split.samples], meta)
+            val_images = load_batch([s.path for s in split.samples[:RANK_IMAGES]], meta)
             alternatives = [c for c in SEARCH_CALIBRATORS[quantizer.mode] if c != quantizer.calibrator]
             chosen, report = search(quantizer, fp32_path, ref, val_images, split, opts.int8_max_drop, budget, result, alternatives)
             logger.info("int8 layer sensitivity (worst first):\n%s", report.table())

@@ -236,9 +236,12 @@ def test_search_tries_the_other_calibrators_when_the_budget_is_spent(tmp_path, m
 
 def test_export_searches_when_the_gate_fails_and_records_it(tmp_path, dataset, meta, monkeypatch):
     run = _tiny_run(tmp_path, dataset, meta, monkeypatch)
+    ranked_on, real_search = [], int8_search.search
+    monkeypatch.setattr(int8_search, "RANK_IMAGES", 5)  # the ranking runs on the first 5 val images, the gate on all 8
+    monkeypatch.setattr(int8_search, "search", lambda q, f, s, images, *a: ranked_on.append(len(images)) or real_search(q, f, s, images, *a))
     res = export(run, ExportOptions(precision="int8", calib_images=8, int8_search=True, int8_max_float=2))
     record = read_onnx_meta(res.final.path).extra["int8_gate"]
-    assert record["search"]["layers"] >= 3 and record["search"]["sensitivity"][0]["layer"]
+    assert record["search"]["layers"] >= 3 and record["search"]["sensitivity"][0]["layer"] and ranked_on == [5]
     assert len(record["fp32_hits"]["top1_loc"]) == 8  # what an engine built from this file is gated against
     with pytest.raises(Int8AccuracyError, match=r"keeping up to 2 of \d+ layers float did not pass"):
         export(run, ExportOptions(precision="int8", calib_images=8, int8_max_drop=-100.0, int8_max_float=2, exist_ok=True))

@@ -159,6 +159,11 @@ def test_synth_negatives_leave_the_object_splits_unchanged(tmp_path):
         assert negatives is not None and open_negatives(with_neg, split).samples[0].path == negatives.samples[0].path and negatives.name == f"{split}_negatives" and len(negatives) == 3
         assert all(s.label == NO_OBJECT and len(s.boxes) == 0 and s.size and s.mask_path is None for s in negatives.samples)
         assert not (with_neg / "metadata" / f"{split}_negatives" / "class_labels.txt").exists()
+    more_val = generate(tmp_path / "val5", negatives=3, val_negatives=5, **small)  # calibration wants more in val
+    assert len(dataset_negatives(more_val, "val")) == 5 and "val_negatives 5" in (more_val / "README.txt").read_text()
+    for split in ("train", "test"):  # the other splits' scenes do not move
+        pairs = zip(open_negatives(with_neg, split).samples, open_negatives(more_val, split).samples, strict=True)
+        assert all(a.path.read_bytes() == b.path.read_bytes() for a, b in pairs)
     assert dataset_negatives(plain, "val") is None  # a dataset without negatives has none (the default: no error)
     with pytest.raises(UserError, match="val_negatives"):
         open_negatives(plain, "val")  # but one the user names must have them

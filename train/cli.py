@@ -20,6 +20,7 @@ def synth(
     val: int = typer.Option(96, "--val", help="Validation images (threshold calibration, best checkpoint)."),
     test: int = typer.Option(192, "--test", help="Test images."),
     negatives: int = typer.Option(0, "--negatives", help="Object-free scenes per split (same backgrounds and distractors, no object), in metadata/<split>_negatives: presence training, calibration and testing."),
+    val_negatives: int | None = typer.Option(None, "--val-negatives", help="Object-free scenes in val instead of --negatives: the presence threshold is picked there, and more scenes pick it more surely.", show_default="--negatives"),
     seed: int = typer.Option(0, "--seed", help="Same seed and counts give byte-identical files."),
     min_size: int = typer.Option(200, "--min-size", help="Smallest image side drawn, pixels."),
     max_size: int = typer.Option(320, "--max-size", help="Largest image side drawn, pixels."),
@@ -33,7 +34,8 @@ def synth(
         from tedloc_edge.train.synth import generate
 
         root = generate(out, classes=classes, train=train, val=val, test=test, seed=seed,
-                        image_size=(min_size, max_size), exist_ok=exist_ok, negatives=negatives)
+                        image_size=(min_size, max_size), exist_ok=exist_ok, negatives=negatives,
+                        val_negatives=val_negatives)
         next_commands("Next:", [f"tedloc-edge train --data {root} --out runs/tedloc",
                                 f"tedloc-edge train --data {root} --out runs/cam --method cam"])
 

@@ -283,17 +283,20 @@ def generate(
     exist_ok: bool = False,
     show_progress: bool = True,
     negatives: int = 0,
+    val_negatives: int | None = None,
 ) -> Path:
     """Write the benchmark to `out` (wsolevaluation layout, boxes and masks for every split) and return it.
 
     `train`, `val`, `test` are image counts (classes balanced; a split of 0 is left out); every image's
     width and height are drawn from `image_size` = (min, max) pixels; `negatives` object-free scenes go to
-    each non-empty split's ``<split>_negatives``. Built in a temporary folder beside
+    each non-empty split's ``<split>_negatives`` (`val_negatives` of them to val when given: presence calibration
+    wants more than training does). Built in a temporary folder beside
     `out` and renamed into place, so `out` is never half-written. Same arguments -> byte-identical files.
     """
     out = Path(out).expanduser().resolve()
     counts = {"train": train, "val": val, "test": test}
-    _check_args(out, classes, {**counts, "negatives": negatives}, image_size, exist_ok)
+    empty = {split: negatives for split in counts} | ({} if val_negatives is None else {"val": val_negatives})
+    _check_args(out, classes, {**counts, "negatives": negatives, "val_negatives": empty["val"]}, image_size, exist_ok)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished dataset is an ordinary folder
@@ -301,12 +304,12 @@ def generate(
         (tmp / "classes.txt").write_text("".join(f"{n}\n" for n in class_names(classes)), encoding="utf-8")
         with progress(disable=None if show_progress else True) as bar:
             for split_index, (split, count) in enumerate(counts.items()):
-                for name, n, negative in ((split, count, False), (negatives_split(split), negatives, True)):
+                for name, n, negative in ((split, count, False), (negatives_split(split), empty[split], True)):
                     if count > 0 and n > 0:  # a split left out gets no negatives either
                         task = bar.add_task(f"synth {name}", total=n, info="")
                         _write_split(tmp, name, split_index + 3 * negative, n, classes, seed, image_size,
                                      lambda: bar.advance(task), negative)
-        (tmp / "README.txt").write_text(readme(CLASS_TABLE[:classes], SCALE_RANGE, counts, seed, image_size, negatives), encoding="utf-8")
+        (tmp / "README.txt").write_text(readme(CLASS_TABLE[:classes], SCALE_RANGE, counts, seed, image_size, empty), encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -322,7 +325,7 @@ def _check_args(out: Path, classes: int, counts: dict[str, int], image_size: tup
         raise UserError(f"--train {counts['train']}: every class needs a training image; pass --train {classes} or more")
     for split, count in counts.items():
         if count < 0:
-            raise UserError(f"--{split} {count}: image counts cannot be negative (0 leaves the split out)")
+            raise UserError(f"--{split.replace('_', '-')} {count}: image counts cannot be negative (0 leaves the split out)")
     lo, hi = image_size
     if not 64 <= lo <= hi:
         raise UserError(f"image sides {lo}..{hi} (--min-size/--max-size): need 64 <= min-size <= max-size")

@@ -6,15 +6,15 @@ README_TITLE = "Synthetic WSOL benchmark (tedloc-edge data synth)"  # how data s
 
 
 def readme(table: tuple[tuple[str, str, str], ...], scale_range: tuple[float, float], counts: dict[str, int],
-           seed: int, image_size: tuple[int, int], negatives: int) -> str:
-    """`table`: (name, head colour, pattern) per class, line i = class i."""
+           seed: int, image_size: tuple[int, int], negatives: dict[str, int]) -> str:
+    """`table`: (name, head colour, pattern) per class, line i = class i; `negatives`: object-free scenes per split."""
     class_lines = "\n".join(f"  {i:2d}  {name:<18} head: {colour} {pattern}" for i, (name, colour, pattern) in enumerate(table))
     written = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-    empty = "" if not negatives else f"""
-Object-free scenes (--negatives {negatives}): {negatives} per split in metadata/<split>_negatives/ (train_negatives,
-val_negatives, test_negatives), the same backgrounds and distractors (headless bodies, lone heads) with no
-bird. They list image_ids.txt and image_sizes.txt only: no class (a scene without an object has none), no box,
-no mask. Training uses train_negatives for the presence score; eval --calibrate uses val_negatives to pick
+    per_split = ", ".join(f"{k}_negatives {negatives[k]}" for k, v in counts.items() if v and negatives.get(k))
+    empty = "" if not per_split else f"""
+Object-free scenes in metadata/<split>_negatives/ ({per_split}): the same backgrounds and
+distractors (headless bodies, lone heads) with no bird. They list image_ids.txt and image_sizes.txt only:
+no class (a scene without an object has none), no box, no mask. Training uses train_negatives for the presence score; eval --calibrate uses val_negatives to pick
 the presence threshold and eval on test reports presence with test_negatives.
 """
     return f"""{README_TITLE}

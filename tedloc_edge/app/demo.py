@@ -27,13 +27,15 @@ from tedloc_edge.app.demo_report import write_report
 @dataclass(frozen=True)
 class DemoSize:
     """Dataset and schedule sizes (image counts are per split, all classes together; `negatives`: object-free
-    scenes per split, as many as test images); `tiny` is what the CI end-to-end test runs."""
+    scenes in train and test, as many as test images; val holds `val_negatives`); `tiny` is what the CI end-to-end
+    test runs."""
 
     classes: int
     train: int
     val: int
     test: int
     negatives: int
+    val_negatives: int
     epochs: int
     input_size: int
     finetune_stages: int
@@ -46,11 +48,12 @@ class DemoSize:
 SIZES = {
     # 448 px and the backbone's last 3 stages trained: presence needs birds 15-30% of the image wide to span more
     # than 2 patches, and features tuned to tell a bird from a headless body beside a lone head; contrastive DDT
-    # cues (against the object-free scenes) put small birds' foreground patches on the bird (docs/presence.md)
-    "default": DemoSize(classes=8, train=400, val=120, test=160, negatives=160, epochs=10, input_size=448, finetune_stages=3,
-                        ddt_contrast=1.5, calib_images=200, video_frames=90, bench_seconds=2.0),
-    "tiny": DemoSize(classes=3, train=12, val=6, test=6, negatives=6, epochs=2, input_size=64, finetune_stages=0,
-                     ddt_contrast=1.5, calib_images=8, video_frames=12, bench_seconds=0.3),
+    # cues (against the object-free scenes) put small birds' foreground patches on the bird; 480 + 480 val images,
+    # because the presence threshold sits where a few images of each kind cross it (docs/presence.md)
+    "default": DemoSize(classes=8, train=400, val=480, test=160, negatives=160, val_negatives=480, epochs=10,
+                        input_size=448, finetune_stages=3, ddt_contrast=1.5, calib_images=200, video_frames=90, bench_seconds=2.0),
+    "tiny": DemoSize(classes=3, train=12, val=6, test=6, negatives=6, val_negatives=8, epochs=2, input_size=64,
+                     finetune_stages=0, ddt_contrast=1.5, calib_images=8, video_frames=12, bench_seconds=0.3),
 }
 
 
@@ -85,7 +88,7 @@ def plan_stages(out: Path, size: DemoSize, seed: int) -> list[Stage]:
     return [
         Stage("Generate the synthetic WSOL benchmark",
               ["data", "synth", str(data), "--classes", n[0], "--train", n[1], "--val", n[2], "--test", n[3],
-               "--negatives", str(size.negatives), "--seed", str(seed)],
+               "--negatives", str(size.negatives), "--val-negatives", str(size.val_negatives), "--seed", str(seed)],
               [data / "classes.txt"]),
         Stage("Train TeD-Loc (offline contrastive DDT cues, EfficientNet-Lite0 at 448 px, last stages fine-tuned; "
               "object-free scenes teach presence)",

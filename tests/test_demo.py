@@ -33,9 +33,14 @@ def test_tiny_demo_end_to_end_then_reused(tmp_path):
     assert "Presence on the video:" in report
     sidecar = json.loads(next((out / "runs" / "tedloc" / "cues").glob("ddt-*.json")).read_text())
     assert sidecar["settings"]["contrast"] == 1.5 and "background" in sidecar["settings"]  # contrasted with negatives
-    rows = _cue_quality().quality_rows(out / "runs" / "tedloc", [0.0, 1.5])  # benchmarks/cue_quality.py on the run
+    rows = _script("cue_quality").quality_rows(out / "runs" / "tedloc", [0.0, 1.5])  # benchmarks/cue_quality.py
     assert [r[1] for r in rows] == ["plain", "1.5"] and all(" of " in cell for cell in rows[1][2:] if cell != "–")
     assert (out / "models" / "tedloc_fp32.onnx").stat().st_size > 0
+    table = out / "calibration_size.md"  # benchmarks/calibration_size.py: val subsets of 3 + 4, then all 6 + 8
+    _script("calibration_size").main([str(out / "models" / "tedloc_fp32.onnx"), "--data", str(out / "data"),
+                                      "--sizes", "3:4", "--draws", "5", "--markdown", str(table)])
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| 3 + 4") or line.startswith("| 6 + 8")]
+    assert len(rows) == 2 and rows[0].split(" | ")[1] == "5" and "(all of val) | 1 |" in rows[1]
     assert (out / "models" / "tedloc_int8.onnx").stat().st_size > 0
     assert (out / "eval" / "tedloc_torch.png").stat().st_size > 0
     lines = (out / "infer" / "predictions.jsonl").read_text().splitlines()
@@ -49,9 +54,10 @@ def test_tiny_demo_end_to_end_then_reused(tmp_path):
     assert all(s["reused"] for s in stages)
 
 
-def _cue_quality():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cue_quality.py"
-    spec = importlib.util.spec_from_file_location("cue_quality_script", script)
+def _script(name: str):
+    """A benchmarks/ script as a module."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -39,8 +39,8 @@ def test_tiny_demo_end_to_end_then_reused(tmp_path):
     table = out / "calibration_size.md"  # benchmarks/calibration_size.py: val subsets of 3 + 4, then all 6 + 8
     _script("calibration_size").main([str(out / "models" / "tedloc_fp32.onnx"), "--data", str(out / "data"),
                                       "--sizes", "3:4", "--draws", "5", "--markdown", str(table)])
-    rows = [line for line in table.read_text().splitlines() if line.startswith("| 3 + 4") or line.startswith("| 6 + 8")]
-    assert len(rows) == 2 and rows[0].split(" | ")[1] == "5" and "(all of val) | 1 |" in rows[1]
+    rows = [line for line in table.read_text().splitlines() if line.startswith(("| 3 + 4", "| 6 + 8", "| none"))]
+    assert len(rows) == 3 and rows[0].split(" | ")[1] == "5" and "(all of val) | 1 |" in rows[1]
     assert (out / "models" / "tedloc_int8.onnx").stat().st_size > 0
     assert (out / "eval" / "tedloc_torch.png").stat().st_size > 0
     lines = (out / "infer" / "predictions.jsonl").read_text().splitlines()

@@ -147,7 +147,7 @@ def run_stage(stage: Stage, index: int, total: int, fresh: bool, log_dir: Path) 
 
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for every artifact and report.md."),
-    size: str = typer.Option("default", help="Problem size: default (about 40 minutes on 2 CPU cores) or tiny (CI)."),
+    size: str = typer.Option("default", help="Problem size: default (about an hour on 2 CPU cores) or tiny (CI)."),
     fresh: bool = typer.Option(False, "--fresh", help="Redo every stage even when its outputs exist."),
     seed: int = typer.Option(0, help="Seed for data, training and video."),
 ) -> None:

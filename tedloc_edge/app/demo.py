@@ -51,7 +51,8 @@ SIZES = {
     # cues (against the object-free scenes) put small birds' foreground patches on the bird; 480 + 480 val images,
     # because the presence threshold sits where a few images of each kind cross it (docs/presence.md)
     "default": DemoSize(classes=8, train=400, val=480, test=160, negatives=160, val_negatives=480, epochs=10,
-                        input_size=448, finetune_stages=3, ddt_contrast=1.5, calib_images=200, video_frames=90, bench_seconds=2.0),
+                        input_size=448, finetune_stages=3, ddt_contrast=1.5, calib_images=200, video_frames=90,
+                        bench_seconds=2.0),
     "tiny": DemoSize(classes=3, train=12, val=6, test=6, negatives=6, val_negatives=8, epochs=2, input_size=64,
                      finetune_stages=0, ddt_contrast=1.5, calib_images=8, video_frames=12, bench_seconds=0.3),
 }

@@ -5,8 +5,9 @@ When the INT8 gate (`int8_gate`) fails, or on ``--int8-search``:
 1. **Sensitivity.** Each quantized layer (a Conv/MatMul/Gemm with the activation ORT folds into it, or an
    Add/Concat/pool of its own: `int8.quantized_units`) is quantized ALONE, the rest of the graph float, and
    run on the val images (the first `RANK_IMAGES`). Its damage is measured against the fp32 model with no
-   labels, on both outputs: the protocol-normalized fg_map (min-max per image, mean absolute difference) and the class posterior
-   (KL of softmax(logits)), each as a share of what the fully quantized model loses, then summed. Labels are
+   labels, on both outputs: the protocol-normalized fg_map (min-max per image, mean absolute difference) and
+   the class posterior (KL of softmax(logits)), each as a share of what the fully quantized model loses, then
+   summed. Labels are
    left to the gate: per-layer MaxBoxAcc moves by whole images and cannot rank 50 layers on 80 images.
    Models with more than `RANK_EVALS` layers are ranked by bisection: contiguous groups first (as
    Polygraphy's ``debug precision`` bisects over the layer order), then the layers of the worst groups.

@@ -24,8 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tedloc_edge.benchrows import markdown_table  # noqa: E402
-from tedloc_edge.files import atomic_write_text  # noqa: E402
+from tedloc_edge.benchrows import markdown_table, publish_markdown  # noqa: E402
 
 TARGET = 0.05  # issue 24: at most 5% of empty frames present and of object frames lost
 
@@ -97,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(scores['test_negatives'])} empty scenes.\n\n" + "\n".join(markdown_table(
                 ["val images (objects + empty)", "draws", "threshold (median)", "test: larger error rate (median)",
                  "10th-90th percentile", "draws with both rates <= 5%"], rows)))
-    print(text)
-    if args.markdown:
-        atomic_write_text(args.markdown, text + "\n")
+    publish_markdown(text, args.markdown)
     return 0
 
 

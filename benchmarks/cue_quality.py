@@ -25,8 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tedloc_edge.benchrows import markdown_table  # noqa: E402
-from tedloc_edge.files import atomic_write_text  # noqa: E402
+from tedloc_edge.benchrows import markdown_table, publish_markdown  # noqa: E402
 
 SIZE_BINS = ((0.0, 0.3), (0.3, 0.45), (0.45, 2.0))
 
@@ -113,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"Written by `python benchmarks/cue_quality.py {' '.join(map(str, args.runs))} --contrast "
             f"{' '.join(f'{c:g}' for c in args.contrast)}`. Each cell: fg in box / peak in box / wrong of images.\n\n"
             + "\n".join(markdown_table(["run", "DDT contrast", *bins], rows)) + "\n")
-    print(text)
-    if args.markdown:
-        atomic_write_text(args.markdown, text)
+    publish_markdown(text, args.markdown)
     return 0
 
 

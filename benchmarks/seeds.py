@@ -22,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tedloc_edge.benchrows import markdown_table  # noqa: E402
+from tedloc_edge.benchrows import markdown_table, publish_markdown  # noqa: E402
 from tedloc_edge.files import atomic_write_text  # noqa: E402
 
 SKIPPED_STAGES = ("CAM", "video", "Bench")  # stage titles that say nothing about presence or INT8
@@ -143,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         run_seed(args.out / f"seed{seed}", args.size, seed, args.reuse)
     command = "python benchmarks/seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(args.out, args.seeds, command)
-    print(text)
-    if args.markdown:
-        atomic_write_text(args.markdown, text)
+    publish_markdown(text, args.markdown)
     return 0
 
 

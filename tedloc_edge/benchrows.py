@@ -1,5 +1,6 @@
 """Benchmark rows, one way for every benchmark (benchmarks/*.py, `tedloc-edge bench`, the demo report):
-a markdown table, a ratio over a baseline row, the min..max spread over rounds, the JSON report."""
+a markdown table, a ratio over a baseline row, the min..max spread over rounds, the JSON report, the markdown
+report printed and written."""
 
 from __future__ import annotations
 
@@ -30,3 +31,10 @@ def spread(values: Iterable[float], digits: int = 1) -> list[float]:
 def write_json(path: str | Path, report: dict[str, Any]) -> None:
     """The report as indented JSON, written atomically (a reader never sees half a file)."""
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+
+
+def publish_markdown(text: str, path: str | Path | None) -> None:
+    """Print a markdown report, and write it to `path` (atomically, ending in a newline) when one is given."""
+    print(text)
+    if path:
+        atomic_write_text(path, text.rstrip("\n") + "\n")

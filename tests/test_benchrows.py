@@ -20,3 +20,12 @@ def test_metric_labels():
     assert metric_label("top1_cls") == "Top-1 Cls" and metric_label("top1_loc_at_threshold") == "Top-1 Loc @ stored τ"
     assert METRIC_NAMES["maxboxacc"].long == "MaxBoxAcc (IoU 0.5, largest contour)"
     assert all(metric_label(key) for key in REPORT_COLUMNS)
+
+
+def test_publish_markdown_prints_and_writes_one_trailing_newline(tmp_path, capsys):
+    from tedloc_edge.benchrows import publish_markdown
+
+    publish_markdown("| a |\n", tmp_path / "t.md")
+    publish_markdown("| b |", None)  # printed only
+    assert (tmp_path / "t.md").read_text() == "| a |\n" and capsys.readouterr().out == "| a |\n\n| b |\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.md"]
